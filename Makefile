@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv when needed.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PULSE_HOME ?= $(CURDIR)/.pulse
+export DAGSTER_HOME ?= $(PULSE_HOME)/dagster
+export HF_HUB_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+UI_PORT ?= 3000
+
+.PHONY: setup demo test test-fast ui postgres lint clean
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU wheel on local disk, so the project's looser range installs nothing more.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]' torch==2.13.0
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/pulse demo
+
+# Every test, slow ones included, on SQLite and on a real PostgreSQL started by the tests.
+test: setup postgres
+	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+# The default fast selection (what a bare `pytest` runs).
+test-fast: setup postgres
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests start their own server; this only makes sure Debian's PostgreSQL binaries are installed.
+postgres:
+	@bash scripts/install-postgres.sh
+
+ui: setup
+	@mkdir -p $(DAGSTER_HOME)
+	@test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
+
+lint: setup
+	$(BIN)/ruff check pulse_pipeline pulse_pipeline_tests benchmarks
+
+clean:
+	rm -rf $(PULSE_HOME)

@@ -1,0 +1,1 @@
+"""Dagster-free domain logic: every module here is plain Python, tested directly."""

@@ -1,0 +1,221 @@
+"""The annotation store: SQLite by default, PostgreSQL through PULSE_DATABASE_URL.
+
+`Store(url)` connects and applies the Alembic migrations on first use; the queries the
+pipeline needs (counts since a watermark, one family's day, the audit of a day) live here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pulse_pipeline.core.store.schema import annotations, ingestion_tallies, ingestions, metadata, quarantine
+
+__all__ = ["Store", "StoreError", "DayAudit", "annotations", "ingestions", "ingestion_tallies", "quarantine", "metadata"]
+
+_MIGRATIONS = "pulse_pipeline.core.store:migrations"
+_PG_MIGRATION_LOCK = 0x70756C7365  # "pulse": serializes concurrent first-use upgrades on PostgreSQL
+
+
+class StoreError(RuntimeError):
+    """The store cannot be reached or used; the message says which URL and why."""
+
+
+@dataclass(frozen=True)
+class DayAudit:
+    """What the store holds for one (family, day) against what ingestion reported receiving."""
+
+    lines: int
+    accepted: int
+    duplicates: int
+    quarantined: int
+    stored: int
+    stored_quarantined: int
+
+    @property
+    def accounted_for(self) -> bool:
+        return (
+            self.lines == self.accepted + self.duplicates + self.quarantined
+            and self.stored == self.accepted
+            and self.stored_quarantined == self.quarantined
+        )
+
+
+def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    return start, start + dt.timedelta(days=1)
+
+
+class Store:
+    def __init__(self, url: str, *, upgrade: bool = True, echo: bool = False):
+        self.url = url
+        self.engine: Engine = _make_engine(url, echo=echo)
+        if upgrade:
+            self.upgrade()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispose()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def revision(self) -> str | None:
+        """The applied Alembic revision, or None for an empty database."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self._connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def upgrade(self, target: str = "head") -> str | None:
+        """Apply pending migrations; cheap when the database is current. Returns the revision."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", _MIGRATIONS)
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        if target == "head" and self.revision() == head:
+            return head
+        with self._connect() as conn, conn.begin():
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, target)
+        return self.revision()
+
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise StoreError(f"cannot connect to the annotation store at {_redact(self.url)}: {reason}") from None
+
+    def begin(self) -> Any:
+        """A transaction (context manager yielding a Connection)."""
+        try:
+            return self.engine.begin()
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"cannot connect to the annotation store at {_redact(self.url)}: {exc.orig}") from None
+
+    # -- queries --------------------------------------------------------------------------
+
+    def count_since(self, family: str, watermark: int = 0) -> int:
+        """Annotations of `family` that arrived after store sequence number `watermark`."""
+        q = sa.select(sa.func.count()).where(annotations.c.family == family, annotations.c.seq > watermark)
+        with self._connect() as conn:
+            return conn.execute(q).scalar_one()
+
+    def latest_seq(self, family: str | None = None) -> int:
+        q = sa.select(sa.func.max(annotations.c.seq))
+        if family is not None:
+            q = q.where(annotations.c.family == family)
+        with self._connect() as conn:
+            return conn.execute(q).scalar() or 0
+
+    def iter_day(self, family: str, day: dt.date, *, batch: int = 1000) -> Iterator[sa.Row]:
+        """The annotations of one family created on `day` (UTC), in arrival order, streamed."""
+        start, end = _day_bounds(day)
+        q = (
+            sa.select(annotations)
+            .where(annotations.c.family == family, annotations.c.created_at >= start, annotations.c.created_at < end)
+            .order_by(annotations.c.seq)
+            .execution_options(yield_per=batch)
+        )
+        with self._connect() as conn:
+            yield from conn.execute(q)
+
+    def days_with_annotations(self, family: str | None = None) -> list[dt.date]:
+        """Distinct UTC days that hold annotations (or quarantined lines) for `family`."""
+        days: set[dt.date] = set()
+        with self._connect() as conn:
+            q = sa.select(ingestion_tallies.c.day).distinct()
+            if family is not None:
+                q = q.where(ingestion_tallies.c.family == family)
+            days.update(r[0] for r in conn.execute(q))
+        return sorted(days)
+
+    def audit_day(self, family: str, day: dt.date) -> DayAudit:
+        """Lines received for (family, day), by outcome, against the rows actually stored."""
+        start, end = _day_bounds(day)
+        t = ingestion_tallies.c
+        with self._connect() as conn:
+            tally = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(t.lines), 0),
+                    sa.func.coalesce(sa.func.sum(t.accepted), 0),
+                    sa.func.coalesce(sa.func.sum(t.duplicates), 0),
+                    sa.func.coalesce(sa.func.sum(t.quarantined), 0),
+                ).where(t.family == family, t.day == day)
+            ).one()
+            stored = conn.execute(
+                sa.select(sa.func.count()).where(
+                    annotations.c.family == family,
+                    annotations.c.created_at >= start,
+                    annotations.c.created_at < end,
+                )
+            ).scalar_one()
+            stored_q = conn.execute(
+                sa.select(sa.func.count()).where(quarantine.c.family == family, quarantine.c.day == day)
+            ).scalar_one()
+        return DayAudit(*map(int, tally), stored=stored, stored_quarantined=stored_q)
+
+    def quarantined(self, *, limit: int = 50, ingestion_id: int | None = None) -> list[sa.Row]:
+        q = sa.select(quarantine).order_by(quarantine.c.id.desc()).limit(limit)
+        if ingestion_id is not None:
+            q = q.where(quarantine.c.ingestion_id == ingestion_id)
+        with self._connect() as conn:
+            return list(conn.execute(q))
+
+
+def _make_engine(url: str, *, echo: bool) -> Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StoreError(f"PULSE_DATABASE_URL {url!r} is not a database URL (e.g. sqlite:///path/pulse.db)") from None
+    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+        engine = sa.create_engine(parsed, **kwargs)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the project ships psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    kwargs.update(pool_pre_ping=True, insertmanyvalues_page_size=1000)
+    try:
+        return sa.create_engine(parsed, **kwargs)
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise StoreError(f"no database driver for {_redact(url)}: {exc}") from None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (the UI, sensors) do not block an ingest
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _redact(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url

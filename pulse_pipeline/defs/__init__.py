@@ -1,0 +1,1 @@
+"""Thin Dagster wrappers over `pulse_pipeline.core`, one folder per domain."""

@@ -1,0 +1,1 @@
+"""The `<family>/annotations` assets: one daily partition per UTC day of judgments."""

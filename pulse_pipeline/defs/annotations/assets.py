@@ -1,0 +1,91 @@
+"""`<family>/annotations`: the day's annotations of one family, counted and audited.
+
+The store stays the source of truth; a materialization records what a day holds (counts and
+breakdowns as metadata, a data version that changes when the day's records change) and
+checks that every line received for that day is accounted for.
+"""
+
+
+import datetime as dt
+
+import dagster as dg
+
+from pulse_pipeline.core.annotations import summarize
+from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.defs.resources import AnnotationStore
+
+CHECK_ACCOUNTED = "every_line_accounted_for"
+
+
+def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefinition) -> dg.AssetsDefinition:
+    key = dg.AssetKey([family.name, "annotations"])
+
+    @dg.asset(
+        key=key,
+        partitions_def=partitions,
+        group_name=family.snake,
+        kinds={"sql"},
+        tags={"pulse/family": family.name, "pulse/stage": "annotations"},
+        description=f"{family.name}: one UTC day of human judgments ({', '.join(family.annotation_kinds)}).",
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_ACCOUNTED,
+                asset=key,
+                blocking=True,
+                description="Lines received for this day = stored + duplicates + quarantined.",
+            )
+        ],
+    )
+    def _annotations(context: dg.AssetExecutionContext, annotation_store: AnnotationStore) -> dg.MaterializeResult:
+        day = dt.date.fromisoformat(context.partition_key)
+        store = annotation_store.store
+        summary = summarize(store.iter_day(family.name, day))
+        audit = store.audit_day(family.name, day)
+        context.log.info(f"{family.name} {day}: {summary.count} annotations, {audit.quarantined} quarantined")
+        metadata: dict[str, dg.RawMetadataValue] = {
+            "annotations": summary.count,
+            "quarantined": audit.stored_quarantined,
+            "by_kind": dict(summary.by_kind),
+            "annotators": len(summary.by_annotator),
+            "store_watermark": store.latest_seq(family.name),
+        }
+        if summary.by_segment_type:
+            metadata["by_segment_type"] = dict(summary.by_segment_type)
+            metadata["by_disagreement_reason"] = dict(summary.by_disagreement)
+        if summary.by_label:
+            metadata["labels"] = len(summary.by_label)
+            metadata["top_labels"] = dg.MetadataValue.md(_table("label", summary.by_label.most_common(15)))
+        if summary.by_rating:
+            metadata["by_rating"] = dict(sorted(summary.by_rating.items()))
+        if summary.low_confidence:
+            metadata["low_confidence"] = summary.low_confidence
+        check = dg.AssetCheckResult(
+            check_name=CHECK_ACCOUNTED,
+            passed=audit.accounted_for,
+            metadata={
+                "lines_received": audit.lines,
+                "accepted": audit.accepted,
+                "duplicates": audit.duplicates,
+                "quarantined": audit.quarantined,
+                "stored": audit.stored,
+                "stored_quarantined": audit.stored_quarantined,
+            },
+            description=None if audit.accounted_for else _mismatch(audit),
+        )
+        return dg.MaterializeResult(
+            metadata=metadata, check_results=[check], data_version=dg.DataVersion(summary.digest[:16])
+        )
+
+    return _annotations
+
+
+def _table(name: str, rows: list[tuple[str, int]]) -> str:
+    return "\n".join([f"| {name} | count |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def _mismatch(audit) -> str:  # noqa: ANN001
+    return (
+        f"received {audit.lines} lines: {audit.accepted} accepted + {audit.duplicates} duplicates + "
+        f"{audit.quarantined} quarantined; the store holds {audit.stored} annotations and "
+        f"{audit.stored_quarantined} quarantined lines for this day"
+    )

@@ -1,0 +1,54 @@
+"""Where things live: the environment variables of the contract, with their embedded defaults.
+
+This is the one place that reads them. Every other module asks `get_settings()`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Locations and service addresses; the defaults are the embedded single-machine setup."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    pulse_home: Path = Field(Path(".pulse"), description="Root folder for local state.")
+    pulse_config: Path = Field(Path("pulse.yaml"), description="The families file.")
+    pulse_database_url: str | None = Field(
+        None, description="Annotation store URL; default sqlite:///$PULSE_HOME/pulse.db."
+    )
+    pulse_artifacts: str | None = Field(
+        None, description="Artifact store root (folder or s3://bucket/prefix); default $PULSE_HOME/artifacts."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///$PULSE_HOME/mlflow.db."
+    )
+    dagster_home: Path | None = Field(None, description="Dagster instance folder; default $PULSE_HOME/dagster.")
+    pulse_vllm_url: str | None = Field(None, description="vLLM server base URL; unset: serving is not configured.")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        home = self.pulse_home.expanduser().resolve()
+        self.pulse_home = home
+        self.pulse_config = self.pulse_config.expanduser().resolve()
+        self.pulse_database_url = self.pulse_database_url or f"sqlite:///{home / 'pulse.db'}"
+        self.pulse_artifacts = self.pulse_artifacts or str(home / "artifacts")
+        self.mlflow_tracking_uri = self.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow.db'}"
+        self.dagster_home = (self.dagster_home or home / "dagster").expanduser().resolve()
+        return self
+
+    @property
+    def database_url(self) -> str:
+        assert self.pulse_database_url is not None
+        return self.pulse_database_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
