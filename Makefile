@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/pulse demo
 
-# Every test, slow ones included, on SQLite and on a real PostgreSQL started by the tests.
-test: setup postgres
+# Lint, then every test, slow ones included, on SQLite and on a real PostgreSQL started by the tests.
+test: setup postgres lint
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # The default fast selection (what a bare `pytest` runs).

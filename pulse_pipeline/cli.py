@@ -19,11 +19,17 @@ from pulse_pipeline.core.ingestion import IngestError, IngestResult, ingest_file
 from pulse_pipeline.core.store import Store, StoreError
 from pulse_pipeline.settings import get_settings
 
-app = typer.Typer(help="pulse_pipeline: continuous fine-tuning from human feedback.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="pulse_pipeline: continuous fine-tuning from human feedback.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 db_app = typer.Typer(help="The annotation store's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")
+]
 
 
 class UserError(Exception):
@@ -70,7 +76,9 @@ def ingest(
         for reason in result.reasons[:10]:
             typer.echo(f"quarantined: {reason}", err=True)
         more = result.quarantined - min(10, len(result.reasons))
-        typer.echo(f"{'... and ' + str(more) + ' more; ' if more > 0 else ''}see `pulse quarantine`", err=True)
+        typer.echo(
+            f"{'... and ' + str(more) + ' more; ' if more > 0 else ''}see `pulse quarantine`", err=True
+        )
 
 
 def _ingest_report(result: IngestResult) -> dict[str, Any]:
@@ -126,7 +134,10 @@ def db_upgrade(as_json: JsonFlag = False) -> None:
     if as_json:
         _emit({"from_revision": before, "revision": after})
     else:
-        typer.echo(f"annotation store at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+        typer.echo(
+            f"annotation store at revision {after}"
+            + ("" if before == after else f" (was {before or 'empty'})")
+        )
 
 
 @app.command()
@@ -165,7 +176,9 @@ def demo(
     for reason in result.reasons[:5]:
         typer.echo(f"  quarantined: {reason}")
     runs = _materialize_days(config, days)
-    typer.echo(f"dagster: materialized {len(config.families)} annotation assets for {len(days)} days in {runs} runs")
+    typer.echo(
+        f"dagster: materialized {len(config.families)} annotation assets for {len(days)} days in {runs} runs"
+    )
     typer.echo("")
     typer.echo(f"PULSE_HOME    {home}")
     typer.echo(f"store         {settings.database_url}")

@@ -3,7 +3,6 @@
 Loads fast on purpose: no torch, transformers, peft, datasets or mlflow at import.
 """
 
-
 import dagster as dg
 
 from pulse_pipeline.core.families import PulseConfig, load_config
@@ -11,19 +10,22 @@ from pulse_pipeline.defs.annotations.assets import annotations_asset
 from pulse_pipeline.defs.resources import default_resources
 from pulse_pipeline.settings import get_settings
 
-
 ANNOTATIONS_JOB = "annotations_daily"
 
 
-def build_definitions(config: PulseConfig) -> dg.Definitions:
-    partitions = dg.DailyPartitionsDefinition(
+def annotation_partitions(config: PulseConfig) -> dg.DailyPartitionsDefinition:
+    """One partition per UTC day of judgments, today included."""
+    return dg.DailyPartitionsDefinition(
         start_date=config.annotations_start_date.isoformat(), timezone="UTC", end_offset=1
     )
+
+
+def build_definitions(config: PulseConfig) -> dg.Definitions:
+    partitions = annotation_partitions(config)
     assets = [annotations_asset(family, partitions) for family in config.families.values()]
     annotations_daily = dg.define_asset_job(
         ANNOTATIONS_JOB,
         selection=dg.AssetSelection.assets(*assets),
-        partitions_def=partitions,
         description="Count and audit one day of annotations for every family.",
     )
     return dg.Definitions(assets=assets, jobs=[annotations_daily], resources=default_resources())

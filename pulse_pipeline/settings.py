@@ -28,8 +28,12 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default sqlite:///$PULSE_HOME/mlflow.db."
     )
-    dagster_home: Path | None = Field(None, description="Dagster instance folder; default $PULSE_HOME/dagster.")
-    pulse_vllm_url: str | None = Field(None, description="vLLM server base URL; unset: serving is not configured.")
+    dagster_home: Path | None = Field(
+        None, description="Dagster instance folder; default $PULSE_HOME/dagster."
+    )
+    pulse_vllm_url: str | None = Field(
+        None, description="vLLM server base URL; unset: serving is not configured."
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -121,7 +121,9 @@ class SegmentReview(_Record):
         if self.disagreement_reason == "incorrect_timestamp" and (
             self.timestamp_start is None or self.timestamp_end is None
         ):
-            raise ValueError("disagreement_reason incorrect_timestamp needs timestamp_start and timestamp_end")
+            raise ValueError(
+                "disagreement_reason incorrect_timestamp needs timestamp_start and timestamp_end"
+            )
         return self
 
 
@@ -286,7 +288,7 @@ def _check_against_family(record: _Record, family: FamilyConfig) -> str | None:
         lo, hi = family.score_range
         for dim, value in record.scores.items():
             if not lo <= value <= hi:
-                return f"scores.{dim} {value} is outside the family's score_range [{lo:g}, {hi:g}]"
+                return f"scores.{dim} {value:g} is outside the family's score_range [{lo:g}, {hi:g}]"
     return None
 
 
@@ -309,9 +311,9 @@ def _describe(exc: ValidationError, kind: str, model: type[BaseModel]) -> str:
             # A union reports once per member at the same field: gather them into one phrase.
             parts.setdefault(f"{field} {_short(err.get('input'))}:", []).append(err["msg"])
     return "; ".join(
-        head if not msgs else f"{head} {msgs[0]}" + "".join(
-            " or " + m.removeprefix("Input should be ") for m in msgs[1:]
-        )
+        head
+        if not msgs
+        else f"{head} {msgs[0]}" + "".join(" or " + m.removeprefix("Input should be ") for m in msgs[1:])
         for head, msgs in parts.items()
     )
 
@@ -329,16 +331,26 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _reject_nul(obj: Any, kind: str, *, family: str | None, created_at: dt.datetime | None, path: str = "") -> None:
+def _reject_nul(
+    obj: Any, kind: str, *, family: str | None, created_at: dt.datetime | None, path: str = ""
+) -> None:
     """NUL characters cannot be stored in PostgreSQL text; say which field holds one."""
     if isinstance(obj, str):
         if "\x00" in obj:
-            raise RecordError(f"{kind}.{path or 'record'} contains a NUL character (\\u0000)", family=family, created_at=created_at)
+            raise RecordError(
+                f"{kind}.{path or 'record'} contains a NUL character (\\u0000)",
+                family=family,
+                created_at=created_at,
+            )
     elif isinstance(obj, dict):
         for key, value in obj.items():
             sub = f"{path}.{key}" if path else str(key)
             if "\x00" in key:
-                raise RecordError(f"{kind}: a field name contains a NUL character (\\u0000)", family=family, created_at=created_at)
+                raise RecordError(
+                    f"{kind}: a field name contains a NUL character (\\u0000)",
+                    family=family,
+                    created_at=created_at,
+                )
             _reject_nul(value, kind, family=family, created_at=created_at, path=sub)
     elif isinstance(obj, list):
         for i, value in enumerate(obj):

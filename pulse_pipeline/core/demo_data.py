@@ -48,7 +48,11 @@ class DemoScale:
 
     def scaled(self, factor: float) -> DemoScale:
         return DemoScale(
-            **{k: max(1, round(getattr(self, k) * factor)) for k in DemoScale.__dataclass_fields__ if k != "days"},
+            **{
+                k: max(1, round(getattr(self, k) * factor))
+                for k in DemoScale.__dataclass_fields__
+                if k != "days"
+            },
             days=self.days,
         )
 
@@ -76,7 +80,12 @@ def write_demo_file(
     out.path.parent.mkdir(parents=True, exist_ok=True)
     with out.path.open("wb") as fh:
         for record in generate(
-            seed=seed, anchor=anchor, scale=scale, clinc150_dir=clinc150_dir, intent_labels=intent_labels, info=out
+            seed=seed,
+            anchor=anchor,
+            scale=scale,
+            clinc150_dir=clinc150_dir,
+            intent_labels=intent_labels,
+            info=out,
         ):
             fh.write(orjson.dumps(record) + b"\n")
             out.counts[record["kind"]] += 1
@@ -101,8 +110,12 @@ def generate(
     yield from _calls(random.Random(f"{seed}:calls"), clock, scale)
     intents = _clinc150(clinc150_dir) if clinc150_dir else None
     if info is not None:
-        info.intent_source = f"CLINC150 at {clinc150_dir}" if intents else "generated utterances (CLINC150 not found)"
-    yield from _intent_labels(random.Random(f"{seed}:intents"), clock, scale.intent_label, intents, intent_labels)
+        info.intent_source = (
+            f"CLINC150 at {clinc150_dir}" if intents else "generated utterances (CLINC150 not found)"
+        )
+    yield from _intent_labels(
+        random.Random(f"{seed}:intents"), clock, scale.intent_label, intents, intent_labels
+    )
     yield from _score_labels(random.Random(f"{seed}:scores"), clock, scale.score_label)
     yield from _qa_pairs(random.Random(f"{seed}:qa"), clock, scale.qa_pair)
     yield from _feedback(random.Random(f"{seed}:feedback"), clock, scale.feedback)
@@ -154,12 +167,14 @@ SCENARIOS = {
 def _pii(rng: random.Random, name: str) -> dict[str, str]:
     user = name.lower().replace(" ", ".")
     return {
-        "phone": rng.choice(["415-555-{:04d}", "(212) 555-{:04d}", "+1 646 555 {:04d}", "+44 20 7946 {:04d}"]).format(
-            rng.randint(0, 9999)
-        ),
+        "phone": rng.choice(
+            ["415-555-{:04d}", "(212) 555-{:04d}", "+1 646 555 {:04d}", "+44 20 7946 {:04d}"]
+        ).format(rng.randint(0, 9999)),
         "email": f"{user}{rng.randint(1, 99)}@{rng.choice(['example.com', 'mail.example.org', 'example.net'])}",
         # Well-known test card numbers: Luhn-valid, never real accounts.
-        "card": rng.choice(["4111 1111 1111 1111", "5500-0000-0000-0004", "4012888888881881", "3782 822463 10005"]),
+        "card": rng.choice(
+            ["4111 1111 1111 1111", "5500-0000-0000-0004", "4012888888881881", "3782 822463 10005"]
+        ),
     }
 
 
@@ -189,16 +204,34 @@ def _call(rng: random.Random, index: int) -> dict[str, Any]:
         ("Agent", f"Thank you for calling Northwind, my name is {agent}. How can I help you today?", None)
     ]
     if disclosed:
-        lines.append(("Agent", "Before we start, this call may be recorded for quality and training purposes.", "recording_disclosure"))
+        lines.append(
+            (
+                "Agent",
+                "Before we start, this call may be recorded for quality and training purposes.",
+                "recording_disclosure",
+            )
+        )
     lines.append(("Customer", f"Hi, this is {customer}. {issue}", None))
     if verified:
-        lines.append(("Agent", "I can help with that. Can I confirm your date of birth and the phone number on the account?", "identity_verification"))
+        lines.append(
+            (
+                "Agent",
+                "I can help with that. Can I confirm your date of birth and the phone number on the account?",
+                "identity_verification",
+            )
+        )
         lines.append(("Customer", f"Sure, it's the 4th of March 1986 and my number is {pii['phone']}.", None))
     if interrupted:
         lines.append(("Agent", "Yes, yes, I know, let me just stop you there.", "interruption"))
     if scenario in ("billing_dispute", "lost_card"):
         lines.append(("Customer", f"The card is {pii['card']} if you need it.", None))
-        lines.append(("Agent", "Thank you, please never read out your full card number; I only need the last four digits.", "pii_guidance"))
+        lines.append(
+            (
+                "Agent",
+                "Thank you, please never read out your full card number; I only need the last four digits.",
+                "pii_guidance",
+            )
+        )
     lines.append(("Agent", resolution, "resolution"))
     lines.append(("Customer", f"Can you send the confirmation to {pii['email']}?", None))
     lines.append(("Agent", "Done. Is there anything else I can help you with today?", "closing"))
@@ -227,18 +260,43 @@ def _call(rng: random.Random, index: int) -> dict[str, Any]:
             "interruption": "score_impact",
         }.get(tag, "agent_action")
         impact = "negative" if tag == "interruption" else "positive"
-        segments.append({"tag": tag, "type": seg_type, "text": f"{speaker}: {text}", "start": turn["start"], "end": turn["end"], "impact": impact})
+        segments.append(
+            {
+                "tag": tag,
+                "type": seg_type,
+                "text": f"{speaker}: {text}",
+                "start": turn["start"],
+                "end": turn["end"],
+                "impact": impact,
+            }
+        )
     if not disclosed:
-        segments.append({"tag": "missing_disclosure", "type": "compliance_flag", "text": "No recording disclosure in the first 30 seconds.",
-                         "start": 0.0, "end": 30.0, "impact": "negative"})
-    return {"call_id": f"call-{index:05d}", "turns": turns, "output": output, "segments": segments, "agent": agent}
+        segments.append(
+            {
+                "tag": "missing_disclosure",
+                "type": "compliance_flag",
+                "text": "No recording disclosure in the first 30 seconds.",
+                "start": 0.0,
+                "end": 30.0,
+                "impact": "negative",
+            }
+        )
+    return {
+        "call_id": f"call-{index:05d}",
+        "turns": turns,
+        "output": output,
+        "segments": segments,
+        "agent": agent,
+    }
 
 
 def _call_correction(rng: random.Random, clock: _Clock, call: dict[str, Any]) -> dict[str, Any]:
     truth = call["output"]
     ai = json.loads(json.dumps(truth))
     if rng.random() < 0.4:
-        ai["sentiment"] = rng.choice([s for s in ("positive", "neutral", "negative") if s != truth["sentiment"]])
+        ai["sentiment"] = rng.choice(
+            [s for s in ("positive", "neutral", "negative") if s != truth["sentiment"]]
+        )
     if rng.random() < 0.4:
         ai["quality"] = max(1, min(10, truth["quality"] + rng.choice([-3, -2, 2, 3])))
     if rng.random() < 0.3 and len(ai["topics"]) > 1:
@@ -258,7 +316,9 @@ def _call_correction(rng: random.Random, clock: _Clock, call: dict[str, Any]) ->
     }
 
 
-def _segment_review(rng: random.Random, clock: _Clock, call: dict[str, Any], seg: dict[str, Any], session: str) -> dict[str, Any]:
+def _segment_review(
+    rng: random.Random, clock: _Clock, call: dict[str, Any], seg: dict[str, Any], session: str
+) -> dict[str, Any]:
     truth = {"action_detected": True, "quality_impact": seg["impact"], "category": seg["tag"]}
     ai = dict(truth)
     record: dict[str, Any] = {
@@ -285,7 +345,9 @@ def _segment_review(rng: random.Random, clock: _Clock, call: dict[str, Any], seg
         record["disagreement_reason"] = "incorrect_timestamp"
         shift = round(rng.uniform(1.5, 6.0), 1) * rng.choice([-1, 1])
         record["original_timestamp_start"] = max(0.0, round(seg["start"] + shift, 1))
-        record["original_timestamp_end"] = max(record["original_timestamp_start"] + 0.5, round(seg["end"] + shift, 1))
+        record["original_timestamp_end"] = max(
+            record["original_timestamp_start"] + 0.5, round(seg["end"] + shift, 1)
+        )
     elif roll < 0.85:
         record["disagreement_reason"] = "too_harsh" if seg["impact"] == "negative" else "too_lenient"
         ai["quality_impact"] = "negative" if seg["impact"] == "positive" else "positive"
@@ -326,7 +388,11 @@ def _intent_labels(
     rng: random.Random, clock: _Clock, n: int, pool: list[tuple[str, str]] | None, labels: tuple[str, ...]
 ) -> Iterator[dict[str, Any]]:
     if pool is None:
-        pool = [(rng.choice(_UTTERANCE_TEMPLATES).format(x=lab.replace("_", " ")), lab) for lab in labels for _ in range(8)]
+        pool = [
+            (rng.choice(_UTTERANCE_TEMPLATES).format(x=lab.replace("_", " ")), lab)
+            for lab in labels
+            for _ in range(8)
+        ]
     labels_seen = sorted({label for _, label in pool})
     picks = rng.sample(pool, k=min(n, len(pool)))
     for text, label in picks:
@@ -351,9 +417,28 @@ def _intent_labels(
         }
 
 
-DIMENSIONS = ("clarity", "accuracy", "depth", "relevance", "originality", "structure", "engagement", "sourcing")
-TOPICS = ("battery recycling", "urban heat islands", "open-source maintainers", "coastal erosion", "sleep research",
-          "microgrids", "library funding", "wildfire smoke", "remote work", "vaccine logistics")
+DIMENSIONS = (
+    "clarity",
+    "accuracy",
+    "depth",
+    "relevance",
+    "originality",
+    "structure",
+    "engagement",
+    "sourcing",
+)
+TOPICS = (
+    "battery recycling",
+    "urban heat islands",
+    "open-source maintainers",
+    "coastal erosion",
+    "sleep research",
+    "microgrids",
+    "library funding",
+    "wildfire smoke",
+    "remote work",
+    "vaccine logistics",
+)
 
 
 def _score_labels(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[str, Any]]:
@@ -402,27 +487,57 @@ def _score_labels(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[st
 
 # Illustrative facts for the demo's source registry; not authoritative figures.
 RESOURCES = {
-    "delta": {"name": "Delta", "site": "NCSA", "cores": 128, "memory": "256 GB", "gpu": "NVIDIA A100 and A40"},
+    "delta": {
+        "name": "Delta",
+        "site": "NCSA",
+        "cores": 128,
+        "memory": "256 GB",
+        "gpu": "NVIDIA A100 and A40",
+    },
     "bridges-2": {"name": "Bridges-2", "site": "PSC", "cores": 128, "memory": "256 GB", "gpu": "NVIDIA V100"},
     "expanse": {"name": "Expanse", "site": "SDSC", "cores": 128, "memory": "256 GB", "gpu": "NVIDIA V100"},
     "anvil": {"name": "Anvil", "site": "Purdue", "cores": 128, "memory": "256 GB", "gpu": "NVIDIA A100"},
-    "stampede3": {"name": "Stampede3", "site": "TACC", "cores": 112, "memory": "128 GB", "gpu": "Intel Max 1550"},
+    "stampede3": {
+        "name": "Stampede3",
+        "site": "TACC",
+        "cores": 112,
+        "memory": "128 GB",
+        "gpu": "Intel Max 1550",
+    },
 }
 STATIC_QUESTIONS = (
-    ("How many cores does a standard compute node on {name} have?", "A standard {name} compute node has {cores} CPU cores.", "compute-resources"),
-    ("How much memory is on a regular {name} node?", "Regular {name} nodes have {memory} of memory.", "compute-resources"),
+    (
+        "How many cores does a standard compute node on {name} have?",
+        "A standard {name} compute node has {cores} CPU cores.",
+        "compute-resources",
+    ),
+    (
+        "How much memory is on a regular {name} node?",
+        "Regular {name} nodes have {memory} of memory.",
+        "compute-resources",
+    ),
     ("What GPUs does {name} offer?", "{name} offers {gpu} GPUs.", "compute-resources"),
     ("Which site operates {name}?", "{name} is operated by {site}.", "compute-resources"),
-    ("Where do I find the user guide for {name}?", "The {name} user guide is linked from its ACCESS resource page.", "documentation"),
-    ("Can I install my own Python packages on {name}?", "Yes: create a virtual environment or conda environment in your home or project space on {name}.", "software"),
+    (
+        "Where do I find the user guide for {name}?",
+        "The {name} user guide is linked from its ACCESS resource page.",
+        "documentation",
+    ),
+    (
+        "Can I install my own Python packages on {name}?",
+        "Yes: create a virtual environment or conda environment in your home or project space on {name}.",
+        "software",
+    ),
 )
 DYNAMIC_QUESTIONS = (
     "What is the current queue wait time on {name}?",
     "Is {name} down right now?",
     "How many nodes are free on {name} at the moment?",
 )
-REFUSAL = ("I can't see live system status, so I can't answer that reliably. Check the ACCESS system status page "
-           "or run `squeue` on {name} for current information.")
+REFUSAL = (
+    "I can't see live system status, so I can't answer that reliably. Check the ACCESS system status page "
+    "or run `squeue` on {name} for current information."
+)
 
 
 def _qa_pairs(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[str, Any]]:
@@ -470,8 +585,14 @@ def _feedback(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[str, A
             "annotator": f"user-{rng.randint(1, 400):04d}",
             "model_version": "access-qa-base",
             "query": q.format(**facts),
-            "response": good if rating >= 4 else rng.choice(
-                [f"{facts['name']} has 64 cores per node.", "I'm not sure, please contact support.", good.split(" <<SRC")[0]]
+            "response": good
+            if rating >= 4
+            else rng.choice(
+                [
+                    f"{facts['name']} has 64 cores per node.",
+                    "I'm not sure, please contact support.",
+                    good.split(" <<SRC")[0],
+                ]
             ),
             "rating": rating,
             "sources": [f"{domain}:{key}"],

@@ -71,7 +71,8 @@ class FamilyConfig(_Strict):
     score_range: tuple[float, float] = Field((0.0, 10.0), description="Allowed [min, max] of a score.")
     min_new_annotations: int = Field(50, ge=1, description="New annotations that start a retrain.")
     weights: dict[AnnotationKind, float] = Field(
-        default_factory=dict, description="Sample weight per annotation kind (default 1.0; segment rules fixed)."
+        default_factory=dict,
+        description="Sample weight per annotation kind (default 1.0; segment rules fixed).",
     )
 
     @field_validator("name")
@@ -213,7 +214,9 @@ def _resolve_label_files(config: PulseConfig, base_dir: Path, source: str) -> Pu
                 raise ConfigError(f"{source}: family '{name}', field 'labels_file': {exc}") from None
             labels = tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
             if len(set(labels)) < 2:
-                raise ConfigError(f"{source}: family '{name}', field 'labels_file': {path} lists fewer than two labels")
+                raise ConfigError(
+                    f"{source}: family '{name}', field 'labels_file': {path} lists fewer than two labels"
+                )
             fam = fam.model_copy(update={"labels": labels, "labels_file": path})
         families[name] = fam
     return config.model_copy(update={"families": families})

@@ -75,8 +75,13 @@ def ingest_file(
         raise IngestError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     with handle:
         return ingest_lines(
-            store, _read_lines(handle, max_line_bytes), config, source=str(path), batch_size=batch_size,
-            max_line_bytes=max_line_bytes, now=now,
+            store,
+            _read_lines(handle, max_line_bytes),
+            config,
+            source=str(path),
+            batch_size=batch_size,
+            max_line_bytes=max_line_bytes,
+            now=now,
         )
 
 
@@ -94,7 +99,15 @@ def ingest_lines(
     with store.begin() as conn:
         ingestion_id = conn.execute(
             ingestions.insert()
-            .values(source=source, started_at=started, lines=0, blank_lines=0, accepted=0, duplicates=0, quarantined=0)
+            .values(
+                source=source,
+                started_at=started,
+                lines=0,
+                blank_lines=0,
+                accepted=0,
+                duplicates=0,
+                quarantined=0,
+            )
             .returning(ingestions.c.id)
         ).scalar_one()
     result = IngestResult(source=source, ingestion_id=ingestion_id)
@@ -156,7 +169,13 @@ class _Batch:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            self._reject(number, raw, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})", None, None)
+            self._reject(
+                number,
+                raw,
+                f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})",
+                None,
+                None,
+            )
             return
         try:
             obj = orjson.loads(text)
@@ -170,12 +189,24 @@ class _Batch:
             return
         self.accepted.append((number, ann))
 
-    def _reject(self, number: int, raw: bytes, reason: str, family: str | None, created_at: dt.datetime | None, size: int | None = None) -> None:
+    def _reject(
+        self,
+        number: int,
+        raw: bytes,
+        reason: str,
+        family: str | None,
+        created_at: dt.datetime | None,
+        size: int | None = None,
+    ) -> None:
         day = created_at.date() if created_at else self.ingest_day
-        self.rejected.append((number, raw, size if size is not None else len(raw), f"line {number}: {reason}", family, day))
+        self.rejected.append(
+            (number, raw, size if size is not None else len(raw), f"line {number}: {reason}", family, day)
+        )
 
 
-def _flush(store: Store, batch: _Batch, result: IngestResult, at: dt.datetime, *, final: bool = False) -> None:
+def _flush(
+    store: Store, batch: _Batch, result: IngestResult, at: dt.datetime, *, final: bool = False
+) -> None:
     """Write one batch, its tallies and the ingestion's running totals in one transaction."""
     tallies: dict[tuple[str, dt.date], Counter[str]] = {}
 
@@ -217,7 +248,9 @@ def _flush(store: Store, batch: _Batch, result: IngestResult, at: dt.datetime, *
             stmt = _insert_ignoring_conflicts(store.dialect).returning(annotations.c.id)
             inserted = set(conn.execute(stmt, rows).scalars())
         for row in rows:
-            tally(row["family"], row["created_at"].date(), "accepted" if row["id"] in inserted else "duplicates")
+            tally(
+                row["family"], row["created_at"].date(), "accepted" if row["id"] in inserted else "duplicates"
+            )
         for ann in in_batch_dupes:
             tally(ann.family, (ann.created_at or at).date(), "duplicates")
         if batch.rejected:
@@ -276,7 +309,9 @@ def _insert_ignoring_conflicts(dialect: str) -> Any:
     return insert(annotations).on_conflict_do_nothing()
 
 
-def _upsert_tallies(conn: sa.Connection, dialect: str, ingestion_id: int, tallies: dict[tuple[str, dt.date], Counter[str]]) -> None:
+def _upsert_tallies(
+    conn: sa.Connection, dialect: str, ingestion_id: int, tallies: dict[tuple[str, dt.date], Counter[str]]
+) -> None:
     if not tallies:
         return
     if dialect == "postgresql":

@@ -1,6 +1,5 @@
 """Dagster resources: how assets reach the annotation store and the family config."""
 
-
 import os
 from functools import cached_property
 

@@ -17,7 +17,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from pulse_pipeline.core.store.schema import annotations, ingestion_tallies, ingestions, metadata, quarantine
 
-__all__ = ["Store", "StoreError", "DayAudit", "annotations", "ingestions", "ingestion_tallies", "quarantine", "metadata"]
+__all__ = [
+    "Store",
+    "StoreError",
+    "DayAudit",
+    "annotations",
+    "ingestions",
+    "ingestion_tallies",
+    "quarantine",
+    "metadata",
+]
 
 _MIGRATIONS = "pulse_pipeline.core.store:migrations"
 _PG_MIGRATION_LOCK = 0x70756C7365  # "pulse": serializes concurrent first-use upgrades on PostgreSQL
@@ -104,14 +113,18 @@ class Store:
             return self.engine.connect()
         except sa.exc.OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise StoreError(f"cannot connect to the annotation store at {_redact(self.url)}: {reason}") from None
+            raise StoreError(
+                f"cannot connect to the annotation store at {_redact(self.url)}: {reason}"
+            ) from None
 
     def begin(self) -> Any:
         """A transaction (context manager yielding a Connection)."""
         try:
             return self.engine.begin()
         except sa.exc.OperationalError as exc:
-            raise StoreError(f"cannot connect to the annotation store at {_redact(self.url)}: {exc.orig}") from None
+            raise StoreError(
+                f"cannot connect to the annotation store at {_redact(self.url)}: {exc.orig}"
+            ) from None
 
     # -- queries --------------------------------------------------------------------------
 
@@ -133,7 +146,11 @@ class Store:
         start, end = _day_bounds(day)
         q = (
             sa.select(annotations)
-            .where(annotations.c.family == family, annotations.c.created_at >= start, annotations.c.created_at < end)
+            .where(
+                annotations.c.family == family,
+                annotations.c.created_at >= start,
+                annotations.c.created_at < end,
+            )
             .order_by(annotations.c.seq)
             .execution_options(yield_per=batch)
         )
@@ -187,7 +204,9 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
-        raise StoreError(f"PULSE_DATABASE_URL {url!r} is not a database URL (e.g. sqlite:///path/pulse.db)") from None
+        raise StoreError(
+            f"PULSE_DATABASE_URL {url!r} is not a database URL (e.g. sqlite:///path/pulse.db)"
+        ) from None
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

@@ -5,7 +5,6 @@ breakdowns as metadata, a data version that changes when the day's records chang
 checks that every line received for that day is accounted for.
 """
 
-
 import datetime as dt
 
 import dagster as dg
@@ -36,7 +35,9 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
             )
         ],
     )
-    def _annotations(context: dg.AssetExecutionContext, annotation_store: AnnotationStore) -> dg.MaterializeResult:
+    def _annotations(
+        context: dg.AssetExecutionContext, annotation_store: AnnotationStore
+    ) -> dg.MaterializeResult:
         day = dt.date.fromisoformat(context.partition_key)
         store = annotation_store.store
         summary = summarize(store.iter_day(family.name, day))

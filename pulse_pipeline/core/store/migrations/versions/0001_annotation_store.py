@@ -64,11 +64,20 @@ def upgrade() -> None:
         sa.Column("ingestion_id", Seq, nullable=True),
         sa.Column("source_file", sa.Text, nullable=True),
         sa.Column("line_number", sa.Integer, nullable=True),
-        sa.Column("raw", sa.LargeBinary, nullable=False, comment="The line's bytes exactly as read (maybe not UTF-8)."),
-        sa.Column("raw_size", sa.Integer, nullable=False, comment="Bytes in the line; `raw` is cut for huge lines."),
+        sa.Column(
+            "raw",
+            sa.LargeBinary,
+            nullable=False,
+            comment="The line's bytes exactly as read (maybe not UTF-8).",
+        ),
+        sa.Column(
+            "raw_size", sa.Integer, nullable=False, comment="Bytes in the line; `raw` is cut for huge lines."
+        ),
         sa.Column("reason", sa.Text, nullable=False),
         sa.Column("family", sa.String(64), nullable=True, comment="When the line named a known family."),
-        sa.Column("day", sa.Date, nullable=True, comment="The partition day the line would have belonged to."),
+        sa.Column(
+            "day", sa.Date, nullable=True, comment="The partition day the line would have belonged to."
+        ),
         sa.Column("quarantined_at", UtcTime, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_quarantine"),
         sa.ForeignKeyConstraint(

@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated PULSE_HOME per test, the shipped families, and the store on
+SQLite and on a real PostgreSQL server started once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pulse_pipeline.core.families import PulseConfig, load_config
+from pulse_pipeline.core.store import Store
+from pulse_pipeline.settings import get_settings
+from pulse_pipeline_tests.postgres_server import PostgresServer
+
+PROJECT = Path(__file__).resolve().parents[1]
+CLINC150 = PROJECT.parent / "shared" / "data" / "clinc150"
+
+
+@pytest.fixture(autouse=True)
+def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own PULSE_HOME and the project's pulse.yaml; nothing leaks between tests."""
+    home = tmp_path / "pulse-home"
+    monkeypatch.setenv("PULSE_HOME", str(home))
+    monkeypatch.setenv("PULSE_CONFIG", str(PROJECT / "pulse.yaml"))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    for var in ("PULSE_DATABASE_URL", "PULSE_ARTIFACTS", "MLFLOW_TRACKING_URI", "PULSE_VLLM_URL"):
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def config() -> PulseConfig:
+    return load_config(PROJECT / "pulse.yaml")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'pulse.db'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    with Store(database_url) as s:
+        yield s

@@ -1,0 +1,100 @@
+import json
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+from typer.testing import CliRunner
+
+from pulse_pipeline.cli import app
+from pulse_pipeline_tests.conftest import PROJECT
+from pulse_pipeline_tests.core.test_ingestion import HOSTILE
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(HOSTILE) + b"\n")
+    return path
+
+
+def test_ingest_prints_the_four_counts(hostile):
+    result = runner.invoke(app, ["ingest", str(hostile)])
+    assert result.exit_code == 0, result.output
+    counts = dict(line.split() for line in result.stdout.splitlines())
+    assert set(counts) == {"accepted", "duplicates", "quarantined", "lines"}
+    assert int(counts["accepted"]) + int(counts["duplicates"]) + int(counts["quarantined"]) == int(
+        counts["lines"]
+    )
+    assert "line 3: not valid JSON" in result.stderr
+
+
+def test_ingest_json_is_one_object_and_reingest_is_a_no_op(hostile, database_url, monkeypatch):
+    monkeypatch.setenv("PULSE_DATABASE_URL", database_url)
+    first = runner.invoke(app, ["ingest", str(hostile), "--json"])
+    second = runner.invoke(app, ["ingest", str(hostile), "--json"])
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert first.exit_code == second.exit_code == 0
+    assert a["accepted"] == 4 and b["accepted"] == 0 and b["duplicates"] == a["accepted"] + a["duplicates"]
+    assert a["lines"] == a["accepted"] + a["duplicates"] + a["quarantined"]
+    assert len(a["quarantine_reasons"]) == a["quarantined"]
+
+
+def test_unreadable_file_exits_1_with_one_line(tmp_path):
+    result = runner.invoke(app, ["ingest", str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "nope.jsonl: cannot be read" in result.stderr
+
+
+def test_bad_config_exits_1_naming_family_and_field(tmp_path, monkeypatch, hostile):
+    bad = tmp_path / "pulse.yaml"
+    bad.write_text(
+        "families:\n  x-y:\n    task: chat_sft\n    annotation_kinds: [qa_pair]\n    base_model: tiny\n    lora_rank: 8\n"
+    )
+    monkeypatch.setenv("PULSE_CONFIG", str(bad))
+    result = runner.invoke(app, ["ingest", str(hostile)])
+    assert result.exit_code == 1
+    assert "family 'x-y', field 'lora_rank': unknown key" in result.stderr
+
+
+def test_unreachable_database_exits_1(hostile, monkeypatch):
+    monkeypatch.setenv("PULSE_DATABASE_URL", "postgresql+psycopg2://u:secret@127.0.0.1:1/db")
+    result = runner.invoke(app, ["ingest", str(hostile)])
+    assert result.exit_code == 1 and "cannot connect" in result.stderr and "secret" not in result.stderr
+
+
+def test_db_upgrade_and_quarantine_listing(hostile):
+    first = runner.invoke(app, ["db", "upgrade", "--json"])
+    assert json.loads(first.stdout) == {"from_revision": None, "revision": "0001"}
+    again = runner.invoke(app, ["db", "upgrade"])
+    assert again.stdout.strip() == "annotation store at revision 0001"
+    runner.invoke(app, ["ingest", str(hostile)])
+    listing = json.loads(runner.invoke(app, ["quarantine", "--json", "--limit", "3"]).stdout)["quarantined"]
+    assert len(listing) == 3 and all(item["reason"].startswith("line ") for item in listing)
+
+
+def test_installed_entry_point_runs(hostile, pulse_env):
+    exe = PROJECT / ".venv" / "bin" / "pulse"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pulse_pipeline.cli"]
+    out = subprocess.run([*cmd, "ingest", str(hostile), "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["accepted"] == 4
+
+
+@pytest.mark.slow
+def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
+    result = runner.invoke(app, ["demo", "--scale", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert "3 quarantined" in result.stdout and "materialized 4 annotation assets" in result.stdout
+    assert (pulse_env / "dagster" / "dagster.yaml").is_file()
+    with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 14 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        key = dg.AssetKey(["intent-router", "annotations"])
+        assert len(instance.get_materialized_partitions(key)) == 14
+    # a second demo adds no annotations (same seed, same records) and still succeeds
+    again = runner.invoke(app, ["demo", "--scale", "0.2"])
+    assert again.exit_code == 0 and "0 accepted" in again.stdout
