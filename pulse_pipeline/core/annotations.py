@@ -174,6 +174,9 @@ MODELS: dict[AnnotationKind, type[_Record]] = {
 }
 
 
+_MODEL_BY_NAME: dict[str, type[_Record]] = {kind.value: model for kind, model in MODELS.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Annotation:
     """An accepted record, ready for the store."""
@@ -181,7 +184,7 @@ class Annotation:
     id: str
     family: str
     kind: str
-    payload: dict[str, Any]
+    payload: dict[str, Any]  # the record as received, every field
     content_hash: str
     created_at: dt.datetime | None  # None: "now", filled in by the store at ingestion
     annotator: str | None
@@ -204,55 +207,51 @@ def parse_record(obj: Any, config: PulseConfig, *, may_hold_nul: bool = True) ->
     family_name = obj.get("family")
     kind = obj.get("kind")
     family = config.families.get(family_name) if isinstance(family_name, str) else None
-    created_at = _readable_time(obj.get("created_at"))
-    known = family.name if family else None
-    if kind is None:
-        raise RecordError("kind is missing", family=known, created_at=created_at)
-    if kind not in MODELS:
-        raise RecordError(
-            f"kind {kind!r} is not an annotation kind (known: {', '.join(MODELS)})",
-            family=known,
-            created_at=created_at,
+
+    def reject(message: str) -> RecordError:
+        # Keep what is readable, so the quarantined line lands in its family's day.
+        return RecordError(
+            message, family=family.name if family else None, created_at=_readable_time(obj.get("created_at"))
         )
-    if family_name is None:
-        raise RecordError(f"{kind}.family is missing", created_at=created_at)
+
+    model = _MODEL_BY_NAME.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        if kind is None:
+            raise reject("kind is missing")
+        raise reject(f"kind {kind!r} is not an annotation kind (known: {', '.join(MODELS)})")
     if family is None:
-        raise RecordError(
-            f"{kind}.family {family_name!r} is not declared in pulse.yaml (declared: {', '.join(config.families)})",
-            created_at=created_at,
+        if family_name is None:
+            raise reject(f"{kind}.family is missing")
+        raise reject(
+            f"{kind}.family {family_name!r} is not declared in pulse.yaml (declared: {', '.join(config.families)})"
         )
     if kind not in family.annotation_kinds:
-        raise RecordError(
-            f"{kind} records do not belong to family '{family.name}' "
-            f"(it takes {', '.join(family.annotation_kinds)})",
-            family=known,
-            created_at=created_at,
+        raise reject(
+            f"{kind} records do not belong to family '{family.name}' (it takes {', '.join(family.annotation_kinds)})"
         )
     if may_hold_nul:
-        _reject_nul(obj, kind, family=known, created_at=created_at)
-    model = MODELS[AnnotationKind(kind)]
+        nul_at = _find_nul(obj)
+        if nul_at is not None:
+            raise reject(f"{kind}.{nul_at} contains a NUL character (\\u0000)")
     try:
         record = model.model_validate(obj)
     except ValidationError as exc:
-        raise RecordError(_describe(exc, kind, model), family=known, created_at=created_at) from None
+        raise reject(_describe(exc, kind, model)) from None
     problem = _check_against_family(record, family)
     if problem:
-        raise RecordError(f"{kind}.{problem}", family=known, created_at=created_at)
+        raise reject(f"{kind}.{problem}")
+    # The hash covers `family`, so an id derived from it is unique across families too.
     digest = content_hash(obj)
     return Annotation(
-        id=record.id or _derived_id(family.name, digest),
+        id=record.id or digest[:32],
         family=family.name,
         kind=kind,
-        payload={k: v for k, v in obj.items() if k not in COMMON_FIELDS},
+        payload=obj,
         content_hash=digest,
         created_at=_as_utc(record.created_at) if record.created_at else None,
         annotator=record.annotator,
         model_version=record.model_version,
     )
-
-
-def _derived_id(family: str, digest: str) -> str:
-    return hashlib.sha256(f"{family}\x1f{digest}".encode()).hexdigest()[:32]
 
 
 def _as_utc(t: dt.datetime) -> dt.datetime:
@@ -331,30 +330,23 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _reject_nul(
-    obj: Any, kind: str, *, family: str | None, created_at: dt.datetime | None, path: str = ""
-) -> None:
-    """NUL characters cannot be stored in PostgreSQL text; say which field holds one."""
+def _find_nul(obj: Any, path: str = "") -> str | None:
+    """Where a NUL character sits (PostgreSQL text cannot hold one), as a field path, or None."""
     if isinstance(obj, str):
-        if "\x00" in obj:
-            raise RecordError(
-                f"{kind}.{path or 'record'} contains a NUL character (\\u0000)",
-                family=family,
-                created_at=created_at,
-            )
-    elif isinstance(obj, dict):
+        return (path or "record") if "\x00" in obj else None
+    if isinstance(obj, dict):
         for key, value in obj.items():
-            sub = f"{path}.{key}" if path else str(key)
             if "\x00" in key:
-                raise RecordError(
-                    f"{kind}: a field name contains a NUL character (\\u0000)",
-                    family=family,
-                    created_at=created_at,
-                )
-            _reject_nul(value, kind, family=family, created_at=created_at, path=sub)
+                return f"{path or 'record'} field name"
+            found = _find_nul(value, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
     elif isinstance(obj, list):
         for i, value in enumerate(obj):
-            _reject_nul(value, kind, family=family, created_at=created_at, path=f"{path}[{i}]")
+            found = _find_nul(value, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 @dataclass

@@ -6,6 +6,7 @@ import datetime as dt
 import difflib
 import re
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ class FamilyConfig(_Strict):
         """The name as a Python identifier, for job and sensor names (`call_analysis`)."""
         return self.name.replace("-", "_")
 
-    @property
+    @cached_property
     def label_set(self) -> frozenset[str]:
         return frozenset(self.labels or ())
 

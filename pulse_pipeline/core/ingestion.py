@@ -1,16 +1,23 @@
 """Loading annotation records from JSON Lines into the store.
 
-Streams the file (memory bounded by one batch), inserts in batches, derives ids from
+Streams the file (memory bounded by two batches), inserts in batches, derives ids from
 content so re-ingesting is a no-op, and quarantines every line it cannot accept with a
 reason that names the line and the field. Every non-empty line ends up counted exactly once:
 accepted + duplicates + quarantined == lines.
+
+Parsing and writing overlap: one thread writes batch N while the caller's thread parses
+batch N+1. On PostgreSQL a batch goes in with COPY into a temporary table and one
+`INSERT ... SELECT ... ON CONFLICT DO NOTHING`; on SQLite with a multi-row INSERT.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
+import io
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -22,9 +29,15 @@ from pulse_pipeline.core.annotations import Annotation, RecordError, parse_recor
 from pulse_pipeline.core.families import PulseConfig
 from pulse_pipeline.core.store import Store, annotations, ingestion_tallies, ingestions, quarantine
 
-BATCH_SIZE = 2000
+BATCH_SIZE = 5000
 MAX_LINE_BYTES = 8 * 1024 * 1024
 QUARANTINE_RAW_BYTES = 64 * 1024  # a huge line keeps its first 64 KiB in quarantine
+
+Clock = Callable[[], dt.datetime]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class IngestError(RuntimeError):
@@ -41,7 +54,7 @@ class IngestResult:
     quarantined: int = 0
     blank_lines: int = 0
     by_family: Counter[str] = field(default_factory=Counter)
-    reasons: list[str] = field(default_factory=list)  # first few quarantine reasons, for the CLI
+    reasons: list[str] = field(default_factory=list)  # the first quarantine reasons, for the CLI
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -63,7 +76,7 @@ def ingest_file(
     *,
     batch_size: int = BATCH_SIZE,
     max_line_bytes: int = MAX_LINE_BYTES,
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    now: Clock = _utcnow,
 ) -> IngestResult:
     """Ingest one JSON Lines file. Raises IngestError only when the file cannot be opened."""
     path = Path(path)
@@ -93,39 +106,43 @@ def ingest_lines(
     source: str,
     batch_size: int = BATCH_SIZE,
     max_line_bytes: int = MAX_LINE_BYTES,
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    now: Clock = _utcnow,
 ) -> IngestResult:
+    """Ingest lines (bytes, or `_Line`s from `_read_lines`) as one recorded ingestion."""
     started = now()
     with store.begin() as conn:
         ingestion_id = conn.execute(
             ingestions.insert()
-            .values(
-                source=source,
-                started_at=started,
-                lines=0,
-                blank_lines=0,
-                accepted=0,
-                duplicates=0,
-                quarantined=0,
-            )
+            .values(source=source, started_at=started, lines=0, blank_lines=0, accepted=0, duplicates=0, quarantined=0)
             .returning(ingestions.c.id)
         ).scalar_one()
     result = IngestResult(source=source, ingestion_id=ingestion_id)
-    batch = _Batch(ingestion_id, source, started.date())
-    for n, item in enumerate(lines, start=1):
-        line = item if isinstance(item, _Line) else _Line(n, item)
-        raw = line.raw.rstrip(b"\r\n")
-        if line.number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        if not raw.strip():
-            result.blank_lines += 1
-            continue
-        result.lines += 1
-        batch.add(line.number, raw, max(line.size, len(raw)), config, max_line_bytes)
-        if batch.size >= batch_size:
-            _flush(store, batch, result, now())
-            batch = _Batch(ingestion_id, source, started.date())
-    _flush(store, batch, result, now(), final=True)
+    writer = _Writer(store, result)
+    batch = _Batch(ingestion_id, 1, source, started.date())
+    # PostgreSQL takes two batches at once on two connections; SQLite has one writer anyway.
+    in_flight = 2 if store.dialect == "postgresql" else 1
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="pulse-ingest") as pool:
+        pending: deque[Future[None]] = deque()
+        for n, item in enumerate(lines, start=1):
+            line = item if isinstance(item, _Line) else _Line(n, item)
+            raw = line.raw.rstrip(b"\r\n")
+            if line.number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                result.blank_lines += 1
+                continue
+            result.lines += 1
+            batch.add(line.number, raw, max(line.size, len(raw)), config, max_line_bytes)
+            if batch.size >= batch_size:
+                batch.close(result, now(), store.dialect)
+                if len(pending) >= in_flight:
+                    pending.popleft().result()  # a bounded number of batches in flight: bounded memory
+                pending.append(pool.submit(writer.write, batch))
+                batch = _Batch(ingestion_id, batch.number + 1, source, started.date())
+        while pending:
+            pending.popleft().result()
+    batch.close(result, now(), store.dialect)
+    writer.write(batch, final=True)
     return result
 
 
@@ -149,185 +166,289 @@ def _read_lines(handle: IO[bytes], max_line_bytes: int) -> Iterator[_Line]:
             yield _Line(number, chunk)
 
 
-class _Batch:
-    """Accepted and quarantined lines waiting for one transaction."""
+@dataclass(slots=True)
+class _Rejected:
+    number: int
+    raw: bytes
+    size: int
+    reason: str
+    family: str | None
+    day: dt.date
 
-    def __init__(self, ingestion_id: int, source: str, ingest_day: dt.date):
+
+class _Batch:
+    """Parsed lines waiting for one transaction."""
+
+    def __init__(self, ingestion_id: int, number: int, source: str, ingest_day: dt.date):
         self.ingestion_id = ingestion_id
+        self.number = number
         self.source = source
         self.ingest_day = ingest_day
-        self.accepted: list[tuple[int, Annotation]] = []
-        self.rejected: list[tuple[int, bytes, int, str, str | None, dt.date]] = []
+        self.accepted: list[tuple[int, Annotation, str]] = []  # (line, annotation, its JSON text)
+        self.rejected: list[_Rejected] = []
         self.size = 0
+        self.lines_so_far = 0
+        self.blank_so_far = 0
 
     def add(self, number: int, raw: bytes, size: int, config: PulseConfig, max_line_bytes: int) -> None:
         self.size += 1
         if size > max_line_bytes:
             reason = f"line is {size} bytes, over the {max_line_bytes}-byte limit (first {QUARANTINE_RAW_BYTES} kept)"
-            self._reject(number, raw[:QUARANTINE_RAW_BYTES], reason, None, None, size)
+            self._reject(number, raw[:QUARANTINE_RAW_BYTES], reason, size=size)
             return
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            self._reject(
-                number,
-                raw,
-                f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})",
-                None,
-                None,
-            )
+            self._reject(number, raw, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})")
             return
         try:
             obj = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            self._reject(number, raw, f"not valid JSON: {exc}", None, None)
+            self._reject(number, raw, f"not valid JSON: {exc}")
             return
         try:
             ann = parse_record(obj, config, may_hold_nul=b"\\u0000" in raw)
         except RecordError as exc:
-            self._reject(number, raw, str(exc), exc.family, exc.created_at)
+            self._reject(number, raw, str(exc), family=exc.family, created_at=exc.created_at)
             return
-        self.accepted.append((number, ann))
+        self.accepted.append((number, ann, text))
 
     def _reject(
         self,
         number: int,
         raw: bytes,
         reason: str,
-        family: str | None,
-        created_at: dt.datetime | None,
+        *,
         size: int | None = None,
+        family: str | None = None,
+        created_at: dt.datetime | None = None,
     ) -> None:
         day = created_at.date() if created_at else self.ingest_day
         self.rejected.append(
-            (number, raw, size if size is not None else len(raw), f"line {number}: {reason}", family, day)
+            _Rejected(number, raw, len(raw) if size is None else size, f"line {number}: {reason}", family, day)
         )
 
+    def close(self, result: IngestResult, at: dt.datetime, dialect: str) -> None:
+        """Freeze the batch: running line counts, the rows to insert and, for PostgreSQL, their COPY text.
 
-def _flush(
-    store: Store, batch: _Batch, result: IngestResult, at: dt.datetime, *, final: bool = False
-) -> None:
-    """Write one batch, its tallies and the ingestion's running totals in one transaction."""
-    tallies: dict[tuple[str, dt.date], Counter[str]] = {}
+        Runs on the parsing thread, so the writing thread has little Python left to do.
+        """
+        self.lines_so_far = result.lines
+        self.blank_so_far = result.blank_lines
+        self.at = at
+        self.rows, self.dupes = _unique_rows(self, at)
+        if dialect == "postgresql" and self.rows:
+            self.copy_text = _as_copy_text(self.rows)
 
-    def tally(family: str | None, day: dt.date, outcome: str) -> None:
-        c = tallies.setdefault((family or "", day), Counter())
-        c["lines"] += 1
-        c[outcome] += 1
 
-    rows: list[dict[str, Any]] = []
+class _Writer:
+    """Writes one batch, its tallies and the ingestion's running totals in one transaction.
+
+    Safe to call from several threads at once: the totals are added in SQL, the caller's
+    result is updated under a lock.
+    """
+
+    def __init__(self, store: Store, result: IngestResult):
+        self.store = store
+        self.result = result
+        self.lock = threading.Lock()
+
+    def write(self, batch: _Batch, *, final: bool = False) -> None:
+        if self.store.dialect != "postgresql":
+            self._commit(batch, final, lambda conn: _insert_annotations(conn, batch.rows))
+            return
+        from psycopg2.errors import DeadlockDetected, UniqueViolation
+
+        try:  # new records, the common case: one COPY straight into the table
+            self._commit(batch, final, lambda conn: _copy_annotations(conn, batch))
+            return
+        except Exception as exc:
+            if not _caused_by(exc, UniqueViolation, DeadlockDetected):  # stored already, or arriving now
+                raise
+        for attempt in range(3):
+            try:
+                self._commit(batch, final, lambda conn: _copy_annotations(conn, batch, staged=True))
+                return
+            except Exception as exc:  # two batches inserting each other's duplicates: try again
+                if attempt == 2 or not _caused_by(exc, DeadlockDetected):
+                    raise
+
+    def _commit(self, batch: _Batch, final: bool, insert: Callable[[sa.Connection], set[str]]) -> None:
+        result = self.result
+        at, rows = batch.at, batch.rows
+        with self.store.begin() as conn:
+            inserted = insert(conn) if rows else set()
+            # (family, day, outcome) for every line of the batch; a C-speed count, not a Python loop
+            outcomes = Counter(
+                (r[_FAMILY], r[_CREATED].date(), "accepted" if r[_ID] in inserted else "duplicates") for r in rows
+            )
+            outcomes.update((a.family, (a.created_at or at).date(), "duplicates") for a in batch.dupes)
+            outcomes.update((r.family or "", r.day, "quarantined") for r in batch.rejected)
+            if batch.rejected:
+                conn.execute(
+                    quarantine.insert(),
+                    [
+                        {
+                            "ingestion_id": batch.ingestion_id,
+                            "source_file": batch.source,
+                            "line_number": r.number,
+                            "raw": r.raw,
+                            "raw_size": r.size,
+                            "reason": r.reason,
+                            "family": r.family,
+                            "day": r.day,
+                            "quarantined_at": at,
+                        }
+                        for r in batch.rejected
+                    ],
+                )
+            _insert_tallies(conn, batch, outcomes)
+            accepted, quarantined = len(inserted), len(batch.rejected)
+            duplicates = batch.size - accepted - quarantined
+            c = ingestions.c
+            conn.execute(
+                ingestions.update()
+                .where(c.id == batch.ingestion_id)
+                .values(
+                    lines=sa.case((c.lines > batch.lines_so_far, c.lines), else_=batch.lines_so_far),
+                    blank_lines=sa.case((c.blank_lines > batch.blank_so_far, c.blank_lines), else_=batch.blank_so_far),
+                    accepted=c.accepted + accepted,
+                    duplicates=c.duplicates + duplicates,
+                    quarantined=c.quarantined + quarantined,
+                    finished_at=at if final else None,
+                )
+            )
+        with self.lock:  # committed: only now does the caller's result move
+            result.accepted += accepted
+            result.duplicates += duplicates
+            result.quarantined += quarantined
+            for (family, _, outcome), n in outcomes.items():
+                if outcome == "accepted":
+                    result.by_family[family] += n
+            result.reasons.extend(r.reason for r in batch.rejected[: max(0, 20 - len(result.reasons))])
+
+
+# Column order of a row to insert; a row also carries the record's JSON text at _TEXT.
+_COLUMNS = (
+    "id", "family", "kind", "payload", "content_hash", "created_at", "ingested_at",
+    "annotator", "model_version", "source_file", "source_line", "ingestion_id",
+)  # fmt: skip
+_ID, _FAMILY, _HASH, _CREATED, _TEXT = 0, 1, 4, 5, 12
+
+
+def _unique_rows(batch: _Batch, at: dt.datetime) -> tuple[list[tuple[Any, ...]], list[Annotation]]:
+    """Rows to insert (in `_COLUMNS` order), and annotations repeating an earlier one in the batch."""
+    rows: list[tuple[Any, ...]] = []
+    dupes: list[Annotation] = []
     seen_ids: set[str] = set()
     seen_hashes: set[tuple[str, str]] = set()
-    in_batch_dupes: list[Annotation] = []
-    for number, ann in batch.accepted:
+    source, ingestion_id = batch.source, batch.ingestion_id
+    for number, ann, text in batch.accepted:
         key = (ann.family, ann.content_hash)
         if ann.id in seen_ids or key in seen_hashes:
-            in_batch_dupes.append(ann)
+            dupes.append(ann)
             continue
         seen_ids.add(ann.id)
         seen_hashes.add(key)
         rows.append(
-            {
-                "id": ann.id,
-                "family": ann.family,
-                "kind": ann.kind,
-                "payload": ann.payload,
-                "content_hash": ann.content_hash,
-                "created_at": ann.created_at or at,
-                "ingested_at": at,
-                "annotator": ann.annotator,
-                "model_version": ann.model_version,
-                "source_file": batch.source,
-                "source_line": number,
-                "ingestion_id": batch.ingestion_id,
-            }
-        )
-    with store.begin() as conn:
-        inserted: set[str] = set()
-        if rows:
-            stmt = _insert_ignoring_conflicts(store.dialect).returning(annotations.c.id)
-            inserted = set(conn.execute(stmt, rows).scalars())
-        for row in rows:
-            tally(
-                row["family"], row["created_at"].date(), "accepted" if row["id"] in inserted else "duplicates"
+            (
+                ann.id, ann.family, ann.kind, ann.payload, ann.content_hash, ann.created_at or at, at,
+                ann.annotator, ann.model_version, source, number, ingestion_id, text,
             )
-        for ann in in_batch_dupes:
-            tally(ann.family, (ann.created_at or at).date(), "duplicates")
-        if batch.rejected:
-            conn.execute(
-                quarantine.insert(),
-                [
-                    {
-                        "ingestion_id": batch.ingestion_id,
-                        "source_file": batch.source,
-                        "line_number": number,
-                        "raw": raw,
-                        "raw_size": size,
-                        "reason": reason,
-                        "family": family,
-                        "day": day,
-                        "quarantined_at": at,
-                    }
-                    for number, raw, size, reason, family, day in batch.rejected
-                ],
+        )  # fmt: skip
+    return rows, dupes
+
+
+def _insert_annotations(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+    """SQLite: insert rows, skipping any whose id or (family, content_hash) exists; return inserted ids."""
+    if not rows:
+        return set()
+    from sqlalchemy.dialects.sqlite import insert
+
+    stmt = insert(annotations).on_conflict_do_nothing().returning(annotations.c.id)
+    return set(conn.execute(stmt, [dict(zip(_COLUMNS, r[:_TEXT], strict=True)) for r in rows]).scalars())
+
+
+_COPY = f"COPY annotations ({', '.join(_COLUMNS)}) FROM STDIN"
+_STAGING = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS pulse_ingest_staging (LIKE annotations INCLUDING DEFAULTS)
+ON COMMIT DELETE ROWS;
+COPY pulse_ingest_staging ({', '.join(_COLUMNS)}) FROM STDIN
+"""
+_MOVE_STAGED = f"""
+INSERT INTO annotations ({', '.join(_COLUMNS)})
+SELECT {', '.join(_COLUMNS)} FROM pulse_ingest_staging
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+
+def _copy_annotations(conn: sa.Connection, batch: _Batch, *, staged: bool = False) -> set[str]:
+    """PostgreSQL: COPY the batch into `annotations`; return the ids inserted.
+
+    Straight into the table, a COPY fails on the first row already stored (psycopg2's
+    UniqueViolation, for the caller to retry with `staged=True`). Staged, the rows go into a
+    temporary table and then `INSERT ... ON CONFLICT DO NOTHING`.
+    """
+    data = batch.copy_text
+    cursor = conn.connection.dbapi_connection.cursor()  # same transaction as `conn`
+    try:
+        if not staged:
+            cursor.copy_expert(_COPY, io.StringIO(data), size=len(data) + 1)
+            return {r[_ID] for r in batch.rows}
+        cursor.copy_expert(_STAGING, io.StringIO(data), size=len(data) + 1)
+        cursor.execute(_MOVE_STAGED)
+        return {row[0] for row in cursor.fetchall()}
+    finally:
+        cursor.close()
+
+
+def _as_copy_text(rows: list[tuple[Any, ...]]) -> str:
+    """Rows in COPY's text format; the payload is the record's own JSON text."""
+    ingested = rows[0][6].isoformat()  # one ingestion time per batch
+    return "".join(
+        "\t".join(
+            (
+                _copy_field(r[0]), r[1], r[2], _copy_field(r[_TEXT]), r[_HASH], r[_CREATED].isoformat(), ingested,
+                _copy_field(r[7]), _copy_field(r[8]), _copy_field(r[9]), str(r[10]), str(r[11]),
             )
-            for _, _, _, reason, family, day in batch.rejected:
-                tally(family, day, "quarantined")
-                if len(result.reasons) < 20:
-                    result.reasons.append(reason)
-        _upsert_tallies(conn, store.dialect, batch.ingestion_id, tallies)
-        accepted = len(inserted)
-        quarantined = len(batch.rejected)
-        duplicates = batch.size - accepted - quarantined
-        result.accepted += accepted
-        result.duplicates += duplicates
-        result.quarantined += quarantined
-        for _, ann in batch.accepted:
-            if ann.id in inserted:
-                result.by_family[ann.family] += 1
+        )  # fmt: skip
+        + "\n"
+        for r in rows
+    )
+
+
+def _copy_field(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _insert_tallies(conn: sa.Connection, batch: _Batch, outcomes: Counter[tuple[str, dt.date, str]]) -> None:
+    """Record this batch's counts per (family, day)."""
+    tallies: dict[tuple[str, dt.date], Counter[str]] = {}
+    for (family, day, outcome), n in outcomes.items():
+        counter = tallies.setdefault((family, day), Counter())
+        counter["lines"] += n
+        counter[outcome] += n
+    if tallies:
         conn.execute(
-            ingestions.update()
-            .where(ingestions.c.id == batch.ingestion_id)
-            .values(
-                lines=result.lines,
-                blank_lines=result.blank_lines,
-                accepted=result.accepted,
-                duplicates=result.duplicates,
-                quarantined=result.quarantined,
-                finished_at=at if final else None,
-            )
+            ingestion_tallies.insert(),
+            [
+                {
+                    "ingestion_id": batch.ingestion_id,
+                    "batch": batch.number,
+                    "family": family,
+                    "day": day,
+                    **{c: counter[c] for c in ("lines", "accepted", "duplicates", "quarantined")},
+                }
+                for (family, day), counter in tallies.items()
+            ],
         )
 
 
-def _insert_ignoring_conflicts(dialect: str) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - the store supports these two
-        raise NotImplementedError(f"ingestion does not support the {dialect} dialect")
-    return insert(annotations).on_conflict_do_nothing()
-
-
-def _upsert_tallies(
-    conn: sa.Connection, dialect: str, ingestion_id: int, tallies: dict[tuple[str, dt.date], Counter[str]]
-) -> None:
-    if not tallies:
-        return
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(ingestion_tallies)
-    counts = ("lines", "accepted", "duplicates", "quarantined")
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["ingestion_id", "family", "day"],
-        set_={c: getattr(ingestion_tallies.c, c) + getattr(stmt.excluded, c) for c in counts},
-    )
-    conn.execute(
-        stmt,
-        [
-            {"ingestion_id": ingestion_id, "family": fam, "day": day, **{c: counter[c] for c in counts}}
-            for (fam, day), counter in tallies.items()
-        ],
-    )
+def _caused_by(exc: BaseException, *kinds: type[BaseException]) -> bool:
+    """True when `exc`, or the driver error SQLAlchemy wrapped in it, is one of `kinds`."""
+    return isinstance(exc, kinds) or isinstance(getattr(exc, "orig", None), kinds)

@@ -56,7 +56,7 @@ annotations = Table(
     Column("id", String(128), nullable=False, unique=True, comment="Given, or derived from the content."),
     Column("family", String(64), nullable=False),
     Column("kind", String(32), nullable=False),
-    Column("payload", Payload, nullable=False, comment="The kind's fields, as received."),
+    Column("payload", Payload, nullable=False, comment="The record as received, every field."),
     Column("content_hash", String(64), nullable=False),
     Column("created_at", UtcTime, nullable=False, comment="When the judgment was made (UTC)."),
     Column("ingested_at", UtcTime, nullable=False),
@@ -89,11 +89,13 @@ quarantine = Table(
     Index(None, "family", "day"),
 )
 
-# Per ingestion, what happened to the lines of each (family, day): what the partition check audits.
+# Per ingestion batch, what happened to the lines of each (family, day): what the partition check
+# audits. One row per batch (never updated), so concurrent batch writers never contend.
 ingestion_tallies = Table(
     "ingestion_tallies",
     metadata,
     Column("ingestion_id", Seq, ForeignKey("ingestions.id"), primary_key=True),
+    Column("batch", Integer, primary_key=True),
     Column("family", String(64), primary_key=True, comment="'' when the line named no known family."),
     Column("day", Date, primary_key=True),
     Column("lines", Integer, nullable=False, default=0),

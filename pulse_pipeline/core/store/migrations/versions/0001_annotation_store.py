@@ -39,7 +39,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(128), nullable=False, comment="Given, or derived from the content."),
         sa.Column("family", sa.String(64), nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
-        sa.Column("payload", Payload, nullable=False, comment="The kind's fields, as received."),
+        sa.Column("payload", Payload, nullable=False, comment="The record as received, every field."),
         sa.Column("content_hash", sa.String(64), nullable=False),
         sa.Column("created_at", UtcTime, nullable=False, comment="When the judgment was made (UTC)."),
         sa.Column("ingested_at", UtcTime, nullable=False),
@@ -88,13 +88,14 @@ def upgrade() -> None:
     op.create_table(
         "ingestion_tallies",
         sa.Column("ingestion_id", Seq, nullable=False),
+        sa.Column("batch", sa.Integer, nullable=False),
         sa.Column("family", sa.String(64), nullable=False, comment="'' when the line named no known family."),
         sa.Column("day", sa.Date, nullable=False),
         sa.Column("lines", sa.Integer, nullable=False),
         sa.Column("accepted", sa.Integer, nullable=False),
         sa.Column("duplicates", sa.Integer, nullable=False),
         sa.Column("quarantined", sa.Integer, nullable=False),
-        sa.PrimaryKeyConstraint("ingestion_id", "family", "day", name="pk_ingestion_tallies"),
+        sa.PrimaryKeyConstraint("ingestion_id", "batch", "family", "day", name="pk_ingestion_tallies"),
         sa.ForeignKeyConstraint(
             ["ingestion_id"], ["ingestions.id"], name="fk_ingestion_tallies_ingestion_id_ingestions"
         ),
