@@ -34,7 +34,12 @@ def make_file(path: Path, rows: int) -> dict[str, int]:
 
     clinc = ROOT.parent / "shared" / "data" / "clinc150"
     base = list(
-        generate(seed=7, anchor=dt.date(2026, 11, 1), scale=DemoScale(), clinc150_dir=clinc if clinc.is_dir() else None)
+        generate(
+            seed=7,
+            anchor=dt.date(2026, 11, 1),
+            scale=DemoScale(),
+            clinc150_dir=clinc if clinc.is_dir() else None,
+        )
     )
     kinds: dict[str, int] = {}
     with path.open("wb") as fh:
@@ -75,7 +80,10 @@ def worker(mode: str, file: Path, url: str) -> dict:
 
 def run_worker(mode: str, file: Path, url: str) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", mode, str(file), url], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--worker", mode, str(file), url],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -114,10 +122,16 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{args.rows} records, {size_mib:.0f} MiB of JSON Lines ({', '.join(f'{k} {v}' for k, v in kinds.items())})\n")
+    print(
+        f"{args.rows} records, {size_mib:.0f} MiB of JSON Lines ({', '.join(f'{k} {v}' for k, v in kinds.items())})\n"
+    )
     print("| stage | rows | seconds | rows/s | vs parse-only | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|---:|")
-    labels = {"parse": "parse + validate only (baseline)", "sqlite": "ingest into SQLite", "postgresql": "ingest into PostgreSQL"}
+    labels = {
+        "parse": "parse + validate only (baseline)",
+        "sqlite": "ingest into SQLite",
+        "postgresql": "ingest into PostgreSQL",
+    }
     for r in results:
         print(
             f"| {labels[r['mode']]} | {r['accepted']} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | "

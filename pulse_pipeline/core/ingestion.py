@@ -1,13 +1,15 @@
 """Loading annotation records from JSON Lines into the store.
 
-Streams the file (memory bounded by two batches), inserts in batches, derives ids from
+Streams the file (memory bounded by a few batches), inserts in batches, derives ids from
 content so re-ingesting is a no-op, and quarantines every line it cannot accept with a
 reason that names the line and the field. Every non-empty line ends up counted exactly once:
 accepted + duplicates + quarantined == lines.
 
-Parsing and writing overlap: one thread writes batch N while the caller's thread parses
-batch N+1. On PostgreSQL a batch goes in with COPY into a temporary table and one
-`INSERT ... SELECT ... ON CONFLICT DO NOTHING`; on SQLite with a multi-row INSERT.
+Parsing and writing overlap: writer threads store finished batches while the caller's
+thread parses the next. On PostgreSQL two batches are written at once, each with one COPY
+(or, when some of its records are stored already, COPY into a staging table and
+`INSERT ... SELECT ... ON CONFLICT DO NOTHING`); on SQLite one at a time with a
+multi-row `INSERT ... ON CONFLICT DO NOTHING`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,11 +57,6 @@ class IngestResult:
     blank_lines: int = 0
     by_family: Counter[str] = field(default_factory=Counter)
     reasons: list[str] = field(default_factory=list)  # the first quarantine reasons, for the CLI
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["by_family"] = dict(self.by_family)
-        return d
 
 
 @dataclass(slots=True)
@@ -113,7 +110,15 @@ def ingest_lines(
     with store.begin() as conn:
         ingestion_id = conn.execute(
             ingestions.insert()
-            .values(source=source, started_at=started, lines=0, blank_lines=0, accepted=0, duplicates=0, quarantined=0)
+            .values(
+                source=source,
+                started_at=started,
+                lines=0,
+                blank_lines=0,
+                accepted=0,
+                duplicates=0,
+                quarantined=0,
+            )
             .returning(ingestions.c.id)
         ).scalar_one()
     result = IngestResult(source=source, ingestion_id=ingestion_id)
@@ -199,7 +204,9 @@ class _Batch:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            self._reject(number, raw, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})")
+            self._reject(
+                number, raw, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})"
+            )
             return
         try:
             obj = orjson.loads(text)
@@ -225,7 +232,9 @@ class _Batch:
     ) -> None:
         day = created_at.date() if created_at else self.ingest_day
         self.rejected.append(
-            _Rejected(number, raw, len(raw) if size is None else size, f"line {number}: {reason}", family, day)
+            _Rejected(
+                number, raw, len(raw) if size is None else size, f"line {number}: {reason}", family, day
+            )
         )
 
     def close(self, result: IngestResult, at: dt.datetime, dialect: str) -> None:
@@ -280,7 +289,8 @@ class _Writer:
             inserted = insert(conn) if rows else set()
             # (family, day, outcome) for every line of the batch; a C-speed count, not a Python loop
             outcomes = Counter(
-                (r[_FAMILY], r[_CREATED].date(), "accepted" if r[_ID] in inserted else "duplicates") for r in rows
+                (r[_FAMILY], r[_CREATED].date(), "accepted" if r[_ID] in inserted else "duplicates")
+                for r in rows
             )
             outcomes.update((a.family, (a.created_at or at).date(), "duplicates") for a in batch.dupes)
             outcomes.update((r.family or "", r.day, "quarantined") for r in batch.rejected)
@@ -311,7 +321,9 @@ class _Writer:
                 .where(c.id == batch.ingestion_id)
                 .values(
                     lines=sa.case((c.lines > batch.lines_so_far, c.lines), else_=batch.lines_so_far),
-                    blank_lines=sa.case((c.blank_lines > batch.blank_so_far, c.blank_lines), else_=batch.blank_so_far),
+                    blank_lines=sa.case(
+                        (c.blank_lines > batch.blank_so_far, c.blank_lines), else_=batch.blank_so_far
+                    ),
                     accepted=c.accepted + accepted,
                     duplicates=c.duplicates + duplicates,
                     quarantined=c.quarantined + quarantined,
@@ -373,11 +385,11 @@ _COPY = f"COPY annotations ({', '.join(_COLUMNS)}) FROM STDIN"
 _STAGING = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS pulse_ingest_staging (LIKE annotations INCLUDING DEFAULTS)
 ON COMMIT DELETE ROWS;
-COPY pulse_ingest_staging ({', '.join(_COLUMNS)}) FROM STDIN
+COPY pulse_ingest_staging ({", ".join(_COLUMNS)}) FROM STDIN
 """
 _MOVE_STAGED = f"""
-INSERT INTO annotations ({', '.join(_COLUMNS)})
-SELECT {', '.join(_COLUMNS)} FROM pulse_ingest_staging
+INSERT INTO annotations ({", ".join(_COLUMNS)})
+SELECT {", ".join(_COLUMNS)} FROM pulse_ingest_staging
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -409,8 +421,18 @@ def _as_copy_text(rows: list[tuple[Any, ...]]) -> str:
     return "".join(
         "\t".join(
             (
-                _copy_field(r[0]), r[1], r[2], _copy_field(r[_TEXT]), r[_HASH], r[_CREATED].isoformat(), ingested,
-                _copy_field(r[7]), _copy_field(r[8]), _copy_field(r[9]), str(r[10]), str(r[11]),
+                _copy_field(r[0]),
+                r[1],
+                r[2],
+                _copy_field(r[_TEXT]),
+                r[_HASH],
+                r[_CREATED].isoformat(),
+                ingested,
+                _copy_field(r[7]),
+                _copy_field(r[8]),
+                _copy_field(r[9]),
+                str(r[10]),
+                str(r[11]),
             )
         )  # fmt: skip
         + "\n"

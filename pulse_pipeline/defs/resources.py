@@ -1,12 +1,10 @@
-"""Dagster resources: how assets reach the annotation store and the family config."""
+"""Dagster resources: how assets reach the annotation store."""
 
 import os
-from functools import cached_property
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from pulse_pipeline.core.families import PulseConfig, load_config
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.settings import get_settings
 
@@ -32,22 +30,9 @@ class AnnotationStore(dg.ConfigurableResource):
         return self._store
 
 
-class Families(dg.ConfigurableResource):
-    """The families file (`pulse.yaml`, or PULSE_CONFIG)."""
-
-    config_path: str
-
-    @cached_property
-    def config(self) -> PulseConfig:
-        return load_config(self.config_path)
-
-
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for this environment. A database URL from the environment stays an EnvVar,
     so a password in it is never shown in the UI."""
     settings = get_settings()
     url = dg.EnvVar("PULSE_DATABASE_URL") if os.environ.get("PULSE_DATABASE_URL") else settings.database_url
-    return {
-        "annotation_store": AnnotationStore(database_url=url),
-        "families": Families(config_path=str(settings.pulse_config)),
-    }
+    return {"annotation_store": AnnotationStore(database_url=url)}

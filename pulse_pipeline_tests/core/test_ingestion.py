@@ -219,7 +219,9 @@ def test_concurrent_ingests_of_one_file_store_each_record_once(store, config, tm
     account for every line and store each record exactly once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    demo = write_demo_file(tmp_path / "demo.jsonl", anchor=dt.date(2026, 6, 30), scale=DemoScale().scaled(0.3))
+    demo = write_demo_file(
+        tmp_path / "demo.jsonl", anchor=dt.date(2026, 6, 30), scale=DemoScale().scaled(0.3)
+    )
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: ingest_file(store, demo.path, config, batch_size=50), range(2)))
     total = sum(demo.counts.values())

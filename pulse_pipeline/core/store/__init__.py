@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,14 +119,11 @@ class Store:
                 f"cannot connect to the annotation store at {_redact(self.url)}: {reason}"
             ) from None
 
-    def begin(self) -> Any:
-        """A transaction (context manager yielding a Connection)."""
-        try:
-            return self.engine.begin()
-        except sa.exc.OperationalError as exc:
-            raise StoreError(
-                f"cannot connect to the annotation store at {_redact(self.url)}: {exc.orig}"
-            ) from None
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction: committed on exit, rolled back on an exception."""
+        with self._connect() as conn, conn.begin():
+            yield conn
 
     # -- queries --------------------------------------------------------------------------
 
