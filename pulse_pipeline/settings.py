@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from pulse_pipeline.core.artifacts import ArtifactStore
 
 
 class Settings(BaseSettings):
@@ -25,6 +29,9 @@ class Settings(BaseSettings):
     pulse_artifacts: str | None = Field(
         None, description="Artifact store root (folder or s3://bucket/prefix); default $PULSE_HOME/artifacts."
     )
+    pulse_s3_endpoint: str | None = Field(None, description="S3 API endpoint for s3:// artifacts, e.g. http://minio:9000.")
+    pulse_s3_access_key: str = Field("", description="S3 access key.")
+    pulse_s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default sqlite:///$PULSE_HOME/mlflow.db."
     )
@@ -45,6 +52,17 @@ class Settings(BaseSettings):
         self.mlflow_tracking_uri = self.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow.db'}"
         self.dagster_home = (self.dagster_home or home / "dagster").expanduser().resolve()
         return self
+
+    def artifact_store(self) -> ArtifactStore:
+        from pulse_pipeline.core.artifacts import open_artifact_store
+
+        assert self.pulse_artifacts is not None
+        return open_artifact_store(
+            self.pulse_artifacts,
+            endpoint=self.pulse_s3_endpoint,
+            access_key=self.pulse_s3_access_key,
+            secret_key=self.pulse_s3_secret_key.get_secret_value(),
+        )
 
     @property
     def database_url(self) -> str:

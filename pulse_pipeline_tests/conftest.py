@@ -12,6 +12,7 @@ from pulse_pipeline.core.families import PulseConfig, load_config
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.settings import get_settings
 from pulse_pipeline_tests.postgres_server import PostgresServer
+from pulse_pipeline_tests.s3_server import S3Server
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLINC150 = PROJECT.parent / "shared" / "data" / "clinc150"
@@ -24,7 +25,15 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("PULSE_HOME", str(home))
     monkeypatch.setenv("PULSE_CONFIG", str(PROJECT / "pulse.yaml"))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    for var in ("PULSE_DATABASE_URL", "PULSE_ARTIFACTS", "MLFLOW_TRACKING_URI", "PULSE_VLLM_URL"):
+    for var in (
+        "PULSE_DATABASE_URL",
+        "PULSE_ARTIFACTS",
+        "PULSE_S3_ENDPOINT",
+        "PULSE_S3_ACCESS_KEY",
+        "PULSE_S3_SECRET_KEY",
+        "MLFLOW_TRACKING_URI",
+        "PULSE_VLLM_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()
     yield home
@@ -54,3 +63,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def store(database_url: str) -> Iterator[Store]:
     with Store(database_url) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+def artifacts(request: pytest.FixtureRequest, tmp_path: Path):
+    """An empty artifact store: a local folder, and a bucket on a real S3-API server."""
+    from pulse_pipeline.core.artifacts import open_artifact_store
+
+    if request.param == "local":
+        return open_artifact_store(str(tmp_path / "artifacts"))
+    server = request.getfixturevalue("s3_server")
+    bucket = f"t-{abs(hash(request.node.nodeid)) % 10**10}"
+    return open_artifact_store(
+        f"s3://{bucket}/pulse", endpoint=server.endpoint, access_key=server.access_key, secret_key=server.secret_key
+    )

@@ -401,11 +401,10 @@ def _intent_labels(
         provider = "llm_fallback" if confidence < 0.7 and rng.random() < 0.5 else "encoder"
         p_right = 0.97 if confidence > 0.85 else 0.75 if confidence >= 0.7 else 0.45
         predicted = label if rng.random() < p_right else rng.choice(labels_seen)
-        yield {
+        record = {
             "kind": "intent_label",
             "family": "intent-router",
             "created_at": clock.draw(rng),
-            "annotator": rng.choice(REVIEWERS),
             "model_version": "intent-router-base",
             "text": text,
             "label": label,
@@ -415,6 +414,12 @@ def _intent_labels(
             "language": "en",
             "conversation_id": f"conv-{rng.randint(0, 10**6):06d}",
         }
+        if rng.random() < 0.35:
+            # A capture nobody has reviewed yet: the label is the router's own suggestion.
+            record["label"] = predicted
+        else:
+            record["annotator"] = rng.choice(REVIEWERS)
+        yield record
 
 
 DIMENSIONS = (
@@ -479,7 +484,7 @@ def _score_labels(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[st
             "created_at": clock.draw(rng),
             "annotator": rng.choice(REVIEWERS),
             "title": f"{topic.title()}: notes {i:04d}",
-            "group_id": topic.replace(" ", "-"),
+            "group_id": f"article-{i:05d}",
             "text": text,
             "scores": scores,
         }

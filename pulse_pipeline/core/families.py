@@ -43,6 +43,14 @@ KINDS_FOR_TASK: dict[TaskKind, frozenset[AnnotationKind]] = {
     TaskKind.regression: frozenset({AnnotationKind.score_label}),
 }
 
+# Placeholders each chat prompt template may use.
+PROMPT_FIELDS: dict[str, set[str]] = {
+    "call_correction": {"transcript", "call_id"},
+    "segment_review": {"segment_heading", "segment_text", "segment_type", "call_id"},
+    "qa_pair": {"question"},
+    "feedback": {"query"},
+}
+
 _FAMILY_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
@@ -52,6 +60,57 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TriageConfig(_Strict):
+    """Routing of captured predictions (records with a confidence and no annotator)."""
+
+    auto_approve_above: float = Field(0.85, ge=0, le=1, description="Primary-provider confidence above which a capture is approved.")
+    review_below: float = Field(0.70, ge=0, le=1, description="Confidence below which review is a priority.")
+    primary_provider: str = Field("encoder", description="The provider whose confident predictions are trusted.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TriageConfig:
+        if self.review_below > self.auto_approve_above:
+            raise ValueError("'review_below' must not exceed 'auto_approve_above'")
+        return self
+
+
+class RedactionConfig(_Strict):
+    """PII redaction of every text that leaves the store for training or export."""
+
+    enabled: bool = Field(True, description="Replace e-mails, phones, cards and IBANs with [EMAIL], [PHONE] ...")
+    extra_patterns: dict[str, str] = Field(
+        default_factory=dict, description="More patterns: placeholder name -> regular expression."
+    )
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _compiles(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, rx in v.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"placeholder name {name!r} must be a word (letters, digits, _)")
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise ValueError(f"pattern {name!r} is not a valid regular expression: {exc}") from None
+        return v
+
+
+class SplitConfig(_Strict):
+    """How a snapshot divides its examples (stratified, group-aware, deterministic)."""
+
+    train: float = Field(0.8, gt=0, lt=1, description="Share of examples in train.")
+    val: float = Field(0.1, ge=0, lt=1, description="Share in validation.")
+    test: float = Field(0.1, gt=0, lt=1, description="Share in test.")
+    seed: int = Field(13, description="Seed of the deterministic assignment of groups to splits.")
+    min_examples_per_label: int = Field(5, ge=1, description="A label with fewer train examples is flagged.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
+        return self
 
 
 class FamilyConfig(_Strict):
@@ -75,6 +134,13 @@ class FamilyConfig(_Strict):
         default_factory=dict,
         description="Sample weight per annotation kind (default 1.0; segment rules fixed).",
     )
+    prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Chat families: 'system' and one template per annotation kind ({transcript}, {question} ...).",
+    )
+    triage: TriageConfig = Field(default_factory=TriageConfig, description="Routing of captured predictions.")
+    redaction: RedactionConfig = Field(default_factory=RedactionConfig, description="PII redaction.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Snapshot split settings.")
 
     @field_validator("name")
     @classmethod
@@ -113,6 +179,18 @@ class FamilyConfig(_Strict):
                 raise ValueError("'dimensions' has duplicates")
         elif self.dimensions is not None:
             raise ValueError(f"'dimensions' only applies to regression families, not {self.task}")
+        if self.task is TaskKind.chat_sft:
+            missing = [k for k in ("system", *self.annotation_kinds) if k != "feedback" and k not in self.prompts]
+            if "feedback" in self.annotation_kinds and "qa_pair" not in self.prompts and "feedback" not in self.prompts:
+                missing.append("feedback")
+            if missing:
+                raise ValueError(f"a chat_sft family needs prompts for: {', '.join(missing)}")
+        for kind, template in self.prompts.items():
+            if kind != "system" and kind not in PROMPT_FIELDS:
+                raise ValueError(f"prompts.{kind}: not an annotation kind with a prompt ({', '.join(PROMPT_FIELDS)})")
+            unknown = set(re.findall(r"{(\w+)}", template)) - PROMPT_FIELDS.get(kind, set())
+            if unknown:
+                raise ValueError(f"prompts.{kind}: unknown placeholder(s) {', '.join(sorted(unknown))}")
         lo, hi = self.score_range
         if lo >= hi:
             raise ValueError(f"'score_range' [{lo}, {hi}] must have min < max")
@@ -200,6 +278,9 @@ def _describe(error: dict[str, Any], source: str) -> str:
 
 def _known_fields(loc: list[str]) -> list[str]:
     if len(loc) >= 3 and loc[0] == "families":
+        sections = {"triage": TriageConfig, "redaction": RedactionConfig, "split": SplitConfig}
+        if len(loc) >= 4 and loc[2] in sections:
+            return list(sections[loc[2]].model_fields)
         return list(FamilyConfig.model_fields)
     return list(PulseConfig.model_fields)
 

@@ -156,6 +156,17 @@ class Store:
         with self._connect() as conn:
             yield from conn.execute(q)
 
+    def iter_family(self, family: str, *, after: int = 0, batch: int = 5000) -> Iterator[sa.Row]:
+        """A family's annotations newer than store sequence number `after`, oldest first, streamed."""
+        q = (
+            sa.select(annotations)
+            .where(annotations.c.family == family, annotations.c.seq > after)
+            .order_by(annotations.c.seq)
+            .execution_options(yield_per=batch)
+        )
+        with self._connect() as conn:
+            yield from conn.execute(q)
+
     def days_with_annotations(self, family: str | None = None) -> list[dt.date]:
         """Distinct UTC days that hold annotations (or quarantined lines) for `family`."""
         days: set[dt.date] = set()

@@ -1,0 +1,170 @@
+"""The artifact store: where dataset snapshots and adapters live.
+
+One interface, two implementations: a local folder (the embedded default) and S3 through
+the `minio` client (`PULSE_ARTIFACTS=s3://bucket/prefix`, for MinIO or any S3 API).
+Keys are '/'-separated paths under the root. Every write is whole or absent: a temporary
+file renamed into place locally, a single object PUT on S3, so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class ArtifactError(RuntimeError):
+    """The artifact store cannot be used; the message says where and why."""
+
+
+class ArtifactStore(ABC):
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix` (recursively), sorted."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str: ...
+
+    def write_text(self, key: str, text: str) -> None:
+        self.write_bytes(key, text.encode("utf-8"))
+
+    def read_text(self, key: str) -> str:
+        return self.read_bytes(key).decode("utf-8")
+
+
+class LocalArtifactStore(ArtifactStore):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise ArtifactError(f"artifact key {key!r} leaves the store root {self.root}")
+        return path
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+
+    def uri(self, key: str) -> str:
+        return str(self._path(key))
+
+
+class S3ArtifactStore(ArtifactStore):
+    """S3 (MinIO, AWS or any S3 API) through the `minio` client."""
+
+    def __init__(self, bucket: str, prefix: str, *, endpoint: str, access_key: str, secret_key: str, secure: bool):
+        from minio import Minio
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint = endpoint
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            self.client.make_bucket(self.bucket)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data))
+
+    def read_bytes(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, self._key(key))
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise KeyError(key) from None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(self.bucket, self._key(key))
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        start = len(self.prefix) + 1 if self.prefix else 0
+        objects = self.client.list_objects(self.bucket, prefix=self._key(prefix).rstrip("/") + "/", recursive=True)
+        return sorted(o.object_name[start:] for o in objects)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def open_artifact_store(
+    location: str, *, endpoint: str | None = None, access_key: str = "", secret_key: str = ""
+) -> ArtifactStore:
+    """A store for PULSE_ARTIFACTS: a folder, or s3://bucket/prefix on the S3 API at `endpoint`."""
+    if not location.startswith("s3://"):
+        return LocalArtifactStore(location)
+    parsed = urlparse(location)
+    if not parsed.netloc or not endpoint:
+        raise ArtifactError(f"{location}: S3 artifacts need a bucket in the URL and PULSE_S3_ENDPOINT set")
+    endpoint_url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    store = S3ArtifactStore(
+        parsed.netloc,
+        parsed.path,
+        endpoint=endpoint_url.netloc,
+        access_key=access_key,
+        secret_key=secret_key,
+        secure=endpoint_url.scheme == "https",
+    )
+    try:
+        store.ensure_bucket()
+    except Exception as exc:  # network, credentials: one line for the user
+        raise ArtifactError(f"cannot use the artifact store {location} at {endpoint}: {exc}") from None
+    return store

@@ -1,0 +1,273 @@
+"""Training examples: one formatter per annotation kind, PII redaction, weights and deduplication.
+
+`ExampleBuilder(family).add(row)` takes stored annotations in arrival order; `.examples()`
+gives the deduplicated examples sorted by id, and `.stats` what happened on the way.
+The example shapes are the contract's (`pulse export`): chat `messages`, text/label, or
+text/labels with dimension names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pulse_pipeline.core.families import FamilyConfig, TaskKind
+from pulse_pipeline.core.redaction import Redactor
+from pulse_pipeline.core.triage import TRAINABLE, triage
+
+# Bump when a formatter's output changes; it is part of every dataset_version.
+FORMATTER_VERSION = "1"
+
+SEGMENT_HEADINGS = {
+    "agent_action": "AGENT ACTIONS",
+    "score_impact": "SCORE IMPACT",
+    "compliance_flag": "COMPLIANCE FLAGS",
+}
+AGREEMENT_WEIGHT = 0.5  # a trainer agreeing with the AI teaches less than a correction
+_WORDS = re.compile(r"\W+")
+_PLACEHOLDER = re.compile(r"{(\w+)}")
+
+
+@dataclass(slots=True)
+class Example:
+    id: str  # the annotation's id
+    kind: str
+    weight: float
+    group: str  # records of one group (call, conversation, article, question) stay in one split
+    stratum: str  # what the split keeps proportional (label, score tier, segment type ...)
+    created_at: dt.datetime
+    seq: int
+    messages: list[dict[str, str]] | None = None
+    text: str | None = None
+    label: str | None = None
+    labels: list[float] | None = None
+
+    def record(self, family: FamilyConfig, split: str | None = None) -> dict[str, Any]:
+        """The contract's export shape."""
+        out: dict[str, Any] = {"id": self.id}
+        if self.messages is not None:
+            out["messages"] = self.messages
+        elif self.labels is not None:
+            out.update(text=self.text, labels=self.labels, dimension_names=list(family.dimensions or ()))
+        else:
+            out.update(text=self.text, label=self.label)
+        out["weight"] = self.weight
+        if split is not None:
+            out["split"] = split
+        return out
+
+    def content_hash(self) -> str:
+        body = (self.id, self.kind, self.messages, self.text, self.label, self.labels, self.weight, self.group, self.stratum)
+        return hashlib.sha256(orjson.dumps(body)).hexdigest()
+
+
+@dataclass
+class BuildStats:
+    annotations: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    negatives: int = 0  # low ratings with no corrected response
+    feedback_not_used: int = 0  # ratings of 3 and above: no example
+    exact_duplicates: int = 0
+    normalized_duplicates: int = 0
+    redactions: Counter[str] = field(default_factory=Counter)
+    watermark: int = 0  # newest store sequence number read
+    newest_ingested_at: dt.datetime | None = None
+
+
+def normalize(text: str) -> str:
+    return _WORDS.sub(" ", text.lower()).strip()
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """`{name}` placeholders only; other braces (JSON in a prompt) stay as written."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def formatter_version(family: FamilyConfig) -> str:
+    """Formatter code version plus the family's prompts and redaction settings."""
+    body = orjson.dumps(
+        [FORMATTER_VERSION, family.prompts, family.redaction.model_dump(), family.weights, family.dimensions],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return f"{FORMATTER_VERSION}-{hashlib.sha256(body).hexdigest()[:12]}"
+
+
+class ExampleBuilder:
+    """Turns stored annotations (oldest first) into deduplicated, redacted, weighted examples."""
+
+    def __init__(self, family: FamilyConfig):
+        self.family = family
+        self.stats = BuildStats()
+        red = family.redaction
+        self._redactor = Redactor.with_extra(red.extra_patterns) if red.enabled else None
+        self._kept: dict[str, tuple[Example, str]] = {}  # dedup key -> (example, exact input)
+        self._format = {
+            "call_correction": self._call_correction,
+            "segment_review": self._segment_review,
+            "intent_label": self._intent_label,
+            "score_label": self._score_label,
+            "qa_pair": self._qa_pair,
+            "feedback": self._feedback,
+        }
+
+    # -- input ---------------------------------------------------------------------------
+
+    def add(self, row: Any) -> None:
+        """`row` has seq, id, kind, payload, created_at, ingested_at (a stored annotation)."""
+        stats = self.stats
+        stats.annotations += 1
+        stats.watermark = max(stats.watermark, row.seq)
+        if stats.newest_ingested_at is None or row.ingested_at > stats.newest_ingested_at:
+            stats.newest_ingested_at = row.ingested_at
+        status = triage(row.kind, row.payload, self.family.triage)
+        stats.by_status[status] += 1
+        if status not in TRAINABLE:
+            return
+        made = self._format[row.kind](row, row.payload)
+        if made is None:
+            return
+        example, key, exact = made
+        kept = self._kept.get(key)
+        if kept is not None:
+            if exact == kept[1]:
+                stats.exact_duplicates += 1
+            else:
+                stats.normalized_duplicates += 1
+            if (kept[0].created_at, kept[0].seq) > (example.created_at, example.seq):
+                return  # the stored judgment is the later one
+        self._kept[key] = (example, exact)
+
+    def examples(self) -> list[Example]:
+        return sorted((e for e, _ in self._kept.values()), key=lambda e: e.id)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _clean(self, text: str) -> str:
+        if self._redactor is None:
+            return text
+        out = self._redactor(text)
+        if self._redactor.counts:
+            self.stats.redactions.update(self._redactor.counts)
+            self._redactor.counts.clear()
+        return out
+
+    def _chat(self, row: Any, kind: str, user: str, assistant: str, **extra: Any) -> Example:
+        messages = [
+            {"role": "system", "content": self.family.prompts["system"]},
+            {"role": "user", "content": self._clean(user)},
+            {"role": "assistant", "content": self._clean(assistant)},
+        ]
+        return Example(
+            id=row.id, kind=kind, created_at=row.created_at, seq=row.seq, messages=messages,
+            weight=extra.pop("weight", self._weight(kind)), **extra,
+        )  # fmt: skip
+
+    def _weight(self, kind: str) -> float:
+        return float(self.family.weights.get(kind, 1.0))
+
+    # -- one formatter per kind -----------------------------------------------------------
+
+    def _call_correction(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
+        transcript = render_transcript(p["transcript"])
+        user = fill(self.family.prompts["call_correction"], {"transcript": transcript, "call_id": p["call_id"]})
+        answer = orjson.dumps(p["corrected_output"], option=orjson.OPT_SORT_KEYS).decode()
+        ex = self._chat(row, "call_correction", user, answer, group=f"call:{p['call_id']}", stratum="call_correction")
+        return ex, "chat:" + normalize(transcript), transcript
+
+    def _segment_review(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
+        seg_type = p["segment_type"]
+        values = {
+            "segment_heading": SEGMENT_HEADINGS[seg_type],
+            "segment_text": p["segment_text"],
+            "segment_type": seg_type,
+            "call_id": p["call_id"],
+        }
+        user = fill(self.family.prompts["segment_review"], values)
+        answer: dict[str, Any] = {"assessment": p["trainer_assessment"]}
+        for key in ("timestamp_start", "timestamp_end"):
+            if p.get(key) is not None:
+                answer[key] = p[key]
+        ex = self._chat(
+            row, "segment_review", user, orjson.dumps(answer, option=orjson.OPT_SORT_KEYS).decode(),
+            weight=AGREEMENT_WEIGHT if segment_agrees(p) else 1.0,
+            group=f"call:{p['call_id']}", stratum=seg_type,
+        )  # fmt: skip
+        # The same wording in another call is another example; a second review of this one is not.
+        return ex, f"segment:{p['call_id']}:{seg_type}:{normalize(p['segment_text'])}", p["segment_text"]
+
+    def _intent_label(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
+        text = self._clean(p["text"])
+        group = f"conversation:{p['conversation_id']}" if p.get("conversation_id") else f"text:{normalize(text)}"
+        ex = Example(
+            id=row.id, kind="intent_label", weight=self._weight("intent_label"), group=group, stratum=p["label"],
+            created_at=row.created_at, seq=row.seq, text=text, label=p["label"],
+        )  # fmt: skip
+        return ex, "text:" + normalize(p["text"]), p["text"]
+
+    def _score_label(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
+        dims = self.family.dimensions or tuple(sorted(p["scores"]))
+        labels = [float(p["scores"][d]) for d in dims]
+        lo, hi = self.family.score_range
+        mean = sum(labels) / len(labels)
+        tier = "low" if mean < lo + (hi - lo) / 3 else "high" if mean >= lo + 2 * (hi - lo) / 3 else "mid"
+        text = self._clean(p["text"])
+        group = f"article:{p.get('group_id') or normalize(p.get('title') or p['text'])}"
+        ex = Example(
+            id=row.id, kind="score_label", weight=self._weight("score_label"), group=group, stratum=tier,
+            created_at=row.created_at, seq=row.seq, text=text, labels=labels,
+        )  # fmt: skip
+        return ex, "text:" + normalize(p["text"]), p["text"]
+
+    def _qa_pair(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
+        user = fill(self.family.prompts["qa_pair"], {"question": p["question"]})
+        question = normalize(p["question"])
+        ex = self._chat(
+            row, "qa_pair", user, p["answer"], group=f"question:{question}", stratum=p.get("query_type") or "static"
+        )
+        return ex, "question:" + question, p["question"]
+
+    def _feedback(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str] | None:
+        if p["rating"] > 2:
+            self.stats.feedback_not_used += 1
+            return None
+        if not p.get("corrected_response"):
+            self.stats.negatives += 1
+            return None
+        template = self.family.prompts.get("feedback") or self.family.prompts["qa_pair"]
+        user = fill(template, {"query": p["query"], "question": p["query"]})
+        question = normalize(p["query"])
+        ex = self._chat(row, "feedback", user, p["corrected_response"], group=f"question:{question}", stratum="corrected")
+        return ex, "question:" + question, p["query"]
+
+
+def segment_agrees(p: dict[str, Any]) -> bool:
+    """The trainer agreed: no disagreement reason, same assessment, timestamps not moved."""
+    if p.get("disagreement_reason"):
+        return False
+    if p["trainer_assessment"] != p["ai_assessment"]:
+        return False
+    for new, old in (("timestamp_start", "original_timestamp_start"), ("timestamp_end", "original_timestamp_end")):
+        if p.get(old) is not None and p.get(old) != p.get(new):
+            return False
+    return True
+
+
+def render_transcript(transcript: str | list[dict[str, Any]]) -> str:
+    if isinstance(transcript, str):
+        return transcript
+    lines = []
+    for turn in transcript:
+        start = turn.get("start")
+        stamp = f"[{int(start) // 60:02d}:{int(start) % 60:02d}] " if start is not None else ""
+        lines.append(f"{stamp}{turn['speaker']}: {turn['text']}")
+    return "\n".join(lines)
+
+
+def is_chat(family: FamilyConfig) -> bool:
+    return family.task is TaskKind.chat_sft

@@ -1,0 +1,42 @@
+"""Triage of captured predictions (the NLU capture system).
+
+A record with an `annotator` is a human judgment. A record without one is a capture: the
+router's own prediction. Confident captures from the primary provider are approved; the rest
+wait for a person, low confidence and LLM-fallback answers first. Only approved and
+human-reviewed records become training data.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pulse_pipeline.core.families import TriageConfig
+
+
+class ReviewStatus(StrEnum):
+    human_reviewed = "human_reviewed"
+    auto_approved = "auto_approved"
+    needs_review = "needs_review"
+    priority_review = "priority_review"
+
+
+TRAINABLE = frozenset({ReviewStatus.human_reviewed, ReviewStatus.auto_approved})
+QUEUED = (ReviewStatus.priority_review, ReviewStatus.needs_review)  # in the order a reviewer sees them
+
+# Kinds whose records can be machine captures; every other kind is a human judgment.
+CAPTURE_KINDS = frozenset({"intent_label"})
+
+
+def triage(kind: str, payload: dict[str, Any], config: TriageConfig) -> ReviewStatus:
+    if kind not in CAPTURE_KINDS or payload.get("annotator"):
+        return ReviewStatus.human_reviewed
+    confidence = payload.get("confidence")
+    provider = payload.get("provider") or config.primary_provider
+    if confidence is None:
+        return ReviewStatus.needs_review
+    if provider != config.primary_provider or confidence < config.review_below:
+        return ReviewStatus.priority_review
+    if confidence > config.auto_approve_above:
+        return ReviewStatus.auto_approved
+    return ReviewStatus.needs_review
