@@ -92,7 +92,13 @@ def fill(template: str, values: dict[str, str]) -> str:
 def formatter_version(family: FamilyConfig) -> str:
     """Formatter code version plus the family's prompts and redaction settings."""
     body = orjson.dumps(
-        [FORMATTER_VERSION, family.prompts, family.redaction.model_dump(), family.weights, family.dimensions],
+        [
+            FORMATTER_VERSION,
+            family.prompts,
+            family.redaction.model_dump(),
+            {str(k): v for k, v in family.weights.items()},
+            family.dimensions,
+        ],
         option=orjson.OPT_SORT_KEYS,
     )
     return f"{FORMATTER_VERSION}-{hashlib.sha256(body).hexdigest()[:12]}"
@@ -271,3 +277,11 @@ def render_transcript(transcript: str | list[dict[str, Any]]) -> str:
 
 def is_chat(family: FamilyConfig) -> bool:
     return family.task is TaskKind.chat_sft
+
+
+def build_from_store(store: Any, family: FamilyConfig) -> ExampleBuilder:
+    """Read all of a family's annotations from the store (streamed, oldest first) into a builder."""
+    builder = ExampleBuilder(family)
+    for row in store.iter_family(family.name):
+        builder.add(row)
+    return builder

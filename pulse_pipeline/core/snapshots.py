@@ -29,12 +29,14 @@ def _rank(seed: int, key: str) -> bytes:
     return hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
 
 
-def _targets(n: int, ratios: tuple[float, ...]) -> list[int]:
-    """Largest-remainder allocation: each count is within one of n * ratio."""
-    raw = [n * r for r in ratios]
-    counts = [int(x) for x in raw]
-    order = sorted(range(len(ratios)), key=lambda i: (-(raw[i] - counts[i]), i))
-    for i in order[: n - sum(counts)]:
+def _targets(n: int, ratios: tuple[float, ...], behind: list[float]) -> list[int]:
+    """Split n examples of one stratum: each count is floor(n * ratio) or one more, the extra
+    seats going to the splits furthest behind their share overall (`behind`), so that many
+    small strata do not all round in train's favour."""
+    counts = [int(n * r) for r in ratios]
+    for _ in range(n - sum(counts)):
+        open_ = [i for i in range(len(ratios)) if counts[i] == int(n * ratios[i])]
+        i = max(open_, key=lambda k: (behind[k] - counts[k], ratios[k], -k))
         counts[i] += 1
     return counts
 
@@ -42,9 +44,9 @@ def _targets(n: int, ratios: tuple[float, ...]) -> list[int]:
 def assign_splits(examples: list[Example], settings: SplitConfig) -> dict[str, list[Example]]:
     """Stratified by `stratum`, whole groups to one split, deterministic for a seed.
 
-    Groups are visited in an order fixed by a hash of (seed, group); each goes to the split
-    furthest below its target count within the group's stratum. With one example per group,
-    every stratum's split sizes are within one example of proportional.
+    Within a stratum, groups are visited in an order fixed by a hash of (seed, group); each
+    goes to the split furthest below its target count. With one example per group, every
+    stratum's split sizes are within one example of proportional, and so are the totals.
     """
     ratios = (settings.train, settings.val, settings.test)
     groups: dict[str, list[Example]] = defaultdict(list)
@@ -55,10 +57,14 @@ def assign_splits(examples: list[Example], settings: SplitConfig) -> dict[str, l
         stratum = Counter(e.stratum for e in members).most_common(1)[0][0]
         by_stratum[stratum].append(name)
     out: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    seen, placed = 0, [0, 0, 0]
     for stratum in sorted(by_stratum):
         names = sorted(by_stratum[stratum], key=lambda g: _rank(settings.seed, g))
         sizes = {g: len(groups[g]) for g in names}
-        targets = _targets(sum(sizes.values()), ratios)
+        n = sum(sizes.values())
+        seen += n
+        targets = _targets(n, ratios, [seen * r - p for r, p in zip(ratios, placed, strict=True)])
+        placed = [p + t for p, t in zip(placed, targets, strict=True)]
         have = [0, 0, 0]
         for g in names:
             i = max(range(3), key=lambda k: (targets[k] - have[k], -k))
@@ -160,7 +166,7 @@ def _manifest(
         "by_weight": by("weight"),
         "build": {
             "annotations_read": stats.annotations,
-            "by_review_status": dict(stats.by_status),
+            "by_review_status": {str(k): n for k, n in stats.by_status.items()},
             "negatives": stats.negatives,
             "feedback_not_used": stats.feedback_not_used,
             "exact_duplicates": stats.exact_duplicates,
@@ -256,19 +262,19 @@ def check_snapshot(family: FamilyConfig, splits: dict[str, list[Example]]) -> li
     train_strata = Counter(e.stratum for e in splits["train"])
     all_strata = {e.stratum for m in splits.values() for e in m}
     missing = sorted(all_strata - set(train_strata))
-    what = "label" if family.task is TaskKind.classification else "stratum"
+    what, whats = ("label", "labels") if family.task is TaskKind.classification else ("stratum", "strata")
     outcomes.append(
         CheckOutcome(
             f"every_{what}_in_train",
             not missing,
             f"not in train: {', '.join(missing[:20])}" if missing else f"every {what} of the snapshot is in train",
-            {"missing": missing[:50], f"{what}s": len(all_strata)},
+            {"missing": missing[:50], whats: len(all_strata)},
         )
     )
     rare = sorted(s for s, n in train_strata.items() if n < family.split.min_examples_per_label)
     outcomes.append(
         CheckOutcome(
-            f"{what}s_with_enough_examples",
+            f"{whats}_with_enough_examples",
             not rare,
             f"{len(rare)} {what}(s) under {family.split.min_examples_per_label} train examples: {', '.join(rare[:15])}"
             if rare

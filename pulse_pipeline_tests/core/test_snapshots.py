@@ -1,0 +1,186 @@
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
+from pulse_pipeline.core.examples import build_from_store
+from pulse_pipeline.core.ingestion import ingest_file, ingest_lines
+from pulse_pipeline.core.snapshots import (
+    assign_splits,
+    check_snapshot,
+    dataset_version,
+    latest_manifest,
+    read_split,
+    write_snapshot,
+)
+from pulse_pipeline.core.store import Store
+from pulse_pipeline_tests.conftest import CLINC150, PROJECT
+
+ANCHOR = dt.date(2026, 6, 30)
+
+
+@pytest.fixture(scope="module")
+def demo_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("snap") / "demo.jsonl"
+    write_demo_file(path, anchor=ANCHOR, scale=DemoScale().scaled(0.3))
+    return path
+
+
+def version_of(url, config, family):
+    with Store(url) as store:
+        builder = build_from_store(store, config.family(family))
+    return dataset_version(config.family(family), builder.examples())
+
+
+@pytest.mark.parametrize("family", ["call-analysis", "intent-router", "article-scorer", "access-qa"])
+def test_same_annotations_same_version_on_both_databases_and_in_a_new_process(
+    config, postgres, tmp_path, demo_path, family
+):
+    sqlite_url, pg_url = f"sqlite:///{tmp_path / 'a.db'}", postgres.create_database()
+    for url in (sqlite_url, pg_url):
+        with Store(url) as store:
+            ingest_file(store, demo_path, config)
+    v = version_of(sqlite_url, config, family)
+    assert v == version_of(pg_url, config, family)
+    code = (
+        "from pulse_pipeline.core.families import load_config;"
+        "from pulse_pipeline_tests.core.test_snapshots import version_of;"
+        f"print(version_of({pg_url!r}, load_config({str(PROJECT / 'pulse.yaml')!r}), {family!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT)
+    assert out.stdout.strip() == v
+
+
+def test_one_changed_annotation_gives_a_new_version(config, tmp_path, demo_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    with Store(url) as store:
+        ingest_file(store, demo_path, config)
+        before = version_of(url, config, "access-qa")
+        ingest_lines(store, [b'{"kind":"qa_pair","family":"access-qa","question":"new?","answer":"yes","annotator":"x"}'], config, source="t")
+    assert version_of(url, config, "access-qa") != before
+    assert version_of(url, config, "intent-router") == version_of(url, config, "intent-router")
+
+
+def test_split_settings_are_part_of_the_version(config, tmp_path, demo_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    with Store(url) as store:
+        ingest_file(store, demo_path, config)
+        family = config.family("article-scorer")
+        examples = build_from_store(store, family).examples()
+    other = family.model_copy(update={"split": family.split.model_copy(update={"seed": 99})})
+    assert dataset_version(family, examples) != dataset_version(other, examples)
+
+
+@pytest.mark.skipif(not CLINC150.is_dir(), reason="../shared/data/clinc150 is not beside the project")
+def test_clinc150_splits_are_proportional_per_intent_and_leak_free(config, tmp_path):
+    data = json.loads((CLINC150 / "data_full.json").read_text())
+    lines = [
+        json.dumps({"kind": "intent_label", "family": "intent-router", "text": t, "label": label, "annotator": "clinc"}).encode()
+        for t, label in data["train"] + data["oos_train"]
+    ]
+    family = config.family("intent-router")
+    with Store(f"sqlite:///{tmp_path / 'c.db'}") as store:
+        ingest_lines(store, lines, config, source="clinc150")
+        examples = build_from_store(store, family).examples()
+    splits = assign_splits(examples, family.split)
+    total = Counter(e.label for e in examples)
+    assert len(total) == 151
+    for split, ratio in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        got = Counter(e.label for e in splits[split])
+        worst = max(abs(got[label] - n * ratio) for label, n in total.items())
+        assert worst <= 1, (split, worst)
+    texts = [{e.text for e in members} for members in splits.values()]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert all(c.passed for c in check_snapshot(family, splits) if c.blocking)
+
+
+def test_groups_never_span_two_splits(config, tmp_path, demo_path):
+    with Store(f"sqlite:///{tmp_path / 'a.db'}") as store:
+        ingest_file(store, demo_path, config)
+        family = config.family("call-analysis")
+        examples = build_from_store(store, family).examples()
+    splits = assign_splits(examples, family.split)
+    where = {}
+    for split, members in splits.items():
+        for e in members:
+            assert where.setdefault(e.group, split) == split
+    assert len({e.group for e in examples}) > 10 and all(splits.values())
+
+
+def test_snapshot_round_trip_and_reuse(config, tmp_path, demo_path, artifacts):
+    with Store(f"sqlite:///{tmp_path / 'a.db'}") as store:
+        ingest_file(store, demo_path, config)
+        family = config.family("intent-router")
+        builder = build_from_store(store, family)
+    first = write_snapshot(artifacts, family, builder.examples(), builder.stats)
+    again = write_snapshot(artifacts, family, builder.examples(), builder.stats)
+    assert not first.reused and again.reused and again.manifest == first.manifest
+    m = first.manifest
+    assert m["counts"]["total"] == len(builder.examples()) == sum(m["counts"][s] for s in ("train", "val", "test"))
+    assert m["parent_version"] is None and m["watermark"]["seq"] == builder.stats.watermark
+    assert m["build"]["by_review_status"]["needs_review"] > 0
+    assert latest_manifest(artifacts, "intent-router")["dataset_version"] == first.version
+    rows = read_split(artifacts, family, first.version, "test")
+    assert len(rows) == m["counts"]["test"] and [r["id"] for r in rows] == m["example_ids"]["test"]
+    assert set(rows[0]) == {"id", "text", "label", "weight", "split"} and rows[0]["split"] == "test"
+    assert sorted(artifacts.list(f"datasets/intent-router/{first.version}")) == [
+        f"datasets/intent-router/{first.version}/{n}" for n in ("manifest.json", "test.parquet", "train.parquet", "val.parquet")
+    ]
+
+
+def test_chat_snapshot_parquet_keeps_messages(config, tmp_path, demo_path, artifacts):
+    with Store(f"sqlite:///{tmp_path / 'a.db'}") as store:
+        ingest_file(store, demo_path, config)
+        family = config.family("call-analysis")
+        builder = build_from_store(store, family)
+    snap = write_snapshot(artifacts, family, builder.examples(), builder.stats)
+    rows = read_split(artifacts, family, snap.version, "train")
+    assert [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant"]
+    assert snap.manifest["by_weight"]["train"].keys() <= {"0.5", "1.0"}
+
+
+def test_checks_catch_a_leak_and_a_label_missing_from_train(config, tmp_path, demo_path):
+    with Store(f"sqlite:///{tmp_path / 'a.db'}") as store:
+        ingest_file(store, demo_path, config)
+        family = config.family("call-analysis")
+        examples = build_from_store(store, family).examples()
+    splits = assign_splits(examples, family.split)
+    outcomes = {c.name: c for c in check_snapshot(family, splits)}
+    assert set(outcomes) == {
+        "no_empty_split",
+        "every_stratum_in_train",
+        "strata_with_enough_examples",  # advisory: flags, does not block
+        "no_group_leakage",
+        "weights_in_range",
+        "redaction_ran",
+    }
+    assert all(c.passed for c in outcomes.values() if c.blocking)
+    assert not outcomes["strata_with_enough_examples"].blocking
+    leaked = dict(splits)
+    leaked["test"] = splits["test"] + splits["train"][:1]
+    outcome = {c.name: c for c in check_snapshot(family, leaked)}
+    assert not outcome["no_group_leakage"].passed
+    moved = {s: [e for e in m if e.stratum != "score_impact"] for s, m in splits.items()}
+    moved["test"] += [e for e in splits["train"] if e.stratum == "score_impact"]
+    assert not {c.name: c for c in check_snapshot(family, moved)}["every_stratum_in_train"].passed
+
+
+def test_many_tiny_strata_still_fill_every_split(config):
+    from pulse_pipeline.core.examples import Example
+
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    examples = [
+        Example(id=f"e{i}", kind="intent_label", weight=1.0, group=f"g{i}", stratum=f"label{i % 150}", created_at=t, seq=i, text=f"t{i}", label=f"label{i % 150}")
+        for i in range(300)
+    ]
+    splits = assign_splits(examples, config.family("intent-router").split)
+    sizes = {s: len(m) for s, m in splits.items()}
+    assert abs(sizes["train"] - 240) <= 1 and abs(sizes["val"] - 30) <= 1 and abs(sizes["test"] - 30) <= 1, sizes
+    for split, ratio in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        per = Counter(e.stratum for e in splits[split])
+        assert all(abs(per[f"label{k}"] - 2 * ratio) <= 1 for k in range(150))
+    assert assign_splits(list(reversed(examples)), config.family("intent-router").split) == splits
