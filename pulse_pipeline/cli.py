@@ -14,8 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
+from pulse_pipeline.core.artifacts import ArtifactError
 from pulse_pipeline.core.families import ConfigError, PulseConfig, load_config
 from pulse_pipeline.core.ingestion import IngestError, IngestResult, ingest_file
+from pulse_pipeline.core.snapshots import latest_manifest
 from pulse_pipeline.core.store import Store, StoreError
 from pulse_pipeline.settings import get_settings
 
@@ -41,7 +43,7 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (UserError, ConfigError, StoreError, IngestError) as exc:
+        except (UserError, ConfigError, StoreError, IngestError, ArtifactError) as exc:
             typer.echo(f"pulse: {exc}".replace("\n", "; "), err=True)
             raise typer.Exit(1) from None
 
@@ -179,12 +181,23 @@ def demo(
     typer.echo(
         f"dagster: materialized {len(config.families)} annotation assets for {len(days)} days in {runs} runs"
     )
+    _run_assets(config, _dataset_keys(config, list(config.families)))
+    artifacts = settings.artifact_store()
+    for name in config.families:
+        m = latest_manifest(artifacts, name)
+        assert m is not None
+        c = m["counts"]
+        typer.echo(
+            f"snapshot {name:<15} {m['dataset_version']}  train {c['train']:>5}  val {c['val']:>4}  test {c['test']:>4}"
+        )
     typer.echo("")
     typer.echo(f"PULSE_HOME    {home}")
     typer.echo(f"store         {settings.database_url}")
     typer.echo(f"DAGSTER_HOME  {settings.dagster_home}")
+    typer.echo(f"artifacts     {settings.pulse_artifacts}  (datasets/<family>/<dataset_version>/)")
     typer.echo("next: `make ui` and open http://127.0.0.1:3000 to see the lineage and the runs;")
-    typer.echo("      `pulse ingest FILE` to load your own annotation records.")
+    typer.echo("      `pulse ingest FILE` to load your own annotation records;")
+    typer.echo("      `pulse export --family intent-router --limit 3` to see training examples.")
 
 
 def _prepare_dagster_home(dagster_home: Path, project_dir: Path) -> None:
@@ -230,6 +243,226 @@ def _materialize_days(config: PulseConfig, days: list[dt.date]) -> int:
                 raise UserError(f"the annotations run for {day} failed; open the Dagster UI for its logs")
             runs += 1
     return runs
+
+
+def _dataset_keys(config: PulseConfig, families: list[str]) -> list[Any]:
+    import dagster as dg
+
+    from pulse_pipeline.defs.datasets.assets import has_review_queue
+
+    keys = []
+    for name in families:
+        family = config.family(name)
+        names = (["review_queue"] if has_review_queue(family) else []) + ["examples", "dataset_snapshot"]
+        keys += [dg.AssetKey([name, n]) for n in names]
+    return keys
+
+
+def _run_assets(config: PulseConfig, keys: list[Any]) -> None:
+    """Materialize these (unpartitioned) assets in one run recorded at DAGSTER_HOME."""
+    import dagster as dg
+
+    from pulse_pipeline.definitions import build_definitions
+
+    settings = get_settings()
+    _prepare_dagster_home(settings.dagster_home, settings.pulse_config.parent)
+    job = build_definitions(config).resolve_implicit_global_asset_job_def()
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance, asset_selection=keys, raise_on_error=False, run_config=QUIET_RUN
+        )
+        if not result.success:
+            failed = [
+                f"{e.asset_key.to_user_string()} {e.check_name}"
+                for e in result.get_asset_check_evaluations()
+                if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+            ]
+            detail = (
+                f"blocking checks failed: {', '.join(failed)}"
+                if failed
+                else "open the Dagster UI for its logs"
+            )
+            raise UserError(f"run {result.run_id[:8]} failed; {detail}")
+
+
+FamilyOpt = Annotated[str, typer.Option("--family", "-f", help="A family declared in pulse.yaml.")]
+
+
+@app.command()
+@_fail_cleanly
+def snapshot(family: FamilyOpt, as_json: JsonFlag = False) -> None:
+    """Build (or reuse) the family's dataset snapshot; print dataset_version and split sizes."""
+    config = _config()
+    config.family(family)
+    _run_assets(config, _dataset_keys(config, [family]))
+    m = latest_manifest(get_settings().artifact_store(), family)
+    assert m is not None
+    report = {
+        "family": family,
+        "dataset_version": m["dataset_version"],
+        "parent_version": m["parent_version"],
+        "splits": {s: m["counts"][s] for s in ("train", "val", "test")},
+        "total": m["counts"]["total"],
+        "created_at": m["created_at"],
+    }
+    if as_json:
+        _emit(report)
+        return
+    typer.echo(f"dataset_version {report['dataset_version']}")
+    for split, n in report["splits"].items():
+        typer.echo(f"{split:<6} {n}")
+
+
+@app.command()
+@_fail_cleanly
+def export(
+    family: FamilyOpt,
+    limit: Annotated[int | None, typer.Option(help="At most this many examples.")] = None,
+    offset: Annotated[int, typer.Option(help="Skip this many examples first.")] = 0,
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl (one example a line) or json (one list).")
+    ] = "jsonl",
+) -> None:
+    """Write training examples to stdout: from the newest snapshot, or built from the store."""
+    import itertools
+
+    import orjson
+
+    from pulse_pipeline.core.examples import build_from_store
+    from pulse_pipeline.core.snapshots import SPLITS, read_split
+
+    if fmt not in ("jsonl", "json"):
+        raise UserError(f"--format must be jsonl or json, not {fmt!r}")
+    if offset < 0 or (limit is not None and limit < 0):
+        raise UserError("--offset and --limit must not be negative")
+    settings = get_settings()
+    config = _config()
+    fam = config.family(family)
+    manifest = latest_manifest(settings.artifact_store(), family)
+    if manifest is not None:
+        artifacts = settings.artifact_store()
+        records = itertools.chain.from_iterable(
+            read_split(artifacts, fam, manifest["dataset_version"], split) for split in SPLITS
+        )
+    else:
+        with Store(settings.database_url) as store:
+            records = iter([e.record(fam) for e in build_from_store(store, fam).examples()])
+    page = itertools.islice(records, offset, None if limit is None else offset + limit)
+    out = sys.stdout.buffer
+    if fmt == "json":
+        out.write(orjson.dumps(list(page)) + b"\n")
+    else:
+        for record in page:
+            out.write(orjson.dumps(record) + b"\n")
+    out.flush()
+
+
+@app.command()
+@_fail_cleanly
+def status(
+    family: Annotated[str | None, typer.Option("--family", "-f", help="One family (default: all).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Training status: new annotations since the newest snapshot, against the family's minimum."""
+    from pulse_pipeline.core.triage import TRAINABLE, triage
+
+    settings = get_settings()
+    config = _config()
+    names = [config.family(family).name] if family else list(config.families)
+    artifacts = settings.artifact_store()
+    out: dict[str, Any] = {}
+    with Store(settings.database_url) as store:
+        for name in names:
+            fam = config.family(name)
+            manifest = latest_manifest(artifacts, name)
+            watermark = manifest["watermark"]["seq"] if manifest else 0
+            new = sum(
+                1
+                for row in store.iter_family(name, after=watermark)
+                if triage(row.kind, row.payload, fam.triage) in TRAINABLE
+            )
+            out[name] = {
+                "is_training": False,
+                "lock_acquired_at": None,
+                "current_version": None,
+                "available_versions": [],
+                "dataset_version": manifest["dataset_version"] if manifest else None,
+                "new_annotations_count": new,
+                "min_annotations_required": fam.min_new_annotations,
+            }
+    if as_json:
+        _emit(out[names[0]] if family else {"families": out})
+        return
+    for name, st in out.items():
+        ready = (
+            "ready to train" if st["new_annotations_count"] >= st["min_annotations_required"] else "waiting"
+        )
+        typer.echo(
+            f"{name:<15} {st['new_annotations_count']:>6} new of {st['min_annotations_required']:>4} required  "
+            f"({ready}; snapshot {st['dataset_version'] or 'none'})"
+        )
+
+
+review_app = typer.Typer(help="The review queue, with Label Studio as the review UI.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("export")
+@_fail_cleanly
+def review_export(
+    family: FamilyOpt,
+    out: Annotated[Path | None, typer.Option(help="Write the tasks here instead of stdout.")] = None,
+    label_config: Annotated[
+        Path | None, typer.Option(help="Also write a Label Studio labeling config here.")
+    ] = None,
+) -> None:
+    """The queue as Label Studio tasks (text plus the router's suggestion as a prediction)."""
+    from pulse_pipeline.core.review import labeling_config, review_queue, to_label_studio
+
+    settings = get_settings()
+    fam = _config().family(family)
+    with Store(settings.database_url) as store:
+        tasks = to_label_studio(review_queue(store.iter_family(family), fam), fam)
+    text = json.dumps(tasks, indent=2, ensure_ascii=False, default=str)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+        typer.echo(f"{len(tasks)} tasks -> {out}", err=True)
+    if label_config is not None:
+        label_config.write_text(labeling_config(fam), encoding="utf-8")
+
+
+@review_app.command("import")
+@_fail_cleanly
+def review_import(
+    file: Annotated[Path, typer.Argument(help="A Label Studio JSON export of completed tasks.")],
+    family: FamilyOpt,
+    as_json: JsonFlag = False,
+) -> None:
+    """Completed Label Studio tasks back in as human-reviewed annotations."""
+    import orjson
+
+    from pulse_pipeline.core.ingestion import ingest_lines
+    from pulse_pipeline.core.review import LabelStudioError, from_label_studio
+
+    config = _config()
+    try:
+        tasks = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{file}: cannot be read as a Label Studio JSON export: {exc}") from None
+    try:
+        records, unanswered = from_label_studio(tasks, config.family(family))
+    except LabelStudioError as exc:
+        raise UserError(f"{file}: {exc}") from None
+    with Store(get_settings().database_url) as store:
+        result = ingest_lines(store, (orjson.dumps(r) for r in records), config, source=str(file))
+    report = {**_ingest_report(result), "unanswered_tasks": unanswered}
+    if as_json:
+        _emit(report)
+        return
+    for key in ("accepted", "duplicates", "quarantined", "lines", "unanswered_tasks"):
+        typer.echo(f"{key:<17} {report[key]}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     pulse_artifacts: str | None = Field(
         None, description="Artifact store root (folder or s3://bucket/prefix); default $PULSE_HOME/artifacts."
     )
-    pulse_s3_endpoint: str | None = Field(None, description="S3 API endpoint for s3:// artifacts, e.g. http://minio:9000.")
+    pulse_s3_endpoint: str | None = Field(
+        None, description="S3 API endpoint for s3:// artifacts, e.g. http://minio:9000."
+    )
     pulse_s3_access_key: str = Field("", description="S3 access key.")
     pulse_s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
     mlflow_tracking_uri: str | None = Field(

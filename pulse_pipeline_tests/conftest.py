@@ -81,5 +81,8 @@ def artifacts(request: pytest.FixtureRequest, tmp_path: Path):
     server = request.getfixturevalue("s3_server")
     bucket = f"t-{abs(hash(request.node.nodeid)) % 10**10}"
     return open_artifact_store(
-        f"s3://{bucket}/pulse", endpoint=server.endpoint, access_key=server.access_key, secret_key=server.secret_key
+        f"s3://{bucket}/pulse",
+        endpoint=server.endpoint,
+        access_key=server.access_key,
+        secret_key=server.secret_key,
     )

@@ -82,7 +82,9 @@ class LocalArtifactStore(ArtifactStore):
         if not base.is_dir():
             return []
         return sorted(
-            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
         )
 
     def uri(self, key: str) -> str:
@@ -92,7 +94,9 @@ class LocalArtifactStore(ArtifactStore):
 class S3ArtifactStore(ArtifactStore):
     """S3 (MinIO, AWS or any S3 API) through the `minio` client."""
 
-    def __init__(self, bucket: str, prefix: str, *, endpoint: str, access_key: str, secret_key: str, secure: bool):
+    def __init__(
+        self, bucket: str, prefix: str, *, endpoint: str, access_key: str, secret_key: str, secure: bool
+    ):
         from minio import Minio
 
         self.bucket = bucket
@@ -138,7 +142,9 @@ class S3ArtifactStore(ArtifactStore):
 
     def list(self, prefix: str) -> list[str]:
         start = len(self.prefix) + 1 if self.prefix else 0
-        objects = self.client.list_objects(self.bucket, prefix=self._key(prefix).rstrip("/") + "/", recursive=True)
+        objects = self.client.list_objects(
+            self.bucket, prefix=self._key(prefix).rstrip("/") + "/", recursive=True
+        )
         return sorted(o.object_name[start:] for o in objects)
 
     def uri(self, key: str) -> str:

@@ -63,7 +63,17 @@ class Example:
         return out
 
     def content_hash(self) -> str:
-        body = (self.id, self.kind, self.messages, self.text, self.label, self.labels, self.weight, self.group, self.stratum)
+        body = (
+            self.id,
+            self.kind,
+            self.messages,
+            self.text,
+            self.label,
+            self.labels,
+            self.weight,
+            self.group,
+            self.stratum,
+        )
         return hashlib.sha256(orjson.dumps(body)).hexdigest()
 
 
@@ -78,6 +88,23 @@ class BuildStats:
     redactions: Counter[str] = field(default_factory=Counter)
     watermark: int = 0  # newest store sequence number read
     newest_ingested_at: dt.datetime | None = None
+
+    def to_json(self) -> bytes:
+        body = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()}
+        body["by_status"] = {str(k): n for k, n in self.by_status.items()}
+        return orjson.dumps(body)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> BuildStats:
+        body = orjson.loads(data)
+        stats = cls(
+            **{k: v for k, v in body.items() if k not in ("by_status", "redactions", "newest_ingested_at")}
+        )
+        stats.by_status = Counter(body["by_status"])
+        stats.redactions = Counter(body["redactions"])
+        if body["newest_ingested_at"]:
+            stats.newest_ingested_at = dt.datetime.fromisoformat(body["newest_ingested_at"])
+        return stats
 
 
 def normalize(text: str) -> str:
@@ -181,9 +208,13 @@ class ExampleBuilder:
 
     def _call_correction(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
         transcript = render_transcript(p["transcript"])
-        user = fill(self.family.prompts["call_correction"], {"transcript": transcript, "call_id": p["call_id"]})
+        user = fill(
+            self.family.prompts["call_correction"], {"transcript": transcript, "call_id": p["call_id"]}
+        )
         answer = orjson.dumps(p["corrected_output"], option=orjson.OPT_SORT_KEYS).decode()
-        ex = self._chat(row, "call_correction", user, answer, group=f"call:{p['call_id']}", stratum="call_correction")
+        ex = self._chat(
+            row, "call_correction", user, answer, group=f"call:{p['call_id']}", stratum="call_correction"
+        )
         return ex, "chat:" + normalize(transcript), transcript
 
     def _segment_review(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
@@ -209,7 +240,9 @@ class ExampleBuilder:
 
     def _intent_label(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
         text = self._clean(p["text"])
-        group = f"conversation:{p['conversation_id']}" if p.get("conversation_id") else f"text:{normalize(text)}"
+        group = (
+            f"conversation:{p['conversation_id']}" if p.get("conversation_id") else f"text:{normalize(text)}"
+        )
         ex = Example(
             id=row.id, kind="intent_label", weight=self._weight("intent_label"), group=group, stratum=p["label"],
             created_at=row.created_at, seq=row.seq, text=text, label=p["label"],
@@ -234,7 +267,12 @@ class ExampleBuilder:
         user = fill(self.family.prompts["qa_pair"], {"question": p["question"]})
         question = normalize(p["question"])
         ex = self._chat(
-            row, "qa_pair", user, p["answer"], group=f"question:{question}", stratum=p.get("query_type") or "static"
+            row,
+            "qa_pair",
+            user,
+            p["answer"],
+            group=f"question:{question}",
+            stratum=p.get("query_type") or "static",
         )
         return ex, "question:" + question, p["question"]
 
@@ -248,7 +286,9 @@ class ExampleBuilder:
         template = self.family.prompts.get("feedback") or self.family.prompts["qa_pair"]
         user = fill(template, {"query": p["query"], "question": p["query"]})
         question = normalize(p["query"])
-        ex = self._chat(row, "feedback", user, p["corrected_response"], group=f"question:{question}", stratum="corrected")
+        ex = self._chat(
+            row, "feedback", user, p["corrected_response"], group=f"question:{question}", stratum="corrected"
+        )
         return ex, "question:" + question, p["query"]
 
 
@@ -258,7 +298,10 @@ def segment_agrees(p: dict[str, Any]) -> bool:
         return False
     if p["trainer_assessment"] != p["ai_assessment"]:
         return False
-    for new, old in (("timestamp_start", "original_timestamp_start"), ("timestamp_end", "original_timestamp_end")):
+    for new, old in (
+        ("timestamp_start", "original_timestamp_start"),
+        ("timestamp_end", "original_timestamp_end"),
+    ):
         if p.get(old) is not None and p.get(old) != p.get(new):
             return False
     return True

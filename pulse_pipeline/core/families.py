@@ -65,9 +65,13 @@ class _Strict(BaseModel):
 class TriageConfig(_Strict):
     """Routing of captured predictions (records with a confidence and no annotator)."""
 
-    auto_approve_above: float = Field(0.85, ge=0, le=1, description="Primary-provider confidence above which a capture is approved.")
+    auto_approve_above: float = Field(
+        0.85, ge=0, le=1, description="Primary-provider confidence above which a capture is approved."
+    )
     review_below: float = Field(0.70, ge=0, le=1, description="Confidence below which review is a priority.")
-    primary_provider: str = Field("encoder", description="The provider whose confident predictions are trusted.")
+    primary_provider: str = Field(
+        "encoder", description="The provider whose confident predictions are trusted."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> TriageConfig:
@@ -79,7 +83,9 @@ class TriageConfig(_Strict):
 class RedactionConfig(_Strict):
     """PII redaction of every text that leaves the store for training or export."""
 
-    enabled: bool = Field(True, description="Replace e-mails, phones, cards and IBANs with [EMAIL], [PHONE] ...")
+    enabled: bool = Field(
+        True, description="Replace e-mails, phones, cards and IBANs with [EMAIL], [PHONE] ..."
+    )
     extra_patterns: dict[str, str] = Field(
         default_factory=dict, description="More patterns: placeholder name -> regular expression."
     )
@@ -180,14 +186,22 @@ class FamilyConfig(_Strict):
         elif self.dimensions is not None:
             raise ValueError(f"'dimensions' only applies to regression families, not {self.task}")
         if self.task is TaskKind.chat_sft:
-            missing = [k for k in ("system", *self.annotation_kinds) if k != "feedback" and k not in self.prompts]
-            if "feedback" in self.annotation_kinds and "qa_pair" not in self.prompts and "feedback" not in self.prompts:
+            missing = [
+                k for k in ("system", *self.annotation_kinds) if k != "feedback" and k not in self.prompts
+            ]
+            if (
+                "feedback" in self.annotation_kinds
+                and "qa_pair" not in self.prompts
+                and "feedback" not in self.prompts
+            ):
                 missing.append("feedback")
             if missing:
                 raise ValueError(f"a chat_sft family needs prompts for: {', '.join(missing)}")
         for kind, template in self.prompts.items():
             if kind != "system" and kind not in PROMPT_FIELDS:
-                raise ValueError(f"prompts.{kind}: not an annotation kind with a prompt ({', '.join(PROMPT_FIELDS)})")
+                raise ValueError(
+                    f"prompts.{kind}: not an annotation kind with a prompt ({', '.join(PROMPT_FIELDS)})"
+                )
             unknown = set(re.findall(r"{(\w+)}", template)) - PROMPT_FIELDS.get(kind, set())
             if unknown:
                 raise ValueError(f"prompts.{kind}: unknown placeholder(s) {', '.join(sorted(unknown))}")

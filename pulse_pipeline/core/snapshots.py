@@ -70,9 +70,58 @@ def assign_splits(examples: list[Example], settings: SplitConfig) -> dict[str, l
             i = max(range(3), key=lambda k: (targets[k] - have[k], -k))
             have[i] += sizes[g]
             out[SPLITS[i]].extend(groups[g])
+    _no_empty_split(out, groups, ratios)
+    _every_stratum_in_train(out, groups)
     for split in out.values():
         split.sort(key=lambda e: e.id)
     return out
+
+
+def _no_empty_split(
+    out: dict[str, list[Example]], groups: dict[str, list[Example]], ratios: tuple[float, ...]
+) -> None:
+    """Large groups can leave a small split with nothing (every call bigger than its 10 %):
+    give each empty split the smallest group of the split furthest over its share, taking
+    one whose strata train keeps anyway."""
+    total = sum(len(m) for m in out.values())
+    for i, split in enumerate(SPLITS):
+        if out[split] or ratios[i] == 0:
+            continue
+        donors = sorted(
+            (s for j, s in enumerate(SPLITS) if len({e.group for e in out[s]}) > 1),
+            key=lambda s: -(len(out[s]) - total * ratios[SPLITS.index(s)]),
+        )
+        for donor in donors:
+            strata_left = Counter(e.stratum for e in out["train"])
+            candidates = sorted({e.group for e in out[donor]}, key=lambda g: (len(groups[g]), g))
+            safe = [
+                g for g in candidates
+                if donor != "train" or all(strata_left[e.stratum] > sum(x.stratum == e.stratum for x in groups[g]) for e in groups[g])
+            ]  # fmt: skip
+            pick = (safe or candidates)[0]
+            out[split] = list(groups[pick])
+            out[donor] = [e for e in out[donor] if e.group != pick]
+            break
+
+
+def _every_stratum_in_train(out: dict[str, list[Example]], groups: dict[str, list[Example]]) -> None:
+    """A group's stratum is its most common one, so a rare stratum (a score-impact segment in
+    calls full of agent actions) can miss train: move the smallest group holding it there,
+    unless that would leave its split empty."""
+    in_train = {e.stratum for e in out["train"]}
+    for split in ("val", "test"):
+        for stratum in sorted({e.stratum for e in out[split]} - in_train):
+            names = sorted(
+                {e.group for e in out[split] if e.stratum == stratum}, key=lambda g: (len(groups[g]), g)
+            )
+            if not names or stratum in in_train:
+                continue
+            moved = set(names[:1])
+            if all(e.group in moved for e in out[split]):
+                continue  # never empty a split for it; the snapshot check reports the stratum instead
+            out["train"].extend(e for e in out[split] if e.group in moved)
+            out[split] = [e for e in out[split] if e.group not in moved]
+            in_train |= {e.stratum for e in groups[names[0]]}
 
 
 def dataset_version(family: FamilyConfig, examples: list[Example]) -> str:
@@ -146,7 +195,10 @@ def _manifest(
     created_at: dt.datetime,
 ) -> dict[str, Any]:
     def by(attr: str) -> dict[str, dict[str, int]]:
-        return {s: dict(sorted(Counter(str(getattr(e, attr)) for e in members).items())) for s, members in splits.items()}
+        return {
+            s: dict(sorted(Counter(str(getattr(e, attr)) for e in members).items()))
+            for s, members in splits.items()
+        }
 
     manifest: dict[str, Any] = {
         "dataset_version": version,
@@ -210,7 +262,38 @@ def to_parquet(family: FamilyConfig, examples: list[Example]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def read_split(artifacts: ArtifactStore, family: FamilyConfig, version: str, split: str) -> list[dict[str, Any]]:
+def from_parquet(data: bytes) -> list[Example]:
+    """Examples back from `to_parquet` bytes (order kept)."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for row in pq.read_table(pa_buffer(data)).to_pylist():
+        out.append(
+            Example(
+                id=row["id"], kind=row["kind"], weight=row["weight"], group=row["group"], stratum=row["stratum"],
+                created_at=row["created_at"], seq=0, messages=row.get("messages"), text=row.get("text"),
+                label=row.get("label"), labels=row.get("labels"),
+            )
+        )  # fmt: skip
+    return out
+
+
+def check_names(family: FamilyConfig) -> list[tuple[str, bool]]:
+    """(name, blocking) of the checks `check_snapshot` returns for this family."""
+    what, whats = ("label", "labels") if family.task is TaskKind.classification else ("stratum", "strata")
+    return [
+        ("no_empty_split", True),
+        (f"every_{what}_in_train", True),
+        (f"{whats}_with_enough_examples", False),
+        ("no_group_leakage", True),
+        ("weights_in_range", True),
+        ("redaction_ran", True),
+    ]
+
+
+def read_split(
+    artifacts: ArtifactStore, family: FamilyConfig, version: str, split: str
+) -> list[dict[str, Any]]:
     """One split's examples in the contract's export shape (with `split`)."""
     import pyarrow.parquet as pq
 
@@ -221,7 +304,9 @@ def read_split(artifacts: ArtifactStore, family: FamilyConfig, version: str, spl
         if "messages" in row:
             record["messages"] = row["messages"]
         elif "labels" in row:
-            record.update(text=row["text"], labels=row["labels"], dimension_names=list(family.dimensions or ()))
+            record.update(
+                text=row["text"], labels=row["labels"], dimension_names=list(family.dimensions or ())
+            )
         else:
             record.update(text=row["text"], label=row["label"])
         record.update(weight=row["weight"], split=split)
@@ -267,7 +352,9 @@ def check_snapshot(family: FamilyConfig, splits: dict[str, list[Example]]) -> li
         CheckOutcome(
             f"every_{what}_in_train",
             not missing,
-            f"not in train: {', '.join(missing[:20])}" if missing else f"every {what} of the snapshot is in train",
+            f"not in train: {', '.join(missing[:20])}"
+            if missing
+            else f"every {what} of the snapshot is in train",
             {"missing": missing[:50], whats: len(all_strata)},
         )
     )
@@ -297,7 +384,9 @@ def check_snapshot(family: FamilyConfig, splits: dict[str, list[Example]]) -> li
         CheckOutcome(
             "no_group_leakage",
             not leaks,
-            f"{len(leaks)} group(s) or input text(s) in two splits" if leaks else "no group or input text spans two splits",
+            f"{len(leaks)} group(s) or input text(s) in two splits"
+            if leaks
+            else "no group or input text spans two splits",
             {"leaks": sorted(leaks)[:20]},
         )
     )
@@ -314,18 +403,26 @@ def check_snapshot(family: FamilyConfig, splits: dict[str, list[Example]]) -> li
     if family.redaction.enabled:
         redactor = Redactor.with_extra(family.redaction.extra_patterns)
         left = Counter(
-            kind for m in splits.values() for e in m for text in _texts(e) for _, _, kind in redactor.spans(text)
+            kind
+            for m in splits.values()
+            for e in m
+            for text in _texts(e)
+            for _, _, kind in redactor.spans(text)
         )
         outcomes.append(
             CheckOutcome(
                 "redaction_ran",
                 not left,
-                f"PII left in examples: {dict(left)}" if left else "no e-mail, phone, card or IBAN left in any example",
+                f"PII left in examples: {dict(left)}"
+                if left
+                else "no e-mail, phone, card or IBAN left in any example",
                 {"left": dict(left)},
             )
         )
     else:
-        outcomes.append(CheckOutcome("redaction_ran", True, "redaction is disabled for this family in pulse.yaml", {}))
+        outcomes.append(
+            CheckOutcome("redaction_ran", True, "redaction is disabled for this family in pulse.yaml", {})
+        )
     return outcomes
 
 

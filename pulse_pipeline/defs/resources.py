@@ -1,10 +1,12 @@
-"""Dagster resources: how assets reach the annotation store."""
+"""Dagster resources: how assets reach the annotation store and the artifact store."""
 
 import os
+from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 
+from pulse_pipeline.core.artifacts import ArtifactStore, open_artifact_store
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.settings import get_settings
 
@@ -30,9 +32,39 @@ class AnnotationStore(dg.ConfigurableResource):
         return self._store
 
 
+class ArtifactStorage(dg.ConfigurableResource):
+    """The artifact store: a folder (default $PULSE_HOME/artifacts) or s3://bucket/prefix."""
+
+    location: str
+    s3_endpoint: str | None = None
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+
+    def open(self) -> ArtifactStore:
+        return open_artifact_store(
+            self.location,
+            endpoint=self.s3_endpoint,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key,
+        )
+
+
+def _from_env(name: str, default: str | None) -> Any:
+    """A value set in the environment stays an EnvVar, so the UI never shows a secret in it."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources for this environment. A database URL from the environment stays an EnvVar,
-    so a password in it is never shown in the UI."""
+    """Resources for this environment, from the settings and the environment."""
     settings = get_settings()
-    url = dg.EnvVar("PULSE_DATABASE_URL") if os.environ.get("PULSE_DATABASE_URL") else settings.database_url
-    return {"annotation_store": AnnotationStore(database_url=url)}
+    return {
+        "annotation_store": AnnotationStore(
+            database_url=_from_env("PULSE_DATABASE_URL", settings.database_url)
+        ),
+        "artifact_storage": ArtifactStorage(
+            location=_from_env("PULSE_ARTIFACTS", settings.pulse_artifacts),
+            s3_endpoint=_from_env("PULSE_S3_ENDPOINT", None),
+            s3_access_key=_from_env("PULSE_S3_ACCESS_KEY", ""),
+            s3_secret_key=_from_env("PULSE_S3_SECRET_KEY", ""),
+        ),
+    }

@@ -18,7 +18,11 @@ def rows(config, records):
     for i, rec in enumerate(records, start=1):
         ann = parse_record(rec, config)
         created = ann.created_at or T0 + dt.timedelta(minutes=i)
-        out.append(SimpleNamespace(seq=i, id=ann.id, kind=ann.kind, payload=ann.payload, created_at=created, ingested_at=created))
+        out.append(
+            SimpleNamespace(
+                seq=i, id=ann.id, kind=ann.kind, payload=ann.payload, created_at=created, ingested_at=created
+            )
+        )
     return out
 
 
@@ -45,7 +49,9 @@ def test_triage_routes_captures(config, changes, status):
     payload = {**valid("intent_label"), **changes}
     payload = {k: v for k, v in payload.items() if v is not None}
     assert triage("intent_label", payload, config.family("intent-router").triage) is status
-    assert triage("qa_pair", valid("qa_pair"), config.family("access-qa").triage) is ReviewStatus.human_reviewed
+    assert (
+        triage("qa_pair", valid("qa_pair"), config.family("access-qa").triage) is ReviewStatus.human_reviewed
+    )
 
 
 def test_only_approved_and_reviewed_intents_become_examples(config):
@@ -56,16 +62,28 @@ def test_only_approved_and_reviewed_intents_become_examples(config):
         valid("intent_label", text="d", confidence=0.5, provider="llm_fallback"),
     ])  # fmt: skip
     assert sorted(e.text for e in b.examples()) == ["a", "b"]
-    assert b.stats.by_status == {"human_reviewed": 1, "auto_approved": 1, "needs_review": 1, "priority_review": 1}
+    assert b.stats.by_status == {
+        "human_reviewed": 1,
+        "auto_approved": 1,
+        "needs_review": 1,
+        "priority_review": 1,
+    }
     [ex] = [e for e in b.examples() if e.text == "a"]
-    assert ex.record(config.family("intent-router")) == {"id": ex.id, "text": "a", "label": "freeze_account", "weight": 1.0}
+    assert ex.record(config.family("intent-router")) == {
+        "id": ex.id,
+        "text": "a",
+        "label": "freeze_account",
+        "weight": 1.0,
+    }
 
 
 def test_call_correction_is_a_full_call_chat(config):
     b = build(config, "call-analysis", [valid("call_correction")])
     [ex] = b.examples()
     system, user, assistant = ex.messages
-    assert system["role"] == "system" and system["content"] == config.family("call-analysis").prompts["system"]
+    assert (
+        system["role"] == "system" and system["content"] == config.family("call-analysis").prompts["system"]
+    )
     assert user["content"].startswith("Analyse this call transcript")
     assert "[00:03] Customer: My card was charged twice." in user["content"]
     assert json.loads(assistant["content"])["sentiment"] == "negative"
@@ -78,7 +96,11 @@ def test_segment_review_names_the_segment_type_and_carries_corrected_timestamps(
     assert ex.messages[1]["content"].startswith("COMPLIANCE FLAGS")
     assert "Agent: can I confirm your date of birth?" in ex.messages[1]["content"]
     answer = json.loads(ex.messages[2]["content"])
-    assert answer == {"assessment": {"action_detected": True, "quality_impact": "positive"}, "timestamp_start": 12.0, "timestamp_end": 15.5}
+    assert answer == {
+        "assessment": {"action_detected": True, "quality_impact": "positive"},
+        "timestamp_start": 12.0,
+        "timestamp_end": 15.5,
+    }
     assert ex.weight == 1.0 and ex.stratum == "compliance_flag"
 
 
@@ -86,10 +108,24 @@ def test_segment_review_names_the_segment_type_and_carries_corrected_timestamps(
     ("changes", "weight"),
     [
         ({"disagreement_reason": ..., "original_timestamp_start": ..., "original_timestamp_end": ...}, 0.5),
-        ({"disagreement_reason": "false_positive", "original_timestamp_start": ..., "original_timestamp_end": ...}, 1.0),
+        (
+            {
+                "disagreement_reason": "false_positive",
+                "original_timestamp_start": ...,
+                "original_timestamp_end": ...,
+            },
+            1.0,
+        ),
         ({"disagreement_reason": ...}, 1.0),  # timestamps moved without a stated reason
-        ({"disagreement_reason": ..., "original_timestamp_start": ..., "original_timestamp_end": ...,
-          "trainer_assessment": {"action_detected": False}}, 1.0),
+        (
+            {
+                "disagreement_reason": ...,
+                "original_timestamp_start": ...,
+                "original_timestamp_end": ...,
+                "trainer_assessment": {"action_detected": False},
+            },
+            1.0,
+        ),
     ],
 )
 def test_segment_weights_follow_the_pulse_rules(config, changes, weight):
@@ -114,9 +150,13 @@ def test_qa_keeps_citation_markers_and_feedback_rules(config):
 def test_score_labels_are_vectors_in_dimension_order(config):
     family = config.family("article-scorer")
     scores = {d: float(i) for i, d in enumerate(family.dimensions)}
-    [ex] = build(config, "article-scorer", [valid("score_label", scores=scores, group_id="article-7")]).examples()
+    [ex] = build(
+        config, "article-scorer", [valid("score_label", scores=scores, group_id="article-7")]
+    ).examples()
     record = ex.record(family)
-    assert record["labels"] == [float(i) for i in range(8)] and record["dimension_names"] == list(family.dimensions)
+    assert record["labels"] == [float(i) for i in range(8)] and record["dimension_names"] == list(
+        family.dimensions
+    )
     assert ex.group == "article:article-7" and ex.stratum == "mid"  # mean 3.5 of [0, 10]
 
 

@@ -51,7 +51,9 @@ def test_same_annotations_same_version_on_both_databases_and_in_a_new_process(
         "from pulse_pipeline_tests.core.test_snapshots import version_of;"
         f"print(version_of({pg_url!r}, load_config({str(PROJECT / 'pulse.yaml')!r}), {family!r}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT
+    )
     assert out.stdout.strip() == v
 
 
@@ -60,7 +62,12 @@ def test_one_changed_annotation_gives_a_new_version(config, tmp_path, demo_path)
     with Store(url) as store:
         ingest_file(store, demo_path, config)
         before = version_of(url, config, "access-qa")
-        ingest_lines(store, [b'{"kind":"qa_pair","family":"access-qa","question":"new?","answer":"yes","annotator":"x"}'], config, source="t")
+        ingest_lines(
+            store,
+            [b'{"kind":"qa_pair","family":"access-qa","question":"new?","answer":"yes","annotator":"x"}'],
+            config,
+            source="t",
+        )
     assert version_of(url, config, "access-qa") != before
     assert version_of(url, config, "intent-router") == version_of(url, config, "intent-router")
 
@@ -79,7 +86,15 @@ def test_split_settings_are_part_of_the_version(config, tmp_path, demo_path):
 def test_clinc150_splits_are_proportional_per_intent_and_leak_free(config, tmp_path):
     data = json.loads((CLINC150 / "data_full.json").read_text())
     lines = [
-        json.dumps({"kind": "intent_label", "family": "intent-router", "text": t, "label": label, "annotator": "clinc"}).encode()
+        json.dumps(
+            {
+                "kind": "intent_label",
+                "family": "intent-router",
+                "text": t,
+                "label": label,
+                "annotator": "clinc",
+            }
+        ).encode()
         for t, label in data["train"] + data["oos_train"]
     ]
     family = config.family("intent-router")
@@ -120,7 +135,11 @@ def test_snapshot_round_trip_and_reuse(config, tmp_path, demo_path, artifacts):
     again = write_snapshot(artifacts, family, builder.examples(), builder.stats)
     assert not first.reused and again.reused and again.manifest == first.manifest
     m = first.manifest
-    assert m["counts"]["total"] == len(builder.examples()) == sum(m["counts"][s] for s in ("train", "val", "test"))
+    assert (
+        m["counts"]["total"]
+        == len(builder.examples())
+        == sum(m["counts"][s] for s in ("train", "val", "test"))
+    )
     assert m["parent_version"] is None and m["watermark"]["seq"] == builder.stats.watermark
     assert m["build"]["by_review_status"]["needs_review"] > 0
     assert latest_manifest(artifacts, "intent-router")["dataset_version"] == first.version
@@ -128,7 +147,8 @@ def test_snapshot_round_trip_and_reuse(config, tmp_path, demo_path, artifacts):
     assert len(rows) == m["counts"]["test"] and [r["id"] for r in rows] == m["example_ids"]["test"]
     assert set(rows[0]) == {"id", "text", "label", "weight", "split"} and rows[0]["split"] == "test"
     assert sorted(artifacts.list(f"datasets/intent-router/{first.version}")) == [
-        f"datasets/intent-router/{first.version}/{n}" for n in ("manifest.json", "test.parquet", "train.parquet", "val.parquet")
+        f"datasets/intent-router/{first.version}/{n}"
+        for n in ("manifest.json", "test.parquet", "train.parquet", "val.parquet")
     ]
 
 
@@ -174,12 +194,24 @@ def test_many_tiny_strata_still_fill_every_split(config):
 
     t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     examples = [
-        Example(id=f"e{i}", kind="intent_label", weight=1.0, group=f"g{i}", stratum=f"label{i % 150}", created_at=t, seq=i, text=f"t{i}", label=f"label{i % 150}")
+        Example(
+            id=f"e{i}",
+            kind="intent_label",
+            weight=1.0,
+            group=f"g{i}",
+            stratum=f"label{i % 150}",
+            created_at=t,
+            seq=i,
+            text=f"t{i}",
+            label=f"label{i % 150}",
+        )
         for i in range(300)
     ]
     splits = assign_splits(examples, config.family("intent-router").split)
     sizes = {s: len(m) for s, m in splits.items()}
-    assert abs(sizes["train"] - 240) <= 1 and abs(sizes["val"] - 30) <= 1 and abs(sizes["test"] - 30) <= 1, sizes
+    assert abs(sizes["train"] - 240) <= 1 and abs(sizes["val"] - 30) <= 1 and abs(sizes["test"] - 30) <= 1, (
+        sizes
+    )
     for split, ratio in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
         per = Counter(e.stratum for e in splits[split])
         assert all(abs(per[f"label{k}"] - 2 * ratio) <= 1 for k in range(150))

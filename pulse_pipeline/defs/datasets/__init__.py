@@ -1,0 +1,1 @@
+"""From annotations to frozen dataset snapshots: review queue, examples, dataset_snapshot."""

@@ -1,0 +1,197 @@
+"""Per family: `review_queue` and `examples` from the annotations, then `dataset_snapshot`."""
+
+import dagster as dg
+
+from pulse_pipeline.core.examples import BuildStats, build_from_store, formatter_version
+from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.core.review import review_queue
+from pulse_pipeline.core.snapshots import (
+    assign_splits,
+    check_names,
+    check_snapshot,
+    from_parquet,
+    prefix,
+    to_parquet,
+    write_snapshot,
+)
+from pulse_pipeline.core.triage import CAPTURE_KINDS
+from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
+
+
+def _key(family: FamilyConfig, name: str) -> dg.AssetKey:
+    return dg.AssetKey([family.name, name])
+
+
+def _table(header: tuple[str, str], rows: list[tuple[object, object]]) -> dg.MetadataValue:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---:|", *(f"| {a} | {b} |" for a, b in rows)]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def examples_key(family: str) -> str:
+    return f"examples/{family}/examples.parquet"
+
+
+def build_stats_key(family: str) -> str:
+    return f"examples/{family}/build.json"
+
+
+def has_review_queue(family: FamilyConfig) -> bool:
+    return any(kind in CAPTURE_KINDS for kind in family.annotation_kinds)
+
+
+def review_queue_asset(family: FamilyConfig) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=_key(family, "review_queue"),
+        deps=[_key(family, "annotations")],
+        group_name=family.snake,
+        kinds={"python"},
+        tags={"pulse/family": family.name, "pulse/stage": "review"},
+    )
+    def _review_queue(
+        context: dg.AssetExecutionContext, annotation_store: AnnotationStore
+    ) -> dg.MaterializeResult:
+        """Captured predictions waiting for a person, priority first (`pulse review export` sends them to Label Studio)."""
+        queue = review_queue(annotation_store.store.iter_family(family.name), family)
+        context.log.info(f"{family.name}: {len(queue.items)} waiting for review")
+        top = [
+            f"| {i.status} | {i.confidence if i.confidence is not None else ''} | {i.provider or ''} | {i.suggestion} | {i.text[:80]} |"
+            for i in queue.items[:25]
+        ]
+        return dg.MaterializeResult(
+            metadata={
+                "waiting": len(queue.items),
+                "priority": sum(1 for i in queue.items if i.status == "priority_review"),
+                "settled_by_review": queue.settled,
+                "by_status": _table(("status", "records"), sorted(queue.by_status.items())),
+                "next_up": dg.MetadataValue.md(
+                    "\n".join(
+                        [
+                            "| status | confidence | provider | suggestion | text |",
+                            "|---|---:|---|---|---|",
+                            *top,
+                        ]
+                    )
+                ),
+            }
+        )
+
+    return _review_queue
+
+
+def examples_asset(family: FamilyConfig) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=_key(family, "examples"),
+        deps=[_key(family, "annotations")],
+        group_name=family.snake,
+        kinds={"parquet"},
+        tags={"pulse/family": family.name, "pulse/stage": "examples"},
+    )
+    def _examples(
+        context: dg.AssetExecutionContext,
+        annotation_store: AnnotationStore,
+        artifact_storage: ArtifactStorage,
+    ) -> dg.MaterializeResult:
+        """Approved and human-reviewed annotations as weighted, PII-redacted, deduplicated training examples."""
+        builder = build_from_store(annotation_store.store, family)
+        examples = builder.examples()
+        artifacts = artifact_storage.open()
+        stats = builder.stats
+        artifacts.write_bytes(examples_key(family.name), to_parquet(family, examples))
+        artifacts.write_bytes(build_stats_key(family.name), stats.to_json())
+        context.log.info(f"{family.name}: {len(examples)} examples from {stats.annotations} annotations")
+        weights = sorted({e.weight for e in examples})
+        return dg.MaterializeResult(
+            metadata={
+                "examples": len(examples),
+                "annotations_read": stats.annotations,
+                "store_watermark": stats.watermark,
+                "by_review_status": _table(("status", "annotations"), sorted(stats.by_status.items())),
+                "by_kind": dict(
+                    sorted({e.kind: sum(1 for x in examples if x.kind == e.kind) for e in examples}.items())
+                ),
+                "exact_duplicates": stats.exact_duplicates,
+                "normalized_duplicates": stats.normalized_duplicates,
+                "negatives": stats.negatives,
+                "redactions": _table(("placeholder", "replaced"), sorted(stats.redactions.items()))
+                if stats.redactions
+                else ("none found" if family.redaction.enabled else "disabled in pulse.yaml"),
+                "weights": ", ".join(f"{w:g}" for w in weights),
+                "formatter_version": formatter_version(family),
+                "path": dg.MetadataValue.path(artifacts.uri(examples_key(family.name))),
+            },
+            data_version=dg.DataVersion(f"{stats.watermark}-{formatter_version(family)}"),
+        )
+
+    return _examples
+
+
+def dataset_snapshot_asset(family: FamilyConfig) -> dg.AssetsDefinition:
+    key = _key(family, "dataset_snapshot")
+
+    @dg.asset(
+        key=key,
+        deps=[_key(family, "examples")],
+        group_name=family.snake,
+        kinds={"parquet"},
+        tags={"pulse/family": family.name, "pulse/stage": "dataset"},
+        check_specs=[
+            dg.AssetCheckSpec(name, asset=key, blocking=blocking) for name, blocking in check_names(family)
+        ],
+    )
+    def _dataset_snapshot(
+        context: dg.AssetExecutionContext, artifact_storage: ArtifactStorage
+    ) -> dg.MaterializeResult:
+        """A frozen, content-addressed train/val/test snapshot (stratified, group-aware), with its manifest."""
+        artifacts = artifact_storage.open()
+        try:
+            examples = from_parquet(artifacts.read_bytes(examples_key(family.name)))
+            stats = BuildStats.from_json(artifacts.read_bytes(build_stats_key(family.name)))
+        except KeyError:
+            raise dg.Failure(
+                f"no examples for {family.name} yet: materialize {family.name}/examples first"
+            ) from None
+        snapshot = write_snapshot(artifacts, family, examples, stats)
+        m = snapshot.manifest
+        context.log.info(
+            f"{family.name}: dataset_version {snapshot.version} ({'reused' if snapshot.reused else 'new'})"
+        )
+        checks = [
+            dg.AssetCheckResult(
+                check_name=c.name,
+                passed=c.passed,
+                description=c.description,
+                metadata=c.metadata,
+                severity=dg.AssetCheckSeverity.ERROR if c.blocking else dg.AssetCheckSeverity.WARN,
+            )
+            for c in check_snapshot(family, assign_splits(examples, family.split))
+        ]
+        summary = {k: v for k, v in m.items() if k != "example_ids"}
+        return dg.MaterializeResult(
+            metadata={
+                "dataset_version": snapshot.version,
+                "reused": snapshot.reused,
+                "parent_version": m["parent_version"] or "none",
+                "splits": _table(
+                    ("split", "examples"), [(s, m["counts"][s]) for s in ("train", "val", "test")]
+                ),
+                "by_stratum": dg.MetadataValue.md(_strata_table(m["by_stratum"])),
+                "manifest": dg.MetadataValue.json(summary),
+                "path": dg.MetadataValue.path(
+                    artifacts.uri(f"{prefix(family.name, snapshot.version)}/manifest.json")
+                ),
+            },
+            check_results=checks,
+            data_version=dg.DataVersion(snapshot.version),
+        )
+
+    return _dataset_snapshot
+
+
+def _strata_table(by_stratum: dict[str, dict[str, int]]) -> str:
+    names = sorted({k for split in by_stratum.values() for k in split})
+    rows = [
+        f"| {n} | " + " | ".join(str(by_stratum[s].get(n, 0)) for s in ("train", "val", "test")) + " |"
+        for n in names[:60]
+    ]
+    more = [f"| ... {len(names) - 60} more | | | |"] if len(names) > 60 else []
+    return "\n".join(["| stratum | train | val | test |", "|---|---:|---:|---:|", *rows, *more])
