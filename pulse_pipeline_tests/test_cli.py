@@ -1,3 +1,4 @@
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -100,3 +101,107 @@ def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
     # a second demo adds no annotations (same seed, same records) and still succeeds
     again = runner.invoke(app, ["demo", "--scale", "0.2"])
     assert again.exit_code == 0 and "0 accepted" in again.stdout
+
+
+@pytest.fixture
+def demo_loaded(tmp_path):
+    from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
+
+    demo = write_demo_file(
+        tmp_path / "demo.jsonl", anchor=dt.date(2026, 6, 30), scale=DemoScale().scaled(0.3)
+    )
+    assert runner.invoke(app, ["ingest", str(demo.path)]).exit_code == 0
+    return demo
+
+
+def test_snapshot_prints_version_and_reuses_it(demo_loaded):
+    first = runner.invoke(app, ["snapshot", "--family", "intent-router", "--json"])
+    assert first.exit_code == 0, first.output
+    a = json.loads(first.stdout)
+    assert set(a["splits"]) == {"train", "val", "test"} and sum(a["splits"].values()) == a["total"]
+    b = json.loads(runner.invoke(app, ["snapshot", "--family", "intent-router", "--json"]).stdout)
+    assert b["dataset_version"] == a["dataset_version"] and b["created_at"] == a["created_at"]  # reused
+    plain = runner.invoke(app, ["snapshot", "--family", "intent-router"]).stdout.splitlines()
+    assert plain[0] == f"dataset_version {a['dataset_version']}"
+
+
+def test_export_from_the_store_then_from_the_snapshot(demo_loaded):
+    before = runner.invoke(app, ["export", "--family", "article-scorer", "--limit", "3"])
+    assert before.exit_code == 0, before.output
+    rows = [json.loads(line) for line in before.stdout.splitlines()]
+    assert (
+        len(rows) == 3
+        and "split" not in rows[0]
+        and len(rows[0]["labels"]) == len(rows[0]["dimension_names"])
+    )
+    runner.invoke(app, ["snapshot", "--family", "article-scorer"])
+    everything = [
+        json.loads(x)
+        for x in runner.invoke(app, ["export", "--family", "article-scorer"]).stdout.splitlines()
+    ]
+    page = json.loads(
+        runner.invoke(
+            app, ["export", "--family", "article-scorer", "--offset", "2", "--limit", "2", "--format", "json"]
+        ).stdout
+    )
+    assert page == everything[2:4]
+    assert {r["split"] for r in everything} == {"train", "val", "test"}
+    assert runner.invoke(app, ["export", "--family", "article-scorer", "--format", "csv"]).exit_code == 1
+
+
+def test_status_counts_new_trainable_annotations_since_the_snapshot(demo_loaded, tmp_path):
+    st = json.loads(runner.invoke(app, ["status", "--family", "access-qa", "--json"]).stdout)
+    assert st["new_annotations_count"] > 0 and st["min_annotations_required"] == 50
+    assert {"is_training", "lock_acquired_at", "current_version", "available_versions"} <= set(st)
+    runner.invoke(app, ["snapshot", "--family", "access-qa"])
+    assert (
+        json.loads(runner.invoke(app, ["status", "--family", "access-qa", "--json"]).stdout)[
+            "new_annotations_count"
+        ]
+        == 0
+    )
+    new = tmp_path / "new.jsonl"
+    new.write_text(
+        '{"kind":"qa_pair","family":"access-qa","question":"Quota?","answer":"Yes","annotator":"a"}\n'
+        '{"kind":"feedback","family":"access-qa","query":"Q","response":"R","rating":4}\n'
+    )
+    runner.invoke(app, ["ingest", str(new)])
+    after = json.loads(runner.invoke(app, ["status", "--json"]).stdout)["families"]["access-qa"]
+    assert after["new_annotations_count"] == 2
+
+
+def test_review_export_and_import_through_label_studio_files(demo_loaded, tmp_path):
+    tasks_file, config_file = tmp_path / "tasks.json", tmp_path / "config.xml"
+    out = runner.invoke(
+        app,
+        [
+            "review",
+            "export",
+            "--family",
+            "intent-router",
+            "--out",
+            str(tasks_file),
+            "--label-config",
+            str(config_file),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    tasks = json.loads(tasks_file.read_text())
+    assert tasks and "<Choices" in config_file.read_text()
+    for task in tasks[:3]:
+        task["annotations"] = [
+            {"completed_by": 1, "result": [{"from_name": "intent", "value": {"choices": ["balance"]}}]}
+        ]
+    tasks_file.write_text(json.dumps(tasks))
+    done = json.loads(
+        runner.invoke(
+            app, ["review", "import", str(tasks_file), "--family", "intent-router", "--json"]
+        ).stdout
+    )
+    assert done["accepted"] == 3 and done["unanswered_tasks"] == len(tasks) - 3
+    again = runner.invoke(app, ["review", "export", "--family", "intent-router"])
+    assert len(json.loads(again.stdout)) == len(tasks) - 3  # the reviewed ones left the queue
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    failed = runner.invoke(app, ["review", "import", str(bad), "--family", "intent-router"])
+    assert failed.exit_code == 1 and "JSON list of tasks" in failed.stderr
