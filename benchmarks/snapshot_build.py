@@ -5,7 +5,7 @@ Run from the project root with the project's venv:
     .venv/bin/python benchmarks/snapshot_build.py [--rows 1000000] [--json]
 
 Loads N intent labels (CLINC150 utterances when ../shared is there, each made unique with a
-ticket reference; a third of them unreviewed router captures) into a real local PostgreSQL,
+trailing letter code; a third of them unreviewed router captures) into a real local PostgreSQL,
 then builds the family's examples and snapshot in a separate process, as the
 `intent-router/examples` and `intent-router/dataset_snapshot` assets do: read, triage,
 format, redact, deduplicate, split, hash, write Parquet and the manifest. The baseline is the
@@ -26,6 +26,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def _word(i: int) -> str:
+    """A distinct lower-case word per record, so no two texts collapse as duplicates."""
+    letters = []
+    while True:
+        i, r = divmod(i, 26)
+        letters.append(chr(97 + r))
+        if not i:
+            return "".join(letters)
 
 
 def load(url: str, rows: int) -> float:
@@ -51,7 +61,7 @@ def load(url: str, rows: int) -> float:
             record = {
                 "kind": "intent_label",
                 "family": "intent-router",
-                "text": f"{text} (ticket {i})",
+                "text": f"{text} {_word(i)}",
                 "label": label,
                 "predicted_label": label,
                 "confidence": round(rng.random(), 3),
@@ -71,28 +81,27 @@ def load(url: str, rows: int) -> float:
 
 def worker(mode: str, url: str, artifacts_dir: str) -> dict:
     from pulse_pipeline.core.artifacts import LocalArtifactStore
-    from pulse_pipeline.core.examples import build_from_store
+    from pulse_pipeline.core.examples import build_examples
     from pulse_pipeline.core.families import load_config
-    from pulse_pipeline.core.snapshots import assign_splits, check_snapshot, write_snapshot
+    from pulse_pipeline.core.snapshots import check_snapshot, write_snapshot
     from pulse_pipeline.core.store import Store
 
     family = load_config(ROOT / "pulse.yaml").family("intent-router")
     out: dict = {"mode": mode}
     with Store(url) as store:
         start = time.perf_counter()
-        if mode == "read":
+        if mode == "read":  # every row, decoded, the way the record-by-record path reads them
             out["rows"] = sum(1 for _ in store.iter_family(family.name))
         else:
-            builder = build_from_store(store, family)
-            out["rows"] = builder.stats.annotations
+            table, stats = build_examples(store, family)
+            out["rows"] = stats.annotations
             t = time.perf_counter()
-            examples = builder.examples()
-            snapshot = write_snapshot(LocalArtifactStore(artifacts_dir), family, examples, builder.stats)
+            snapshot = write_snapshot(LocalArtifactStore(artifacts_dir), family, table, stats)
             out["write_seconds"] = time.perf_counter() - t
             t = time.perf_counter()
-            checks = check_snapshot(family, assign_splits(examples, family.split))
+            checks = check_snapshot(family, table, snapshot.splits)
             out["check_seconds"] = time.perf_counter() - t
-            out["examples"] = len(examples)
+            out["examples"] = table.num_rows
             out["dataset_version"] = snapshot.version
             out["checks_passed"] = all(c.passed for c in checks if c.blocking)
         out["seconds"] = time.perf_counter() - start

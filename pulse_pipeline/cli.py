@@ -328,7 +328,7 @@ def export(
 
     import orjson
 
-    from pulse_pipeline.core.examples import build_from_store
+    from pulse_pipeline.core.examples import build_examples, records
     from pulse_pipeline.core.snapshots import SPLITS, read_split
 
     if fmt not in ("jsonl", "json"):
@@ -341,13 +341,13 @@ def export(
     manifest = latest_manifest(settings.artifact_store(), family)
     if manifest is not None:
         artifacts = settings.artifact_store()
-        records = itertools.chain.from_iterable(
+        rows = itertools.chain.from_iterable(
             read_split(artifacts, fam, manifest["dataset_version"], split) for split in SPLITS
         )
     else:
         with Store(settings.database_url) as store:
-            records = iter([e.record(fam) for e in build_from_store(store, fam).examples()])
-    page = itertools.islice(records, offset, None if limit is None else offset + limit)
+            rows = iter(records(fam, build_examples(store, fam)[0]))
+    page = itertools.islice(rows, offset, None if limit is None else offset + limit)
     out = sys.stdout.buffer
     if fmt == "json":
         out.write(orjson.dumps(list(page)) + b"\n")

@@ -1,8 +1,10 @@
 """Training examples: one formatter per annotation kind, PII redaction, weights and deduplication.
 
-`ExampleBuilder(family).add(row)` takes stored annotations in arrival order; `.examples()`
-gives the deduplicated examples sorted by id, and `.stats` what happened on the way.
-The example shapes are the contract's (`pulse export`): chat `messages`, text/label, or
+`build_examples(store, family)` gives a family's examples as an Arrow table (one row per
+example, sorted by id) and the build statistics. Chat families go record by record through
+`ExampleBuilder` (one formatter per chat kind; volumes are small and the formatting rich);
+text families (intent labels, scores) go column-wise through `text_examples`. Either way the
+rows have the contract's export shape (`records`): chat `messages`, text/label, or
 text/labels with dimension names.
 """
 
@@ -36,6 +38,8 @@ _PLACEHOLDER = re.compile(r"{(\w+)}")
 
 @dataclass(slots=True)
 class Example:
+    """One chat example (text families never become Python objects: see `text_examples`)."""
+
     id: str  # the annotation's id
     kind: str
     weight: float
@@ -43,38 +47,7 @@ class Example:
     stratum: str  # what the split keeps proportional (label, score tier, segment type ...)
     created_at: dt.datetime
     seq: int
-    messages: list[dict[str, str]] | None = None
-    text: str | None = None
-    label: str | None = None
-    labels: list[float] | None = None
-
-    def record(self, family: FamilyConfig, split: str | None = None) -> dict[str, Any]:
-        """The contract's export shape."""
-        out: dict[str, Any] = {"id": self.id}
-        if self.messages is not None:
-            out["messages"] = self.messages
-        elif self.labels is not None:
-            out.update(text=self.text, labels=self.labels, dimension_names=list(family.dimensions or ()))
-        else:
-            out.update(text=self.text, label=self.label)
-        out["weight"] = self.weight
-        if split is not None:
-            out["split"] = split
-        return out
-
-    def content_hash(self) -> str:
-        body = (
-            self.id,
-            self.kind,
-            self.messages,
-            self.text,
-            self.label,
-            self.labels,
-            self.weight,
-            self.group,
-            self.stratum,
-        )
-        return hashlib.sha256(orjson.dumps(body)).hexdigest()
+    messages: list[dict[str, str]]
 
 
 @dataclass
@@ -132,7 +105,7 @@ def formatter_version(family: FamilyConfig) -> str:
 
 
 class ExampleBuilder:
-    """Turns stored annotations (oldest first) into deduplicated, redacted, weighted examples."""
+    """Turns stored chat annotations (oldest first) into deduplicated, redacted, weighted examples."""
 
     def __init__(self, family: FamilyConfig):
         self.family = family
@@ -143,8 +116,6 @@ class ExampleBuilder:
         self._format = {
             "call_correction": self._call_correction,
             "segment_review": self._segment_review,
-            "intent_label": self._intent_label,
-            "score_label": self._score_label,
             "qa_pair": self._qa_pair,
             "feedback": self._feedback,
         }
@@ -238,31 +209,6 @@ class ExampleBuilder:
         # The same wording in another call is another example; a second review of this one is not.
         return ex, f"segment:{p['call_id']}:{seg_type}:{normalize(p['segment_text'])}", p["segment_text"]
 
-    def _intent_label(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
-        text = self._clean(p["text"])
-        group = (
-            f"conversation:{p['conversation_id']}" if p.get("conversation_id") else f"text:{normalize(text)}"
-        )
-        ex = Example(
-            id=row.id, kind="intent_label", weight=self._weight("intent_label"), group=group, stratum=p["label"],
-            created_at=row.created_at, seq=row.seq, text=text, label=p["label"],
-        )  # fmt: skip
-        return ex, "text:" + normalize(p["text"]), p["text"]
-
-    def _score_label(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
-        dims = self.family.dimensions or tuple(sorted(p["scores"]))
-        labels = [float(p["scores"][d]) for d in dims]
-        lo, hi = self.family.score_range
-        mean = sum(labels) / len(labels)
-        tier = "low" if mean < lo + (hi - lo) / 3 else "high" if mean >= lo + 2 * (hi - lo) / 3 else "mid"
-        text = self._clean(p["text"])
-        group = f"article:{p.get('group_id') or normalize(p.get('title') or p['text'])}"
-        ex = Example(
-            id=row.id, kind="score_label", weight=self._weight("score_label"), group=group, stratum=tier,
-            created_at=row.created_at, seq=row.seq, text=text, labels=labels,
-        )  # fmt: skip
-        return ex, "text:" + normalize(p["text"]), p["text"]
-
     def _qa_pair(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str]:
         user = fill(self.family.prompts["qa_pair"], {"question": p["question"]})
         question = normalize(p["question"])
@@ -322,9 +268,50 @@ def is_chat(family: FamilyConfig) -> bool:
     return family.task is TaskKind.chat_sft
 
 
-def build_from_store(store: Any, family: FamilyConfig) -> ExampleBuilder:
-    """Read all of a family's annotations from the store (streamed, oldest first) into a builder."""
-    builder = ExampleBuilder(family)
-    for row in store.iter_family(family.name):
-        builder.add(row)
-    return builder
+def build_examples(store: Any, family: FamilyConfig) -> tuple[Any, BuildStats]:
+    """All of a family's annotations in the store -> (examples table sorted by id, stats)."""
+    if family.task is TaskKind.chat_sft:
+        builder = ExampleBuilder(family)
+        for row in store.iter_family(family.name):
+            builder.add(row)
+        return examples_table(family, builder.examples()), builder.stats
+    from pulse_pipeline.core.text_examples import build_text_examples, text_fields
+
+    return build_text_examples(store.read_columns(family.name, text_fields(family)), family)
+
+
+def examples_table(family: FamilyConfig, examples: list[Example]) -> Any:
+    """Chat examples as the Arrow table the snapshot layer works on."""
+    import pyarrow as pa
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.table(
+        {
+            "id": pa.array([e.id for e in examples], pa.string()),
+            "kind": pa.array([e.kind for e in examples], pa.string()),
+            "messages": pa.array([e.messages for e in examples], pa.list_(message)),
+            "weight": pa.array([e.weight for e in examples], pa.float64()),
+            "group": pa.array([e.group for e in examples], pa.string()),
+            "stratum": pa.array([e.stratum for e in examples], pa.string()),
+            "created_at": pa.array([e.created_at for e in examples], pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def records(family: FamilyConfig, table: Any, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of an examples table in the contract's export shape."""
+    out = []
+    dims = list(family.dimensions or ())
+    for row in table.to_pylist():
+        record: dict[str, Any] = {"id": row["id"]}
+        if "messages" in row:
+            record["messages"] = row["messages"]
+        elif "labels" in row:
+            record.update(text=row["text"], labels=row["labels"], dimension_names=dims)
+        else:
+            record.update(text=row["text"], label=row["label"])
+        record["weight"] = row["weight"]
+        if split is not None:
+            record["split"] = split
+        out.append(record)
+    return out

@@ -1,5 +1,6 @@
 """Dataset snapshots: frozen, content-addressed, stratified and leak-free train/val/test splits.
 
+Works on the examples table of `examples.build_examples` (one row per example, sorted by id).
 `dataset_version` hashes the example ids and contents, the formatter/prompt version and the
 split settings: the same inputs give the same version, any change gives a new one. A snapshot
 is written once under `datasets/<family>/<dataset_version>/` (the manifest last, so a folder
@@ -18,11 +19,15 @@ from typing import Any
 import orjson
 
 from pulse_pipeline.core.artifacts import ArtifactStore
-from pulse_pipeline.core.examples import BuildStats, Example, formatter_version
+from pulse_pipeline.core.examples import BuildStats, formatter_version, records
 from pulse_pipeline.core.families import FamilyConfig, SplitConfig, TaskKind
 from pulse_pipeline.core.redaction import Redactor
 
 SPLITS = ("train", "val", "test")
+CONTENT = ("id", "kind", "messages", "text", "label", "labels", "weight", "group", "stratum")
+
+
+# -- splitting ---------------------------------------------------------------------------------
 
 
 def _rank(seed: int, key: str) -> bytes:
@@ -41,95 +46,125 @@ def _targets(n: int, ratios: tuple[float, ...], behind: list[float]) -> list[int
     return counts
 
 
-def assign_splits(examples: list[Example], settings: SplitConfig) -> dict[str, list[Example]]:
-    """Stratified by `stratum`, whole groups to one split, deterministic for a seed.
+def assign_splits(table: Any, settings: SplitConfig) -> list[str]:
+    """The split of each row: stratified by `stratum`, whole groups to one split, deterministic.
 
     Within a stratum, groups are visited in an order fixed by a hash of (seed, group); each
     goes to the split furthest below its target count. With one example per group, every
     stratum's split sizes are within one example of proportional, and so are the totals.
     """
     ratios = (settings.train, settings.val, settings.test)
-    groups: dict[str, list[Example]] = defaultdict(list)
-    for ex in examples:
-        groups[ex.group].append(ex)
+    group_col = table["group"].to_pylist()
+    stratum_col = table["stratum"].to_pylist()
+    size: Counter[str] = Counter(group_col)
+    strata_of: dict[str, Counter[str]] = defaultdict(Counter)
+    for g, s in zip(group_col, stratum_col, strict=True):
+        strata_of[g][s] += 1
     by_stratum: dict[str, list[str]] = defaultdict(list)
-    for name, members in groups.items():
-        stratum = Counter(e.stratum for e in members).most_common(1)[0][0]
-        by_stratum[stratum].append(name)
-    out: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for g, counts in strata_of.items():
+        top = max(counts.values())
+        by_stratum[min(s for s, n in counts.items() if n == top)].append(g)
+    split_of: dict[str, int] = {}
     seen, placed = 0, [0, 0, 0]
     for stratum in sorted(by_stratum):
         names = sorted(by_stratum[stratum], key=lambda g: _rank(settings.seed, g))
-        sizes = {g: len(groups[g]) for g in names}
-        n = sum(sizes.values())
+        n = sum(size[g] for g in names)
         seen += n
         targets = _targets(n, ratios, [seen * r - p for r, p in zip(ratios, placed, strict=True)])
         placed = [p + t for p, t in zip(placed, targets, strict=True)]
         have = [0, 0, 0]
         for g in names:
             i = max(range(3), key=lambda k: (targets[k] - have[k], -k))
-            have[i] += sizes[g]
-            out[SPLITS[i]].extend(groups[g])
-    _no_empty_split(out, groups, ratios)
-    _every_stratum_in_train(out, groups)
-    for split in out.values():
-        split.sort(key=lambda e: e.id)
-    return out
+            have[i] += size[g]
+            split_of[g] = i
+    _no_empty_split(split_of, size, strata_of, ratios)
+    _every_stratum_in_train(split_of, size, strata_of)
+    return [SPLITS[split_of[g]] for g in group_col]
+
+
+def _members(split_of: dict[str, int], i: int) -> list[str]:
+    return [g for g, j in split_of.items() if j == i]
 
 
 def _no_empty_split(
-    out: dict[str, list[Example]], groups: dict[str, list[Example]], ratios: tuple[float, ...]
+    split_of: dict[str, int],
+    size: Counter[str],
+    strata_of: dict[str, Counter[str]],
+    ratios: tuple[float, ...],
 ) -> None:
     """Large groups can leave a small split with nothing (every call bigger than its 10 %):
     give each empty split the smallest group of the split furthest over its share, taking
     one whose strata train keeps anyway."""
-    total = sum(len(m) for m in out.values())
-    for i, split in enumerate(SPLITS):
-        if out[split] or ratios[i] == 0:
+    total = sum(size.values())
+    for i in range(3):
+        if ratios[i] == 0 or _members(split_of, i):
             continue
+        load = [sum(size[g] for g in _members(split_of, j)) for j in range(3)]
         donors = sorted(
-            (s for j, s in enumerate(SPLITS) if len({e.group for e in out[s]}) > 1),
-            key=lambda s: -(len(out[s]) - total * ratios[SPLITS.index(s)]),
+            (j for j in range(3) if len(_members(split_of, j)) > 1),
+            key=lambda j: -(load[j] - total * ratios[j]),
         )
-        for donor in donors:
-            strata_left = Counter(e.stratum for e in out["train"])
-            candidates = sorted({e.group for e in out[donor]}, key=lambda g: (len(groups[g]), g))
-            safe = [
-                g for g in candidates
-                if donor != "train" or all(strata_left[e.stratum] > sum(x.stratum == e.stratum for x in groups[g]) for e in groups[g])
-            ]  # fmt: skip
-            pick = (safe or candidates)[0]
-            out[split] = list(groups[pick])
-            out[donor] = [e for e in out[donor] if e.group != pick]
-            break
+        if not donors:
+            continue
+        donor = donors[0]
+        candidates = sorted(_members(split_of, donor), key=lambda g: (size[g], g))
+        if donor == 0:
+            in_train: Counter[str] = Counter()
+            for g in _members(split_of, 0):
+                in_train.update(strata_of[g])
+            safe = [g for g in candidates if all(in_train[s] > n for s, n in strata_of[g].items())]
+            candidates = safe or candidates
+        split_of[candidates[0]] = i
 
 
-def _every_stratum_in_train(out: dict[str, list[Example]], groups: dict[str, list[Example]]) -> None:
+def _every_stratum_in_train(
+    split_of: dict[str, int], size: Counter[str], strata_of: dict[str, Counter[str]]
+) -> None:
     """A group's stratum is its most common one, so a rare stratum (a score-impact segment in
-    calls full of agent actions) can miss train: move the smallest group holding it there,
-    unless that would leave its split empty."""
-    in_train = {e.stratum for e in out["train"]}
-    for split in ("val", "test"):
-        for stratum in sorted({e.stratum for e in out[split]} - in_train):
-            names = sorted(
-                {e.group for e in out[split] if e.stratum == stratum}, key=lambda g: (len(groups[g]), g)
-            )
-            if not names or stratum in in_train:
+    calls full of agent actions) can miss train: move the smallest group holding it there. If
+    that group is all its split has, a train group whose strata train keeps goes the other way."""
+    for i in (1, 2):
+        for stratum in sorted({s for g in _members(split_of, i) for s in strata_of[g]}):
+            in_train: Counter[str] = Counter()
+            for g in _members(split_of, 0):
+                in_train.update(strata_of[g])
+            if in_train[stratum]:
                 continue
-            moved = set(names[:1])
-            if all(e.group in moved for e in out[split]):
-                continue  # never empty a split for it; the snapshot check reports the stratum instead
-            out["train"].extend(e for e in out[split] if e.group in moved)
-            out[split] = [e for e in out[split] if e.group not in moved]
-            in_train |= {e.stratum for e in groups[names[0]]}
+            holder = min(
+                (g for g in _members(split_of, i) if stratum in strata_of[g]), key=lambda g: (size[g], g)
+            )
+            if len(_members(split_of, i)) == 1:
+                spare = [
+                    g for g in sorted(_members(split_of, 0), key=lambda g: (size[g], g))
+                    if all(in_train[s] > n for s, n in strata_of[g].items())
+                ]  # fmt: skip
+                if not spare:
+                    continue  # nothing to trade; the snapshot check reports the stratum
+                split_of[spare[0]] = i
+            split_of[holder] = 0
 
 
-def dataset_version(family: FamilyConfig, examples: list[Example]) -> str:
+# -- versions and files --------------------------------------------------------------------------
+
+
+def dataset_version(family: FamilyConfig, table: Any) -> str:
+    """Hash of the settings that shape the examples and of every example's content, in id order."""
+    import pyarrow.compute as pc
+
+    table = table.take(pc.sort_indices(table["id"]))
     digest = hashlib.sha256()
-    head = [family.name, family.task.value, formatter_version(family), family.split.model_dump()]
+    head = [
+        family.name,
+        family.task.value,
+        formatter_version(family),
+        family.split.model_dump(),
+        table.num_rows,
+    ]
     digest.update(orjson.dumps(head, option=orjson.OPT_SORT_KEYS))
-    for ex in sorted(examples, key=lambda e: e.id):
-        digest.update(f"\n{ex.id}\x1f{ex.content_hash()}".encode())
+    for name in CONTENT:
+        if name in table.column_names:
+            digest.update(name.encode())
+            digest.update(orjson.dumps(table[name].to_pylist()))
     return digest.hexdigest()[:16]
 
 
@@ -137,6 +172,7 @@ def dataset_version(family: FamilyConfig, examples: list[Example]) -> str:
 class Snapshot:
     manifest: dict[str, Any]
     reused: bool
+    splits: list[str]  # the split of each example row
 
     @property
     def version(self) -> str:
@@ -159,26 +195,30 @@ def latest_manifest(artifacts: ArtifactStore, family: str) -> dict[str, Any] | N
 def write_snapshot(
     artifacts: ArtifactStore,
     family: FamilyConfig,
-    examples: list[Example],
+    table: Any,
     stats: BuildStats,
     *,
     now: dt.datetime | None = None,
 ) -> Snapshot:
-    """Write the snapshot of these examples, or reuse the identical one already written."""
-    version = dataset_version(family, examples)
+    """Write the snapshot of this examples table, or reuse the identical one already written."""
+    import pyarrow as pa
+
+    version = dataset_version(family, table)
     where = prefix(family.name, version)
+    splits = assign_splits(table, family.split)
     if artifacts.exists(f"{where}/manifest.json"):
         manifest = orjson.loads(artifacts.read_bytes(f"{where}/manifest.json"))
         _point_latest(artifacts, family.name, manifest)
-        return Snapshot(manifest, reused=True)
+        return Snapshot(manifest, reused=True, splits=splits)
     parent = latest_manifest(artifacts, family.name)
-    splits = assign_splits(examples, family.split)
-    for name, members in splits.items():
-        artifacts.write_bytes(f"{where}/{name}.parquet", to_parquet(family, members))
-    manifest = _manifest(family, version, splits, stats, parent, now or dt.datetime.now(dt.UTC))
+    split_col = pa.array(splits, pa.string())
+    parts = {s: table.filter(pa.compute.equal(split_col, s)) for s in SPLITS}
+    for name, part in parts.items():
+        artifacts.write_bytes(f"{where}/{name}.parquet", to_parquet(part))
+    manifest = _manifest(family, version, parts, stats, parent, now or dt.datetime.now(dt.UTC))
     artifacts.write_bytes(f"{where}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     _point_latest(artifacts, family.name, manifest)
-    return Snapshot(manifest, reused=False)
+    return Snapshot(manifest, reused=False, splits=splits)
 
 
 def _point_latest(artifacts: ArtifactStore, family: str, manifest: dict[str, Any]) -> None:
@@ -189,16 +229,21 @@ def _point_latest(artifacts: ArtifactStore, family: str, manifest: dict[str, Any
 def _manifest(
     family: FamilyConfig,
     version: str,
-    splits: dict[str, list[Example]],
+    parts: dict[str, Any],
     stats: BuildStats,
     parent: dict[str, Any] | None,
     created_at: dt.datetime,
 ) -> dict[str, Any]:
-    def by(attr: str) -> dict[str, dict[str, int]]:
-        return {
-            s: dict(sorted(Counter(str(getattr(e, attr)) for e in members).items()))
-            for s, members in splits.items()
-        }
+    def by(column: str) -> dict[str, dict[str, int]]:
+        out = {}
+        for s, part in parts.items():
+            counts = part[column].value_counts().to_pylist() if part.num_rows else []
+            out[s] = {
+                f"{c['values']:g}" if isinstance(c["values"], float) else str(c["values"]): c["counts"]
+                for c in counts
+            }
+            out[s] = dict(sorted(out[s].items()))
+        return out
 
     manifest: dict[str, Any] = {
         "dataset_version": version,
@@ -212,7 +257,10 @@ def _manifest(
             "seq": stats.watermark,
             "ingested_at": stats.newest_ingested_at.isoformat() if stats.newest_ingested_at else None,
         },
-        "counts": {**{s: len(m) for s, m in splits.items()}, "total": sum(len(m) for m in splits.values())},
+        "counts": {
+            **{s: p.num_rows for s, p in parts.items()},
+            "total": sum(p.num_rows for p in parts.values()),
+        },
         "by_kind": by("kind"),
         "by_stratum": by("stratum"),
         "by_weight": by("weight"),
@@ -227,7 +275,7 @@ def _manifest(
             "redaction_enabled": family.redaction.enabled,
         },
         "files": {s: f"{s}.parquet" for s in SPLITS},
-        "example_ids": {s: [e.id for e in m] for s, m in splits.items()},
+        "example_ids": {s: p["id"].to_pylist() for s, p in parts.items()},
     }
     if family.task is TaskKind.classification:
         manifest["by_label"] = by("label")
@@ -236,88 +284,28 @@ def _manifest(
     return manifest
 
 
-def to_parquet(family: FamilyConfig, examples: list[Example]) -> bytes:
+def to_parquet(table: Any) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns: dict[str, Any] = {
-        "id": pa.array([e.id for e in examples], pa.string()),
-        "kind": pa.array([e.kind for e in examples], pa.string()),
-    }
-    if family.task is TaskKind.chat_sft:
-        message = pa.struct([("role", pa.string()), ("content", pa.string())])
-        columns["messages"] = pa.array([e.messages for e in examples], pa.list_(message))
-    else:
-        columns["text"] = pa.array([e.text for e in examples], pa.string())
-        if family.task is TaskKind.classification:
-            columns["label"] = pa.array([e.label for e in examples], pa.string())
-        else:
-            columns["labels"] = pa.array([e.labels for e in examples], pa.list_(pa.float64()))
-    columns["weight"] = pa.array([e.weight for e in examples], pa.float64())
-    columns["group"] = pa.array([e.group for e in examples], pa.string())
-    columns["stratum"] = pa.array([e.stratum for e in examples], pa.string())
-    columns["created_at"] = pa.array([e.created_at for e in examples], pa.timestamp("us", tz="UTC"))
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.table(columns), sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
 
 
-def from_parquet(data: bytes) -> list[Example]:
-    """Examples back from `to_parquet` bytes (order kept)."""
+def from_parquet(data: bytes) -> Any:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = []
-    for row in pq.read_table(pa_buffer(data)).to_pylist():
-        out.append(
-            Example(
-                id=row["id"], kind=row["kind"], weight=row["weight"], group=row["group"], stratum=row["stratum"],
-                created_at=row["created_at"], seq=0, messages=row.get("messages"), text=row.get("text"),
-                label=row.get("label"), labels=row.get("labels"),
-            )
-        )  # fmt: skip
-    return out
-
-
-def check_names(family: FamilyConfig) -> list[tuple[str, bool]]:
-    """(name, blocking) of the checks `check_snapshot` returns for this family."""
-    what, whats = ("label", "labels") if family.task is TaskKind.classification else ("stratum", "strata")
-    return [
-        ("no_empty_split", True),
-        (f"every_{what}_in_train", True),
-        (f"{whats}_with_enough_examples", False),
-        ("no_group_leakage", True),
-        ("weights_in_range", True),
-        ("redaction_ran", True),
-    ]
+    return pq.read_table(pa.BufferReader(data))
 
 
 def read_split(
     artifacts: ArtifactStore, family: FamilyConfig, version: str, split: str
 ) -> list[dict[str, Any]]:
     """One split's examples in the contract's export shape (with `split`)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(pa_buffer(artifacts.read_bytes(f"{prefix(family.name, version)}/{split}.parquet")))
-    out = []
-    for row in table.to_pylist():
-        record: dict[str, Any] = {"id": row["id"]}
-        if "messages" in row:
-            record["messages"] = row["messages"]
-        elif "labels" in row:
-            record.update(
-                text=row["text"], labels=row["labels"], dimension_names=list(family.dimensions or ())
-            )
-        else:
-            record.update(text=row["text"], label=row["label"])
-        record.update(weight=row["weight"], split=split)
-        out.append(record)
-    return out
-
-
-def pa_buffer(data: bytes) -> Any:
-    import pyarrow as pa
-
-    return pa.BufferReader(data)
+    table = from_parquet(artifacts.read_bytes(f"{prefix(family.name, version)}/{split}.parquet"))
+    return records(family, table, split)
 
 
 # -- checks: pure functions over the written splits, wrapped as Dagster asset checks ---------
@@ -332,9 +320,31 @@ class CheckOutcome:
     blocking: bool = True
 
 
-def check_snapshot(family: FamilyConfig, splits: dict[str, list[Example]]) -> list[CheckOutcome]:
+def check_names(family: FamilyConfig) -> list[tuple[str, bool]]:
+    """(name, blocking) of the checks `check_snapshot` returns for this family."""
+    what, whats = _what(family)
+    return [
+        ("no_empty_split", True),
+        (f"every_{what}_in_train", True),
+        (f"{whats}_with_enough_examples", False),
+        ("no_group_leakage", True),
+        ("weights_in_range", True),
+        ("redaction_ran", True),
+    ]
+
+
+def _what(family: FamilyConfig) -> tuple[str, str]:
+    return ("label", "labels") if family.task is TaskKind.classification else ("stratum", "strata")
+
+
+def check_snapshot(family: FamilyConfig, table: Any, splits: list[str]) -> list[CheckOutcome]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    split_col = pa.array(splits, pa.string())
     ratios = {"train": family.split.train, "val": family.split.val, "test": family.split.test}
-    sizes = {s: len(m) for s, m in splits.items()}
+    sizes = dict(Counter(splits))
+    sizes = {s: sizes.get(s, 0) for s in SPLITS}
     empty = [s for s in SPLITS if ratios[s] > 0 and sizes[s] == 0]
     outcomes = [
         CheckOutcome(
@@ -344,10 +354,10 @@ def check_snapshot(family: FamilyConfig, splits: dict[str, list[Example]]) -> li
             {"sizes": sizes},
         )
     ]
-    train_strata = Counter(e.stratum for e in splits["train"])
-    all_strata = {e.stratum for m in splits.values() for e in m}
-    missing = sorted(all_strata - set(train_strata))
-    what, whats = ("label", "labels") if family.task is TaskKind.classification else ("stratum", "strata")
+    strata = table["stratum"].to_pylist()
+    train_strata = Counter(s for s, sp in zip(strata, splits, strict=True) if sp == "train")
+    missing = sorted(set(strata) - set(train_strata))
+    what, whats = _what(family)
     outcomes.append(
         CheckOutcome(
             f"every_{what}_in_train",
@@ -355,78 +365,82 @@ def check_snapshot(family: FamilyConfig, splits: dict[str, list[Example]]) -> li
             f"not in train: {', '.join(missing[:20])}"
             if missing
             else f"every {what} of the snapshot is in train",
-            {"missing": missing[:50], whats: len(all_strata)},
+            {"missing": missing[:50], whats: len(set(strata))},
         )
     )
-    rare = sorted(s for s, n in train_strata.items() if n < family.split.min_examples_per_label)
+    least = family.split.min_examples_per_label
+    rare = sorted(s for s, n in train_strata.items() if n < least)
     outcomes.append(
         CheckOutcome(
             f"{whats}_with_enough_examples",
             not rare,
-            f"{len(rare)} {what}(s) under {family.split.min_examples_per_label} train examples: {', '.join(rare[:15])}"
+            f"{len(rare)} {what}(s) under {least} train examples: {', '.join(rare[:15])}"
             if rare
-            else f"every {what} has at least {family.split.min_examples_per_label} train examples",
+            else f"every {what} has at least {least} train examples",
             {"rare": rare[:50]},
             blocking=False,
         )
     )
     # Groups never span splits; for text inputs, neither does the text itself. (Chat inputs may
     # repeat across groups on purpose: the same compliance phrase in two different calls.)
-    seen: dict[str, str] = {}
-    leaks: set[str] = set()
-    for split, members in splits.items():
-        for e in members:
-            keys = (e.group,) if e.messages is not None else (e.group, "text:" + (e.text or ""))
-            for key in keys:
-                if seen.setdefault(key, split) != split:
-                    leaks.add(key)
+    keyed = table.select([c for c in ("group", "text") if c in table.column_names]).append_column(
+        "split", split_col
+    )
+    leaks: list[str] = []
+    for column in ("group", "text"):
+        if column in keyed.column_names:
+            spread = keyed.group_by(column).aggregate([("split", "count_distinct")])
+            leaks += spread.filter(pc.greater(spread["split_count_distinct"], 1))[column].to_pylist()
     outcomes.append(
         CheckOutcome(
             "no_group_leakage",
             not leaks,
-            f"{len(leaks)} group(s) or input text(s) in two splits"
+            f"{len(leaks)} group(s) or text(s) in two splits"
             if leaks
             else "no group or input text spans two splits",
             {"leaks": sorted(leaks)[:20]},
         )
     )
-    weights = [e.weight for m in splits.values() for e in m]
-    bad = [w for w in weights if not 0 < w <= 10]
+    lo = pc.min(table["weight"]).as_py() if table.num_rows else 1.0
+    hi = pc.max(table["weight"]).as_py() if table.num_rows else 1.0
+    in_range = lo > 0 and hi <= 10
     outcomes.append(
         CheckOutcome(
             "weights_in_range",
-            not bad,
-            f"{len(bad)} weight(s) outside (0, 10]" if bad else "every weight is in (0, 10]",
-            {"min": min(weights, default=0.0), "max": max(weights, default=0.0)},
+            in_range,
+            f"weights span [{lo:g}, {hi:g}]" + ("" if in_range else ", outside (0, 10]"),
+            {"min": lo, "max": hi},
         )
     )
-    if family.redaction.enabled:
-        redactor = Redactor.with_extra(family.redaction.extra_patterns)
-        left = Counter(
-            kind
-            for m in splits.values()
-            for e in m
-            for text in _texts(e)
-            for _, _, kind in redactor.spans(text)
-        )
-        outcomes.append(
-            CheckOutcome(
-                "redaction_ran",
-                not left,
-                f"PII left in examples: {dict(left)}"
-                if left
-                else "no e-mail, phone, card or IBAN left in any example",
-                {"left": dict(left)},
-            )
-        )
-    else:
-        outcomes.append(
-            CheckOutcome("redaction_ran", True, "redaction is disabled for this family in pulse.yaml", {})
-        )
+    outcomes.append(_redaction_check(family, table))
     return outcomes
 
 
-def _texts(e: Example) -> list[str]:
-    if e.messages is not None:
-        return [m["content"] for m in e.messages if m["role"] != "system"]
-    return [e.text or ""]
+def _redaction_check(family: FamilyConfig, table: Any) -> CheckOutcome:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from pulse_pipeline.core.text_examples import MAY_HOLD_PII
+
+    if not family.redaction.enabled:
+        return CheckOutcome("redaction_ran", True, "redaction is disabled for this family in pulse.yaml", {})
+    if "messages" in table.column_names:
+        flat = pc.list_flatten(table["messages"])
+        texts = pc.struct_field(flat, "content").filter(pc.not_equal(pc.struct_field(flat, "role"), "system"))
+    else:
+        texts = table["text"]
+    redactor = Redactor.with_extra(family.redaction.extra_patterns)
+    if redactor.has_extra:
+        candidates = texts.to_pylist()
+    else:
+        mask = pc.match_substring_regex(texts, MAY_HOLD_PII).to_numpy(zero_copy_only=False)
+        candidates = [t for t, m in zip(texts.to_pylist(), mask, strict=True) if m] if np.any(mask) else []
+    left = Counter(kind for text in candidates for _, _, kind in redactor.spans(text or ""))
+    return CheckOutcome(
+        "redaction_ran",
+        not left,
+        f"PII left in examples: {dict(left)}"
+        if left
+        else "no e-mail, phone, card or IBAN left in any example",
+        {"left": dict(left), "texts_scanned": len(candidates)},
+    )

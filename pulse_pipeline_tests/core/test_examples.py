@@ -1,11 +1,22 @@
 import datetime as dt
 import json
+from collections import Counter
 from types import SimpleNamespace
 
+import orjson
 import pytest
 
 from pulse_pipeline.core.annotations import parse_record
-from pulse_pipeline.core.examples import ExampleBuilder, formatter_version, segment_agrees
+from pulse_pipeline.core.examples import (
+    ExampleBuilder,
+    build_examples,
+    formatter_version,
+    normalize,
+    segment_agrees,
+)
+from pulse_pipeline.core.examples import records as records_of
+from pulse_pipeline.core.ingestion import ingest_lines
+from pulse_pipeline.core.store import Store, annotations
 from pulse_pipeline.core.triage import ReviewStatus, triage
 from pulse_pipeline_tests.core.test_annotations import valid
 
@@ -27,10 +38,27 @@ def rows(config, records):
 
 
 def build(config, family, records):
+    """Chat families: the record-by-record builder."""
     builder = ExampleBuilder(config.family(family))
     for row in rows(config, records):
         builder.add(row)
     return builder
+
+
+@pytest.fixture
+def text_build(config, tmp_path):
+    """Text families: through a real store and the column-wise path."""
+
+    def run(family, records, fam=None):
+        with Store(f"sqlite:///{tmp_path / 'x.db'}") as store:
+            store.engine.dispose()
+            ingest_lines(store, [orjson.dumps(r) for r in records], config, source="t")
+            table, stats = build_examples(store, fam or config.family(family))
+        with Store(f"sqlite:///{tmp_path / 'x.db'}") as store, store.begin() as conn:
+            conn.execute(annotations.delete())
+        return records_of(fam or config.family(family), table), stats
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -54,27 +82,44 @@ def test_triage_routes_captures(config, changes, status):
     )
 
 
-def test_only_approved_and_reviewed_intents_become_examples(config):
-    b = build(config, "intent-router", [
+def test_only_approved_and_reviewed_intents_become_examples(text_build):
+    records = [
         valid("intent_label", text="a", annotator="amy"),
         valid("intent_label", text="b", confidence=0.95, provider="encoder"),
         valid("intent_label", text="c", confidence=0.75, provider="encoder"),
         valid("intent_label", text="d", confidence=0.5, provider="llm_fallback"),
-    ])  # fmt: skip
-    assert sorted(e.text for e in b.examples()) == ["a", "b"]
-    assert b.stats.by_status == {
+        valid("intent_label", text="e", confidence=0.95, provider="llm_fallback"),
+    ]
+    out, stats = text_build("intent-router", records)
+    assert sorted(r["text"] for r in out) == ["a", "b"]
+    assert stats.by_status == {
         "human_reviewed": 1,
         "auto_approved": 1,
         "needs_review": 1,
-        "priority_review": 1,
+        "priority_review": 2,
     }
-    [ex] = [e for e in b.examples() if e.text == "a"]
-    assert ex.record(config.family("intent-router")) == {
-        "id": ex.id,
-        "text": "a",
-        "label": "freeze_account",
-        "weight": 1.0,
-    }
+    [a] = [r for r in out if r["text"] == "a"]
+    assert a == {"id": a["id"], "text": "a", "label": "freeze_account", "weight": 1.0}
+
+
+def test_column_wise_triage_agrees_with_the_record_rules(text_build, config):
+    """The vectorized triage and `triage.triage` decide every case alike."""
+    records = []
+    for i, (c, p) in enumerate(
+        (c, p)
+        for c in (None, 0.1, 0.69, 0.7, 0.75, 0.85, 0.86, 1.0)
+        for p in (None, "encoder", "llm_fallback")
+    ):
+        record = {
+            k: v
+            for k, v in valid("intent_label", text=f"text {i}").items()
+            if k not in ("confidence", "provider")
+        }
+        record.update({k: v for k, v in (("confidence", c), ("provider", p)) if v is not None})
+        records.append(record)
+    _, stats = text_build("intent-router", records)
+    fam = config.family("intent-router")
+    assert stats.by_status == Counter(str(triage("intent_label", r, fam.triage)) for r in records)
 
 
 def test_call_correction_is_a_full_call_chat(config):
@@ -147,17 +192,24 @@ def test_qa_keeps_citation_markers_and_feedback_rules(config):
     assert b.stats.negatives == 1 and b.stats.feedback_not_used == 1
 
 
-def test_score_labels_are_vectors_in_dimension_order(config):
+def test_score_labels_are_vectors_in_dimension_order(text_build, config, tmp_path):
     family = config.family("article-scorer")
-    scores = {d: float(i) for i, d in enumerate(family.dimensions)}
-    [ex] = build(
-        config, "article-scorer", [valid("score_label", scores=scores, group_id="article-7")]
-    ).examples()
-    record = ex.record(family)
+    scores = {d: i for i, d in reversed(list(enumerate(family.dimensions)))}  # record order does not matter
+    [record], _ = text_build("article-scorer", [valid("score_label", scores=scores, group_id="article-7")])
     assert record["labels"] == [float(i) for i in range(8)] and record["dimension_names"] == list(
         family.dimensions
     )
-    assert ex.group == "article:article-7" and ex.stratum == "mid"  # mean 3.5 of [0, 10]
+    with Store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        ingest_lines(
+            store,
+            [orjson.dumps(valid("score_label", scores=scores, group_id="article-7"))],
+            config,
+            source="t",
+        )
+        table, _ = build_examples(store, family)
+    assert table["group"].to_pylist() == ["article:article-7"] and table["stratum"].to_pylist() == [
+        "mid"
+    ]  # mean 3.5
 
 
 def test_pii_is_redacted_everywhere_and_counted(config):
@@ -172,22 +224,36 @@ def test_pii_is_redacted_everywhere_and_counted(config):
     assert b.stats.redactions == {"EMAIL": 2, "PHONE": 1, "CARD": 1}
 
 
-def test_redaction_can_be_switched_off_per_family(config):
+def test_redaction_can_be_switched_off_per_family(config, text_build):
     family = config.family("intent-router")
     off = family.model_copy(update={"redaction": family.redaction.model_copy(update={"enabled": False})})
-    builder = ExampleBuilder(off)
-    for row in rows(config, [valid("intent_label", text="mail jane@example.com", annotator="a")]):
-        builder.add(row)
-    assert builder.examples()[0].text == "mail jane@example.com"
+    record = valid("intent_label", text="mail jane@example.com, call 415-555-0132", annotator="a")
+    [on_row], on_stats = text_build("intent-router", [record])
+    [off_row], off_stats = text_build("intent-router", [record], fam=off)
+    assert on_row["text"] == "mail [EMAIL], call [PHONE]" and on_stats.redactions == {"EMAIL": 1, "PHONE": 1}
+    assert off_row["text"] == record["text"] and not off_stats.redactions
     assert formatter_version(off) != formatter_version(family)
 
 
-def test_duplicates_collapse_to_the_latest_judgment(config):
-    b = build(config, "intent-router", [
+def test_duplicates_collapse_to_the_latest_judgment(text_build):
+    out, stats = text_build("intent-router", [
         valid("intent_label", text="Freeze my account", label="freeze_account", annotator="a", created_at="2026-05-01T10:00:00Z"),
         valid("intent_label", text="Freeze my account", label="report_fraud", annotator="b", created_at="2026-05-03T10:00:00Z"),
         valid("intent_label", text="freeze my account!", label="balance", annotator="c", created_at="2026-05-02T10:00:00Z"),
+        valid("intent_label", text="Ünïcode wörds, too", label="balance", annotator="c"),
+        valid("intent_label", text="ünïcode WÖRDS too", label="transfer", annotator="d"),
     ])  # fmt: skip
-    [ex] = b.examples()
-    assert ex.label == "report_fraud"  # the latest by created_at, though not the last to arrive
-    assert (b.stats.exact_duplicates, b.stats.normalized_duplicates) == (1, 1)
+    assert sorted((r["text"], r["label"]) for r in out) == [
+        ("Freeze my account", "report_fraud"),  # the latest by created_at, though not the last to arrive
+        ("ünïcode WÖRDS too", "transfer"),
+    ]
+    assert (stats.exact_duplicates, stats.normalized_duplicates) == (1, 2)
+
+
+def test_column_wise_normalization_matches_the_python_one():
+    import pyarrow as pa
+
+    from pulse_pipeline.core.text_examples import normalized
+
+    texts = ["Freeze my account!", "  ünïcode — WÖRDS_too 42 ", "a\tb\nc", "日本語のテキスト、です", "x"]
+    assert normalized(pa.array(texts)).to_pylist() == [normalize(t) for t in texts]

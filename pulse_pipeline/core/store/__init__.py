@@ -167,6 +167,57 @@ class Store:
         with self._connect() as conn:
             yield from conn.execute(q)
 
+    def read_columns(self, family: str, fields: dict[str, tuple[tuple[str, ...], str]]) -> Any:
+        """A family's annotations as an Arrow table, oldest first, for column-wise processing.
+
+        Columns seq, id, kind, created_at and ingested_at (UTC), plus one per entry of `fields`:
+        name -> (JSON path in the payload, "str" or "float"). On PostgreSQL the server extracts
+        the fields and streams CSV with COPY; SQLite reads through its cursor.
+        """
+        import pyarrow as pa
+
+        a = annotations.c
+        cols: list[Any] = [a.seq, a.id, a.kind]
+        if self.dialect == "postgresql":
+            for col in (a.created_at, a.ingested_at):
+                cols.append(
+                    sa.func.to_char(sa.func.timezone("UTC", col), "YYYY-MM-DD HH24:MI:SS.US").label(col.name)
+                )
+        else:  # stored as naive UTC text
+            cols += [
+                sa.cast(a.created_at, sa.String).label("created_at"),
+                sa.cast(a.ingested_at, sa.String).label("ingested_at"),
+            ]
+        for name, (path, kind) in fields.items():
+            value = a.payload[path if len(path) > 1 else path[0]]
+            cols.append((value.as_float() if kind == "float" else value.as_string()).label(name))
+        query = sa.select(*cols).where(a.family == family).order_by(a.seq)
+        sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+        types = {
+            "seq": pa.int64(),
+            "id": pa.string(),
+            "kind": pa.string(),
+            "created_at": pa.string(),
+            "ingested_at": pa.string(),
+        }
+        types.update(
+            {name: pa.float64() if kind == "float" else pa.string() for name, (_, kind) in fields.items()}
+        )
+        with self._connect() as conn:
+            if self.dialect == "postgresql":
+                table = _copy_out(conn, sql, types)
+            else:
+                rows = conn.exec_driver_sql(sql).fetchall()
+                columns = list(zip(*rows, strict=True)) if rows else [[] for _ in types]
+                table = pa.table(
+                    {n: pa.array(c, t) for (n, t), c in zip(types.items(), columns, strict=True)}
+                )
+        utc = pa.timestamp("us", tz="UTC")
+        for name in ("created_at", "ingested_at"):
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, name, table[name].cast(pa.timestamp("us")).cast(utc))
+        return table
+
     def days_with_annotations(self, family: str | None = None) -> list[dt.date]:
         """Distinct UTC days that hold annotations (or quarantined lines) for `family`."""
         days: set[dt.date] = set()
@@ -208,6 +259,28 @@ class Store:
             q = q.where(quarantine.c.ingestion_id == ingestion_id)
         with self._connect() as conn:
             return list(conn.execute(q))
+
+
+def _copy_out(conn: Connection, sql: str, types: dict[str, Any]) -> Any:
+    """Run `sql` with COPY ... TO STDOUT (CSV) and read the result with Arrow's CSV reader."""
+    import io
+
+    import pyarrow.csv as pacsv
+
+    buf = io.BytesIO()
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)", buf)
+    finally:
+        cursor.close()
+    buf.seek(0)
+    return pacsv.read_csv(
+        buf,
+        read_options=pacsv.ReadOptions(block_size=1 << 24),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
 
 
 def _make_engine(url: str, *, echo: bool) -> Engine:

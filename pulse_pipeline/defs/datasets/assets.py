@@ -2,11 +2,10 @@
 
 import dagster as dg
 
-from pulse_pipeline.core.examples import BuildStats, build_from_store, formatter_version
+from pulse_pipeline.core.examples import BuildStats, build_examples, formatter_version
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.core.review import review_queue
 from pulse_pipeline.core.snapshots import (
-    assign_splits,
     check_names,
     check_snapshot,
     from_parquet,
@@ -92,23 +91,24 @@ def examples_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         artifact_storage: ArtifactStorage,
     ) -> dg.MaterializeResult:
         """Approved and human-reviewed annotations as weighted, PII-redacted, deduplicated training examples."""
-        builder = build_from_store(annotation_store.store, family)
-        examples = builder.examples()
+        table, stats = build_examples(annotation_store.store, family)
         artifacts = artifact_storage.open()
-        stats = builder.stats
-        artifacts.write_bytes(examples_key(family.name), to_parquet(family, examples))
+        artifacts.write_bytes(examples_key(family.name), to_parquet(table))
         artifacts.write_bytes(build_stats_key(family.name), stats.to_json())
-        context.log.info(f"{family.name}: {len(examples)} examples from {stats.annotations} annotations")
-        weights = sorted({e.weight for e in examples})
+        context.log.info(f"{family.name}: {table.num_rows} examples from {stats.annotations} annotations")
+        by_kind = (
+            {k["values"]: k["counts"] for k in table["kind"].value_counts().to_pylist()}
+            if table.num_rows
+            else {}
+        )
+        weights = sorted(set(table["weight"].to_pylist()))
         return dg.MaterializeResult(
             metadata={
-                "examples": len(examples),
+                "examples": table.num_rows,
                 "annotations_read": stats.annotations,
                 "store_watermark": stats.watermark,
                 "by_review_status": _table(("status", "annotations"), sorted(stats.by_status.items())),
-                "by_kind": dict(
-                    sorted({e.kind: sum(1 for x in examples if x.kind == e.kind) for e in examples}.items())
-                ),
+                "by_kind": dict(sorted(by_kind.items())),
                 "exact_duplicates": stats.exact_duplicates,
                 "normalized_duplicates": stats.normalized_duplicates,
                 "negatives": stats.negatives,
@@ -144,13 +144,13 @@ def dataset_snapshot_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         """A frozen, content-addressed train/val/test snapshot (stratified, group-aware), with its manifest."""
         artifacts = artifact_storage.open()
         try:
-            examples = from_parquet(artifacts.read_bytes(examples_key(family.name)))
+            table = from_parquet(artifacts.read_bytes(examples_key(family.name)))
             stats = BuildStats.from_json(artifacts.read_bytes(build_stats_key(family.name)))
         except KeyError:
             raise dg.Failure(
                 f"no examples for {family.name} yet: materialize {family.name}/examples first"
             ) from None
-        snapshot = write_snapshot(artifacts, family, examples, stats)
+        snapshot = write_snapshot(artifacts, family, table, stats)
         m = snapshot.manifest
         context.log.info(
             f"{family.name}: dataset_version {snapshot.version} ({'reused' if snapshot.reused else 'new'})"
@@ -163,7 +163,7 @@ def dataset_snapshot_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 metadata=c.metadata,
                 severity=dg.AssetCheckSeverity.ERROR if c.blocking else dg.AssetCheckSeverity.WARN,
             )
-            for c in check_snapshot(family, assign_splits(examples, family.split))
+            for c in check_snapshot(family, table, snapshot.splits)
         ]
         summary = {k: v for k, v in m.items() if k != "example_ids"}
         return dg.MaterializeResult(

@@ -1,0 +1,155 @@
+"""Examples of text families (classification, regression), built column-wise with Arrow.
+
+These families are where volume is (every routed utterance is a capture), so their path
+works on whole columns: the store hands over an Arrow table, triage and deduplication are
+vectorized, and only texts that may hold PII pass through the Python redactor.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from pulse_pipeline.core.examples import BuildStats
+from pulse_pipeline.core.families import FamilyConfig, TaskKind
+from pulse_pipeline.core.redaction import Redactor
+from pulse_pipeline.core.triage import CAPTURE_KINDS, ReviewStatus
+
+# Python's `\W` is "not a letter, digit or underscore" in Unicode: the same class in RE2.
+NON_WORD = r"[^\pL\pN_]+"
+# Text without '@' and without three digits in a row cannot hold a default PII pattern.
+MAY_HOLD_PII = r"@|[0-9]{3}"
+
+
+def text_fields(family: FamilyConfig) -> dict[str, tuple[tuple[str, ...], str]]:
+    """What `Store.read_columns` extracts for this family."""
+    fields: dict[str, tuple[tuple[str, ...], str]] = {
+        "text": (("text",), "str"),
+        "annotator": (("annotator",), "str"),
+    }
+    if family.task is TaskKind.classification:
+        for name in ("label", "provider", "conversation_id"):
+            fields[name] = ((name,), "str")
+        fields["confidence"] = (("confidence",), "float")
+    else:
+        fields["group_id"] = (("group_id",), "str")
+        fields["title"] = (("title",), "str")
+        for i, dim in enumerate(family.dimensions or ()):
+            fields[f"score_{i}"] = (("scores", dim), "float")
+    return fields
+
+
+def normalized(texts: Any) -> Any:
+    """`examples.normalize`, column-wise: lower case, runs of non-word characters to one space."""
+    import pyarrow.compute as pc
+
+    return pc.utf8_trim(pc.replace_substring_regex(pc.utf8_lower(texts), NON_WORD, " "), " ")
+
+
+def build_text_examples(table: Any, family: FamilyConfig) -> tuple[Any, BuildStats]:
+    """Arrow table of stored annotations (from `Store.read_columns`) -> examples table + stats."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    stats = BuildStats()
+    stats.annotations = table.num_rows
+    if table.num_rows:
+        stats.watermark = int(pc.max(table["seq"]).as_py())
+        stats.newest_ingested_at = pc.max(table["ingested_at"]).as_py()
+    status = _triage(table, family)
+    stats.by_status = Counter(
+        {str(s): int(n) for s, n in zip(*np.unique(status, return_counts=True), strict=True)}
+    )
+    keep = (status == ReviewStatus.human_reviewed.value) | (status == ReviewStatus.auto_approved.value)
+    t = table.filter(pa.array(keep))
+
+    # Latest judgment per normalized text: order by (created_at, seq), keep the last of each key.
+    t = t.append_column("key", normalized(t["text"]))
+    t = t.sort_by([("created_at", "ascending"), ("seq", "ascending")])
+    t = t.append_column("row", pa.array(np.arange(t.num_rows)))
+    last = t.group_by("key").aggregate([("row", "max")])["row_max"]
+    unique_raw = pc.count_distinct(t["text"]).as_py() if t.num_rows else 0
+    stats.exact_duplicates = t.num_rows - unique_raw
+    stats.normalized_duplicates = unique_raw - len(last)
+    t = t.take(last)
+
+    text = _redact(t["text"], family, stats)
+    weight = pa.array(
+        np.full(t.num_rows, float(family.weights.get(t["kind"][0].as_py() if t.num_rows else "", 1.0)))
+    )
+    columns: dict[str, Any] = {"id": t["id"], "kind": t["kind"], "text": text}
+    if family.task is TaskKind.classification:
+        columns["label"] = t["label"]
+        has_conv = pc.is_valid(t["conversation_id"])
+        group = pc.if_else(
+            has_conv,
+            pc.binary_join_element_wise("conversation", t["conversation_id"], ":"),
+            pc.binary_join_element_wise("text", t["key"], ":"),
+        )
+        stratum = t["label"]
+    else:
+        dims = family.dimensions or ()
+        scores = np.column_stack([t[f"score_{i}"].to_numpy(zero_copy_only=False) for i in range(len(dims))])
+        columns["labels"] = pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel()), len(dims)).cast(
+            pa.list_(pa.float64())
+        )
+        article = pc.coalesce(t["group_id"], normalized(pc.coalesce(t["title"], t["text"])))
+        group = pc.binary_join_element_wise("article", article, ":")
+        lo, hi = family.score_range
+        mean = scores.mean(axis=1) if len(scores) else np.zeros(0)
+        tiers = np.where(
+            mean < lo + (hi - lo) / 3, "low", np.where(mean >= lo + 2 * (hi - lo) / 3, "high", "mid")
+        )
+        stratum = pa.array(tiers.astype(str), pa.string())
+    columns.update(weight=weight, group=group, stratum=stratum, created_at=t["created_at"])
+    examples = pa.table(columns)
+    return examples.take(pc.sort_indices(examples["id"])), stats
+
+
+def _triage(table: Any, family: FamilyConfig) -> Any:
+    """Review status per row, as `triage.triage` decides it one record at a time."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    human = pc.is_valid(table["annotator"]).to_numpy(zero_copy_only=False)
+    if family.task is not TaskKind.classification or not set(family.annotation_kinds) & CAPTURE_KINDS:
+        return np.full(n, ReviewStatus.human_reviewed.value, dtype=object)
+    cfg = family.triage
+    conf = table["confidence"].to_numpy(zero_copy_only=False).astype(float)  # NaN where absent
+    provider = pc.fill_null(table["provider"], cfg.primary_provider)
+    primary = pc.equal(provider, cfg.primary_provider).to_numpy(zero_copy_only=False)
+    has_conf = ~np.isnan(conf)
+    with np.errstate(invalid="ignore"):
+        priority = has_conf & (~primary | (conf < cfg.review_below))
+        auto = has_conf & ~priority & (conf > cfg.auto_approve_above)
+    status = np.full(n, ReviewStatus.needs_review.value, dtype=object)
+    status[priority] = ReviewStatus.priority_review.value
+    status[auto] = ReviewStatus.auto_approved.value
+    status[human] = ReviewStatus.human_reviewed.value
+    return status
+
+
+def _redact(texts: Any, family: FamilyConfig, stats: BuildStats) -> Any:
+    """Redact with the Python redactor, but only the texts that may hold PII."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not family.redaction.enabled or len(texts) == 0:
+        return texts
+    redactor = Redactor.with_extra(family.redaction.extra_patterns)
+    if redactor.has_extra:
+        candidates = np.arange(len(texts))
+    else:
+        candidates = np.flatnonzero(
+            pc.match_substring_regex(texts, MAY_HOLD_PII).to_numpy(zero_copy_only=False)
+        )
+    if len(candidates) == 0:
+        return texts
+    values = texts.to_pylist()
+    for i in candidates:
+        values[i] = redactor(values[i])
+    stats.redactions.update(redactor.counts)
+    return pa.chunked_array([pa.array(values, pa.string())])
