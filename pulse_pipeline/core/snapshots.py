@@ -82,66 +82,75 @@ def assign_splits(table: Any, settings: SplitConfig) -> list[str]:
     return [SPLITS[split_of[g]] for g in group_col]
 
 
-def _members(split_of: dict[str, int], i: int) -> list[str]:
-    return [g for g, j in split_of.items() if j == i]
-
-
 def _no_empty_split(
-    split_of: dict[str, int],
-    size: Counter[str],
-    strata_of: dict[str, Counter[str]],
-    ratios: tuple[float, ...],
+    split_of: dict[str, int], size: Counter[str], strata_of: dict[str, Counter[str]], ratios: tuple[float, ...]
 ) -> None:
     """Large groups can leave a small split with nothing (every call bigger than its 10 %):
     give each empty split the smallest group of the split furthest over its share, taking
     one whose strata train keeps anyway."""
+    members: list[list[str]] = [[], [], []]
+    for g, i in split_of.items():
+        members[i].append(g)
     total = sum(size.values())
     for i in range(3):
-        if ratios[i] == 0 or _members(split_of, i):
+        if ratios[i] == 0 or members[i]:
             continue
-        load = [sum(size[g] for g in _members(split_of, j)) for j in range(3)]
-        donors = sorted(
-            (j for j in range(3) if len(_members(split_of, j)) > 1),
-            key=lambda j: -(load[j] - total * ratios[j]),
-        )
+        load = [sum(size[g] for g in members[j]) for j in range(3)]
+        donors = sorted((j for j in range(3) if len(members[j]) > 1), key=lambda j: -(load[j] - total * ratios[j]))
         if not donors:
             continue
         donor = donors[0]
-        candidates = sorted(_members(split_of, donor), key=lambda g: (size[g], g))
+        candidates = sorted(members[donor], key=lambda g: (size[g], g))
         if donor == 0:
-            in_train: Counter[str] = Counter()
-            for g in _members(split_of, 0):
-                in_train.update(strata_of[g])
-            safe = [g for g in candidates if all(in_train[s] > n for s, n in strata_of[g].items())]
-            candidates = safe or candidates
-        split_of[candidates[0]] = i
+            candidates = _spare_train_groups(candidates, members[0], strata_of) or candidates
+        pick = candidates[0]
+        members[donor].remove(pick)
+        members[i].append(pick)
+        split_of[pick] = i
 
 
-def _every_stratum_in_train(
-    split_of: dict[str, int], size: Counter[str], strata_of: dict[str, Counter[str]]
-) -> None:
+def _spare_train_groups(candidates: list[str], train: list[str], strata_of: dict[str, Counter[str]]) -> list[str]:
+    """The candidates train can lose without losing a stratum."""
+    in_train: Counter[str] = Counter()
+    for g in train:
+        in_train.update(strata_of[g])
+    return [g for g in candidates if all(in_train[s] > n for s, n in strata_of[g].items())]
+
+
+def _every_stratum_in_train(split_of: dict[str, int], size: Counter[str], strata_of: dict[str, Counter[str]]) -> None:
     """A group's stratum is its most common one, so a rare stratum (a score-impact segment in
     calls full of agent actions) can miss train: move the smallest group holding it there. If
     that group is all its split has, a train group whose strata train keeps goes the other way."""
+    members: list[list[str]] = [[], [], []]
+    for g, i in split_of.items():
+        members[i].append(g)
+    in_train: Counter[str] = Counter()
+    for g in members[0]:
+        in_train.update(strata_of[g])
     for i in (1, 2):
-        for stratum in sorted({s for g in _members(split_of, i) for s in strata_of[g]}):
-            in_train: Counter[str] = Counter()
-            for g in _members(split_of, 0):
-                in_train.update(strata_of[g])
+        holders: dict[str, list[str]] = defaultdict(list)
+        for g in members[i]:
+            for s in strata_of[g]:
+                if not in_train[s]:
+                    holders[s].append(g)
+        for stratum in sorted(holders):
             if in_train[stratum]:
                 continue
-            holder = min(
-                (g for g in _members(split_of, i) if stratum in strata_of[g]), key=lambda g: (size[g], g)
-            )
-            if len(_members(split_of, i)) == 1:
-                spare = [
-                    g for g in sorted(_members(split_of, 0), key=lambda g: (size[g], g))
-                    if all(in_train[s] > n for s, n in strata_of[g].items())
-                ]  # fmt: skip
+            holder = min((g for g in holders[stratum] if split_of[g] == i), key=lambda g: (size[g], g), default=None)
+            if holder is None:
+                continue
+            if len(members[i]) == 1:
+                spare = _spare_train_groups(sorted(members[0], key=lambda g: (size[g], g)), members[0], strata_of)
                 if not spare:
                     continue  # nothing to trade; the snapshot check reports the stratum
+                members[0].remove(spare[0])
+                members[i].append(spare[0])
                 split_of[spare[0]] = i
+                in_train.subtract(strata_of[spare[0]])
+            members[i].remove(holder)
+            members[0].append(holder)
             split_of[holder] = 0
+            in_train.update(strata_of[holder])
 
 
 # -- versions and files --------------------------------------------------------------------------
