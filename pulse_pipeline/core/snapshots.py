@@ -53,17 +53,25 @@ def assign_splits(table: Any, settings: SplitConfig) -> list[str]:
     goes to the split furthest below its target count. With one example per group, every
     stratum's split sizes are within one example of proportional, and so are the totals.
     """
+    import pyarrow.compute as pc
+
     ratios = (settings.train, settings.val, settings.test)
-    group_col = table["group"].to_pylist()
-    stratum_col = table["stratum"].to_pylist()
-    size: Counter[str] = Counter(group_col)
-    strata_of: dict[str, Counter[str]] = defaultdict(Counter)
-    for g, s in zip(group_col, stratum_col, strict=True):
-        strata_of[g][s] += 1
+    # (group, stratum) -> examples, computed by Arrow; a group's stratum is its most common one.
+    pairs = table.group_by(["group", "stratum"]).aggregate([([], "count_all")])
+    pairs = pairs.sort_by([("group", "ascending"), ("count_all", "descending"), ("stratum", "ascending")])
+    size: Counter[str] = Counter()
+    strata_of: dict[str, dict[str, int]] = {}
     by_stratum: dict[str, list[str]] = defaultdict(list)
-    for g, counts in strata_of.items():
-        top = max(counts.values())
-        by_stratum[min(s for s, n in counts.items() if n == top)].append(g)
+    for g, s, n in zip(
+        pairs["group"].to_pylist(), pairs["stratum"].to_pylist(), pairs["count_all"].to_pylist(), strict=True
+    ):
+        size[g] += n
+        held = strata_of.get(g)
+        if held is None:
+            strata_of[g] = {s: n}
+            by_stratum[s].append(g)  # first row of a group: its most common stratum
+        else:
+            held[s] = n
     split_of: dict[str, int] = {}
     seen, placed = 0, [0, 0, 0]
     for stratum in sorted(by_stratum):
@@ -74,16 +82,22 @@ def assign_splits(table: Any, settings: SplitConfig) -> list[str]:
         placed = [p + t for p, t in zip(placed, targets, strict=True)]
         have = [0, 0, 0]
         for g in names:
-            i = max(range(3), key=lambda k: (targets[k] - have[k], -k))
+            d0, d1, d2 = targets[0] - have[0], targets[1] - have[1], targets[2] - have[2]
+            i = 0 if d0 >= d1 and d0 >= d2 else (1 if d1 >= d2 else 2)
             have[i] += size[g]
             split_of[g] = i
     _no_empty_split(split_of, size, strata_of, ratios)
     _every_stratum_in_train(split_of, size, strata_of)
-    return [SPLITS[split_of[g]] for g in group_col]
+    names = pc.unique(table["group"]).to_pylist() if table.num_rows else []
+    lookup = {g: SPLITS[split_of[g]] for g in names}
+    return [lookup[g] for g in table["group"].to_pylist()]
 
 
 def _no_empty_split(
-    split_of: dict[str, int], size: Counter[str], strata_of: dict[str, Counter[str]], ratios: tuple[float, ...]
+    split_of: dict[str, int],
+    size: Counter[str],
+    strata_of: dict[str, dict[str, int]],
+    ratios: tuple[float, ...],
 ) -> None:
     """Large groups can leave a small split with nothing (every call bigger than its 10 %):
     give each empty split the smallest group of the split furthest over its share, taking
@@ -96,7 +110,9 @@ def _no_empty_split(
         if ratios[i] == 0 or members[i]:
             continue
         load = [sum(size[g] for g in members[j]) for j in range(3)]
-        donors = sorted((j for j in range(3) if len(members[j]) > 1), key=lambda j: -(load[j] - total * ratios[j]))
+        donors = sorted(
+            (j for j in range(3) if len(members[j]) > 1), key=lambda j: -(load[j] - total * ratios[j])
+        )
         if not donors:
             continue
         donor = donors[0]
@@ -109,7 +125,9 @@ def _no_empty_split(
         split_of[pick] = i
 
 
-def _spare_train_groups(candidates: list[str], train: list[str], strata_of: dict[str, Counter[str]]) -> list[str]:
+def _spare_train_groups(
+    candidates: list[str], train: list[str], strata_of: dict[str, dict[str, int]]
+) -> list[str]:
     """The candidates train can lose without losing a stratum."""
     in_train: Counter[str] = Counter()
     for g in train:
@@ -117,7 +135,9 @@ def _spare_train_groups(candidates: list[str], train: list[str], strata_of: dict
     return [g for g in candidates if all(in_train[s] > n for s, n in strata_of[g].items())]
 
 
-def _every_stratum_in_train(split_of: dict[str, int], size: Counter[str], strata_of: dict[str, Counter[str]]) -> None:
+def _every_stratum_in_train(
+    split_of: dict[str, int], size: Counter[str], strata_of: dict[str, dict[str, int]]
+) -> None:
     """A group's stratum is its most common one, so a rare stratum (a score-impact segment in
     calls full of agent actions) can miss train: move the smallest group holding it there. If
     that group is all its split has, a train group whose strata train keeps goes the other way."""
@@ -136,11 +156,15 @@ def _every_stratum_in_train(split_of: dict[str, int], size: Counter[str], strata
         for stratum in sorted(holders):
             if in_train[stratum]:
                 continue
-            holder = min((g for g in holders[stratum] if split_of[g] == i), key=lambda g: (size[g], g), default=None)
+            holder = min(
+                (g for g in holders[stratum] if split_of[g] == i), key=lambda g: (size[g], g), default=None
+            )
             if holder is None:
                 continue
             if len(members[i]) == 1:
-                spare = _spare_train_groups(sorted(members[0], key=lambda g: (size[g], g)), members[0], strata_of)
+                spare = _spare_train_groups(
+                    sorted(members[0], key=lambda g: (size[g], g)), members[0], strata_of
+                )
                 if not spare:
                     continue  # nothing to trade; the snapshot check reports the stratum
                 members[0].remove(spare[0])
