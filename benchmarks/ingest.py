@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.workers import peak_rss_mib, run_worker  # noqa: E402
 
 
 def make_file(path: Path, rows: int) -> dict[str, int]:
@@ -74,18 +74,8 @@ def worker(mode: str, file: Path, url: str) -> dict:
             result = ingest_file(store, file, config)
         accepted, lines = result.accepted, result.lines
     seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     return {"mode": mode, "lines": lines, "accepted": accepted, "seconds": seconds, "peak_rss_mib": peak_mib}
-
-
-def run_worker(mode: str, file: Path, url: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", mode, str(file), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -109,9 +99,9 @@ def main() -> None:
             kinds = make_file(file, rows)
             size_mib = file.stat().st_size / 2**20
             size_results = [
-                run_worker("parse", file, ""),
-                run_worker("sqlite", file, f"sqlite:///{tmp}/bench-{rows}.db"),
-                run_worker("postgresql", file, pg.create_database("bench")),
+                run_worker(__file__, "parse", str(file), ""),
+                run_worker(__file__, "sqlite", str(file), f"sqlite:///{tmp}/bench-{rows}.db"),
+                run_worker(__file__, "postgresql", str(file), pg.create_database("bench")),
             ]
             base = size_results[0]["lines"] / size_results[0]["seconds"]
             for r in size_results:

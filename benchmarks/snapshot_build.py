@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.workers import peak_rss_mib, run_worker  # noqa: E402
 
 
 def _word(i: int) -> str:
@@ -105,17 +105,8 @@ def worker(mode: str, url: str, artifacts_dir: str) -> dict:
             out["dataset_version"] = snapshot.version
             out["checks_passed"] = all(c.passed for c in checks if c.blocking)
         out["seconds"] = time.perf_counter() - start
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     return out
-
-
-def run_worker(mode: str, url: str, artifacts_dir: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", mode, url, artifacts_dir], capture_output=True, text=True
-    )
-    if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -133,7 +124,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, PostgresServer() as pg:
         url = pg.create_database("bench")
         load_seconds = load(url, args.rows)
-        results = [run_worker("read", url, tmp), run_worker("build", url, tmp)]
+        results = [run_worker(__file__, "read", url, tmp), run_worker(__file__, "build", url, tmp)]
     for r in results:
         r["rows_per_s"] = r["rows"] / r["seconds"]
     report = {"rows": args.rows, "load_seconds": load_seconds, "results": results}

@@ -264,10 +264,6 @@ def render_transcript(transcript: str | list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def is_chat(family: FamilyConfig) -> bool:
-    return family.task is TaskKind.chat_sft
-
-
 def build_examples(store: Any, family: FamilyConfig) -> tuple[Any, BuildStats]:
     """All of a family's annotations in the store -> (examples table sorted by id, stats)."""
     if family.task is TaskKind.chat_sft:
