@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from pulse_pipeline.core.artifacts import ArtifactStore
@@ -30,10 +31,6 @@ CONTENT = ("id", "kind", "messages", "text", "label", "labels", "weight", "group
 # -- splitting ---------------------------------------------------------------------------------
 
 
-def _rank(seed: int, key: str) -> bytes:
-    return hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
-
-
 def _targets(n: int, ratios: tuple[float, ...], behind: list[float]) -> list[int]:
     """Split n examples of one stratum: each count is floor(n * ratio) or one more, the extra
     seats going to the splits furthest behind their share overall (`behind`), so that many
@@ -46,6 +43,48 @@ def _targets(n: int, ratios: tuple[float, ...], behind: list[float]) -> list[int
     return counts
 
 
+@dataclass
+class _Groups:
+    """Per-group facts as numpy arrays (group i = the i-th distinct group name)."""
+
+    names: list[str]
+    size: Any  # examples in the group
+    major: Any  # index into `strata` of the group's most common stratum
+    pair_group: Any  # (group, stratum, count) for every stratum a group holds, sorted by group
+    pair_stratum: Any
+    pair_count: Any
+    strata: list[str]  # sorted
+
+    def pairs_of(self, g: int) -> tuple[Any, Any]:
+        """(strata, counts) of group g."""
+        lo, hi = (int(x) for x in np.searchsorted(self.pair_group, [g, g + 1]))
+        return self.pair_stratum[lo:hi], self.pair_count[lo:hi]
+
+
+def _groups(table: Any) -> tuple[_Groups, Any]:
+    """Facts about the groups, and each row's group index."""
+    import pyarrow.compute as pc
+
+    genc = pc.dictionary_encode(table["group"]).combine_chunks()
+    senc = pc.dictionary_encode(table["stratum"]).combine_chunks()
+    gi = genc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    strata_seen = senc.dictionary.to_pylist()
+    strata = sorted(strata_seen)
+    rank = np.array([strata.index(s) for s in strata_seen], dtype=np.int64)
+    si = rank[senc.indices.to_numpy(zero_copy_only=False)]
+    n_groups, n_strata = len(genc.dictionary), len(strata)
+    keys, counts = np.unique(gi * n_strata + si, return_counts=True)
+    pg, ps = keys // n_strata, keys % n_strata
+    order = np.lexsort((ps, -counts, pg))  # per group: most common stratum first, ties by name
+    first = order[np.r_[True, pg[order][1:] != pg[order][:-1]]]
+    major = np.empty(n_groups, dtype=np.int64)
+    major[pg[first]] = ps[first]
+    groups = _Groups(
+        genc.dictionary.to_pylist(), np.bincount(gi, minlength=n_groups), major, pg, ps, counts, strata
+    )
+    return groups, gi
+
+
 def assign_splits(table: Any, settings: SplitConfig) -> list[str]:
     """The split of each row: stratified by `stratum`, whole groups to one split, deterministic.
 
@@ -53,128 +92,109 @@ def assign_splits(table: Any, settings: SplitConfig) -> list[str]:
     goes to the split furthest below its target count. With one example per group, every
     stratum's split sizes are within one example of proportional, and so are the totals.
     """
-    import pyarrow.compute as pc
-
+    if table.num_rows == 0:
+        return []
     ratios = (settings.train, settings.val, settings.test)
-    # (group, stratum) -> examples, computed by Arrow; a group's stratum is its most common one.
-    pairs = table.group_by(["group", "stratum"]).aggregate([([], "count_all")])
-    pairs = pairs.sort_by([("group", "ascending"), ("count_all", "descending"), ("stratum", "ascending")])
-    size: Counter[str] = Counter()
-    strata_of: dict[str, dict[str, int]] = {}
-    by_stratum: dict[str, list[str]] = defaultdict(list)
-    for g, s, n in zip(
-        pairs["group"].to_pylist(), pairs["stratum"].to_pylist(), pairs["count_all"].to_pylist(), strict=True
-    ):
-        size[g] += n
-        held = strata_of.get(g)
-        if held is None:
-            strata_of[g] = {s: n}
-            by_stratum[s].append(g)  # first row of a group: its most common stratum
-        else:
-            held[s] = n
-    split_of: dict[str, int] = {}
-    seen, placed = 0, [0, 0, 0]
-    for stratum in sorted(by_stratum):
-        names = sorted(by_stratum[stratum], key=lambda g: _rank(settings.seed, g))
-        n = sum(size[g] for g in names)
+    groups, gi = _groups(table)
+    seed = str(settings.seed).encode() + b"\x1f"
+    digest = np.array(
+        [int.from_bytes(hashlib.sha256(seed + g.encode()).digest()[:8], "big") for g in groups.names],
+        dtype=np.uint64,
+    )
+    visit = np.lexsort((digest, groups.major))  # by stratum, then by hash
+    split_of = np.zeros(len(groups.names), dtype=np.int64)
+    sizes, majors = groups.size[visit].tolist(), groups.major[visit].tolist()
+    seen, placed, start = 0, [0, 0, 0], 0
+    while start < len(visit):
+        end = start
+        while end < len(visit) and majors[end] == majors[start]:
+            end += 1
+        n = sum(sizes[start:end])
         seen += n
         targets = _targets(n, ratios, [seen * r - p for r, p in zip(ratios, placed, strict=True)])
         placed = [p + t for p, t in zip(placed, targets, strict=True)]
-        have = [0, 0, 0]
-        for g in names:
-            d0, d1, d2 = targets[0] - have[0], targets[1] - have[1], targets[2] - have[2]
-            i = 0 if d0 >= d1 and d0 >= d2 else (1 if d1 >= d2 else 2)
-            have[i] += size[g]
-            split_of[g] = i
-    _no_empty_split(split_of, size, strata_of, ratios)
-    _every_stratum_in_train(split_of, size, strata_of)
-    names = pc.unique(table["group"]).to_pylist() if table.num_rows else []
-    lookup = {g: SPLITS[split_of[g]] for g in names}
-    return [lookup[g] for g in table["group"].to_pylist()]
+        t0, t1, t2 = targets
+        h0 = h1 = h2 = 0
+        out = []
+        for k in range(start, end):
+            d0, d1, d2 = t0 - h0, t1 - h1, t2 - h2
+            if d0 >= d1 and d0 >= d2:
+                out.append(0)
+                h0 += sizes[k]
+            elif d1 >= d2:
+                out.append(1)
+                h1 += sizes[k]
+            else:
+                out.append(2)
+                h2 += sizes[k]
+        split_of[visit[start:end]] = out
+        start = end
+    _no_empty_split(split_of, groups, ratios)
+    _every_stratum_in_train(split_of, groups)
+    return np.array(SPLITS, dtype=object)[split_of[gi]].tolist()
 
 
-def _no_empty_split(
-    split_of: dict[str, int],
-    size: Counter[str],
-    strata_of: dict[str, dict[str, int]],
-    ratios: tuple[float, ...],
-) -> None:
+def _no_empty_split(split_of: Any, groups: _Groups, ratios: tuple[float, ...]) -> None:
     """Large groups can leave a small split with nothing (every call bigger than its 10 %):
     give each empty split the smallest group of the split furthest over its share, taking
     one whose strata train keeps anyway."""
-    members: list[list[str]] = [[], [], []]
-    for g, i in split_of.items():
-        members[i].append(g)
-    total = sum(size.values())
+    total = int(groups.size.sum())
     for i in range(3):
+        members = np.bincount(split_of, minlength=3)
         if ratios[i] == 0 or members[i]:
             continue
-        load = [sum(size[g] for g in members[j]) for j in range(3)]
-        donors = sorted(
-            (j for j in range(3) if len(members[j]) > 1), key=lambda j: -(load[j] - total * ratios[j])
-        )
+        load = np.bincount(split_of, weights=groups.size, minlength=3)
+        donors = sorted((j for j in range(3) if members[j] > 1), key=lambda j: -(load[j] - total * ratios[j]))
         if not donors:
             continue
         donor = donors[0]
-        candidates = sorted(members[donor], key=lambda g: (size[g], g))
-        if donor == 0:
-            candidates = _spare_train_groups(candidates, members[0], strata_of) or candidates
-        pick = candidates[0]
-        members[donor].remove(pick)
-        members[i].append(pick)
-        split_of[pick] = i
+        candidates = _smallest_first(np.flatnonzero(split_of == donor), groups)
+        spare = _first_spare(candidates, split_of, groups) if donor == 0 else None
+        split_of[candidates[0] if spare is None else spare] = i
 
 
-def _spare_train_groups(
-    candidates: list[str], train: list[str], strata_of: dict[str, dict[str, int]]
-) -> list[str]:
-    """The candidates train can lose without losing a stratum."""
-    in_train: Counter[str] = Counter()
-    for g in train:
-        in_train.update(strata_of[g])
-    return [g for g in candidates if all(in_train[s] > n for s, n in strata_of[g].items())]
+def _smallest_first(indices: Any, groups: _Groups) -> list[int]:
+    return sorted(indices.tolist(), key=lambda g: (int(groups.size[g]), groups.names[g]))
 
 
-def _every_stratum_in_train(
-    split_of: dict[str, int], size: Counter[str], strata_of: dict[str, dict[str, int]]
-) -> None:
+def _train_strata(split_of: Any, groups: _Groups) -> Any:
+    """Examples in train per stratum."""
+    in_train = split_of[groups.pair_group] == 0
+    counts = np.zeros(len(groups.strata), dtype=np.int64)
+    np.add.at(counts, groups.pair_stratum[in_train], groups.pair_count[in_train])
+    return counts
+
+
+def _first_spare(candidates: list[int], split_of: Any, groups: _Groups) -> int | None:
+    """The first candidate train can lose without losing a stratum."""
+    in_train = _train_strata(split_of, groups)
+    for g in candidates:
+        strata, counts = groups.pairs_of(g)
+        if np.all(in_train[strata] > counts):
+            return g
+    return None
+
+
+def _every_stratum_in_train(split_of: Any, groups: _Groups) -> None:
     """A group's stratum is its most common one, so a rare stratum (a score-impact segment in
     calls full of agent actions) can miss train: move the smallest group holding it there. If
     that group is all its split has, a train group whose strata train keeps goes the other way."""
-    members: list[list[str]] = [[], [], []]
-    for g, i in split_of.items():
-        members[i].append(g)
-    in_train: Counter[str] = Counter()
-    for g in members[0]:
-        in_train.update(strata_of[g])
     for i in (1, 2):
-        holders: dict[str, list[str]] = defaultdict(list)
-        for g in members[i]:
-            for s in strata_of[g]:
-                if not in_train[s]:
-                    holders[s].append(g)
-        for stratum in sorted(holders):
-            if in_train[stratum]:
+        in_train = _train_strata(split_of, groups)
+        held = np.unique(groups.pair_stratum[split_of[groups.pair_group] == i])
+        for stratum in held[in_train[held] == 0].tolist():
+            if _train_strata(split_of, groups)[stratum]:
                 continue
-            holder = min(
-                (g for g in holders[stratum] if split_of[g] == i), key=lambda g: (size[g], g), default=None
-            )
-            if holder is None:
+            holders = groups.pair_group[(groups.pair_stratum == stratum) & (split_of[groups.pair_group] == i)]
+            if len(holders) == 0:
                 continue
-            if len(members[i]) == 1:
-                spare = _spare_train_groups(
-                    sorted(members[0], key=lambda g: (size[g], g)), members[0], strata_of
-                )
-                if not spare:
+            holder = _smallest_first(holders, groups)[0]
+            if np.count_nonzero(split_of == i) == 1:
+                spare = _first_spare(_smallest_first(np.flatnonzero(split_of == 0), groups), split_of, groups)
+                if spare is None:
                     continue  # nothing to trade; the snapshot check reports the stratum
-                members[0].remove(spare[0])
-                members[i].append(spare[0])
-                split_of[spare[0]] = i
-                in_train.subtract(strata_of[spare[0]])
-            members[i].remove(holder)
-            members[0].append(holder)
+                split_of[spare] = i
             split_of[holder] = 0
-            in_train.update(strata_of[holder])
 
 
 # -- versions and files --------------------------------------------------------------------------

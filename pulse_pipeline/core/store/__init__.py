@@ -167,56 +167,63 @@ class Store:
         with self._connect() as conn:
             yield from conn.execute(q)
 
-    def read_columns(self, family: str, fields: dict[str, tuple[tuple[str, ...], str]]) -> Any:
+    def read_columns(
+        self, family: str, fields: dict[str, tuple[tuple[str, ...], str]], *, parts: int = 2
+    ) -> Any:
         """A family's annotations as an Arrow table, oldest first, for column-wise processing.
 
         Columns seq, id, kind, created_at and ingested_at (UTC), plus one per entry of `fields`:
         name -> (JSON path in the payload, "str" or "float"). On PostgreSQL the server extracts
-        the fields and streams CSV with COPY; SQLite reads through its cursor.
+        the fields and streams CSV with COPY, in `parts` ranges of seq read at once on their own
+        connections; SQLite reads through its cursor.
         """
         import pyarrow as pa
 
         a = annotations.c
-        cols: list[Any] = [a.seq, a.id, a.kind]
-        if self.dialect == "postgresql":
-            for col in (a.created_at, a.ingested_at):
-                cols.append(
-                    sa.func.to_char(sa.func.timezone("UTC", col), "YYYY-MM-DD HH24:MI:SS.US").label(col.name)
-                )
-        else:  # stored as naive UTC text
-            cols += [
-                sa.cast(a.created_at, sa.String).label("created_at"),
-                sa.cast(a.ingested_at, sa.String).label("ingested_at"),
-            ]
+        cols: list[Any] = [a.seq, a.id, a.kind, a.created_at, a.ingested_at]
         for name, (path, kind) in fields.items():
             value = a.payload[path if len(path) > 1 else path[0]]
             cols.append((value.as_float() if kind == "float" else value.as_string()).label(name))
-        query = sa.select(*cols).where(a.family == family).order_by(a.seq)
-        sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
-        types = {
-            "seq": pa.int64(),
-            "id": pa.string(),
-            "kind": pa.string(),
-            "created_at": pa.string(),
-            "ingested_at": pa.string(),
-        }
-        types.update(
-            {name: pa.float64() if kind == "float" else pa.string() for name, (_, kind) in fields.items()}
-        )
-        with self._connect() as conn:
-            if self.dialect == "postgresql":
-                table = _copy_out(conn, sql, types)
-            else:
-                rows = conn.exec_driver_sql(sql).fetchall()
-                columns = list(zip(*rows, strict=True)) if rows else [[] for _ in types]
-                table = pa.table(
-                    {n: pa.array(c, t) for (n, t), c in zip(types.items(), columns, strict=True)}
-                )
         utc = pa.timestamp("us", tz="UTC")
-        for name in ("created_at", "ingested_at"):
-            i = table.schema.get_field_index(name)
-            table = table.set_column(i, name, table[name].cast(pa.timestamp("us")).cast(utc))
-        return table
+        types = {"seq": pa.int64(), "id": pa.string(), "kind": pa.string()}
+        types |= {"created_at": utc, "ingested_at": utc}
+        types |= {
+            name: pa.float64() if kind == "float" else pa.string() for name, (_, kind) in fields.items()
+        }
+
+        def select(lo: int, hi: int) -> str:
+            query = sa.select(*cols).where(a.family == family, a.seq > lo, a.seq <= hi).order_by(a.seq)
+            return str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+
+        with self._connect() as conn:
+            lo, hi = conn.execute(
+                sa.select(sa.func.min(a.seq), sa.func.max(a.seq)).where(a.family == family)
+            ).one()
+        if lo is None:
+            return pa.table({n: pa.array([], t) for n, t in types.items()})
+        lo -= 1
+        if self.dialect != "postgresql":
+            with self._connect() as conn:
+                rows = conn.exec_driver_sql(select(lo, hi)).fetchall()
+            columns = list(zip(*rows, strict=True))
+            raw = {
+                n: pa.array(c, pa.string() if t == utc else t)
+                for (n, t), c in zip(types.items(), columns, strict=True)
+            }
+            for name in ("created_at", "ingested_at"):  # SQLite keeps naive UTC text
+                raw[name] = raw[name].cast(pa.timestamp("us")).cast(utc)
+            return pa.table(raw)
+        step = -(-(hi - lo) // max(1, parts))
+        ranges = [(start, min(start + step, hi)) for start in range(lo, hi, step)]
+
+        def part(bounds: tuple[int, int]) -> Any:
+            with self._connect() as conn:
+                return _copy_out(conn, select(*bounds), types)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+            return pa.concat_tables(pool.map(part, ranges))
 
     def days_with_annotations(self, family: str | None = None) -> list[dt.date]:
         """Distinct UTC days that hold annotations (or quarantined lines) for `family`."""
@@ -270,6 +277,7 @@ def _copy_out(conn: Connection, sql: str, types: dict[str, Any]) -> Any:
     buf = io.BytesIO()
     cursor = conn.connection.dbapi_connection.cursor()
     try:
+        cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # timestamps leave the server as UTC text for Arrow
         cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)", buf)
     finally:
         cursor.close()
