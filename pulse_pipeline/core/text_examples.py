@@ -62,17 +62,25 @@ def build_text_examples(table: Any, family: FamilyConfig) -> tuple[Any, BuildSta
         {str(s): int(n) for s, n in zip(*np.unique(status, return_counts=True), strict=True)}
     )
     keep = (status == ReviewStatus.human_reviewed.value) | (status == ReviewStatus.auto_approved.value)
-    t = table.filter(pa.array(keep))
+    rows = np.flatnonzero(keep)  # indices into `table`; the wide table is copied once, at the end
 
     # Latest judgment per normalized text: order by (created_at, seq), keep the last of each key.
-    t = t.append_column("key", normalized(t["text"]))
-    t = t.sort_by([("created_at", "ascending"), ("seq", "ascending")])
-    t = t.append_column("row", pa.array(np.arange(t.num_rows)))
-    last = t.group_by("key").aggregate([("row", "max")])["row_max"]
-    unique_raw = pc.count_distinct(t["text"]).as_py() if t.num_rows else 0
-    stats.exact_duplicates = t.num_rows - unique_raw
-    stats.normalized_duplicates = unique_raw - len(last)
-    t = t.take(last)
+    key = normalized(pc.take(table["text"], rows))
+    order = pc.sort_indices(
+        pa.table({"t": pc.take(table["created_at"], rows), "s": pc.take(table["seq"], rows)}),
+        sort_keys=[("t", "ascending"), ("s", "ascending")],
+    ).to_numpy()
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[order] = np.arange(len(rows))
+    latest = pa.table({"key": key, "rank": rank}).group_by("key").aggregate([("rank", "max")])["rank_max"]
+    winners = order[latest.to_numpy()]  # positions in `rows`
+    unique_raw = pc.count_distinct(pc.take(table["text"], rows)).as_py() if len(rows) else 0
+    stats.exact_duplicates = len(rows) - unique_raw
+    stats.normalized_duplicates = unique_raw - len(winners)
+    by_id = pc.sort_indices(pc.take(table["id"], rows[winners])).to_numpy()
+    winners = winners[by_id]
+    t = table.take(rows[winners])
+    t = t.append_column("key", pc.take(key, winners))
 
     text = _redact(t["text"], family, stats)
     weight = pa.array(
@@ -103,8 +111,7 @@ def build_text_examples(table: Any, family: FamilyConfig) -> tuple[Any, BuildSta
         )
         stratum = pa.array(tiers.astype(str), pa.string())
     columns.update(weight=weight, group=group, stratum=stratum, created_at=t["created_at"])
-    examples = pa.table(columns)
-    return examples.take(pc.sort_indices(examples["id"])), stats
+    return pa.table(columns), stats  # sorted by id
 
 
 def _triage(table: Any, family: FamilyConfig) -> Any:
