@@ -11,6 +11,8 @@ import dagster as dg
 
 from pulse_pipeline.core.annotations import summarize
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.core.store import DayAudit
+from pulse_pipeline.defs.metadata import count_table
 from pulse_pipeline.defs.resources import AnnotationStore
 
 CHECK_ACCOUNTED = "every_line_accounted_for"
@@ -55,7 +57,7 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
             metadata["by_disagreement_reason"] = dict(summary.by_disagreement)
         if summary.by_label:
             metadata["labels"] = len(summary.by_label)
-            metadata["top_labels"] = dg.MetadataValue.md(_table("label", summary.by_label.most_common(15)))
+            metadata["top_labels"] = count_table(("label", "count"), summary.by_label.most_common(15))
         if summary.by_rating:
             metadata["by_rating"] = dict(sorted(summary.by_rating.items()))
         if summary.low_confidence:
@@ -80,11 +82,7 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
     return _annotations
 
 
-def _table(name: str, rows: list[tuple[str, int]]) -> str:
-    return "\n".join([f"| {name} | count |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)])
-
-
-def _mismatch(audit) -> str:  # noqa: ANN001
+def _mismatch(audit: DayAudit) -> str:
     return (
         f"received {audit.lines} lines: {audit.accepted} accepted + {audit.duplicates} duplicates + "
         f"{audit.quarantined} quarantined; the store holds {audit.stored} annotations and "

@@ -14,16 +14,12 @@ from pulse_pipeline.core.snapshots import (
     write_snapshot,
 )
 from pulse_pipeline.core.triage import CAPTURE_KINDS
+from pulse_pipeline.defs.metadata import count_table
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 
 
 def _key(family: FamilyConfig, name: str) -> dg.AssetKey:
     return dg.AssetKey([family.name, name])
-
-
-def _table(header: tuple[str, str], rows: list[tuple[object, object]]) -> dg.MetadataValue:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---:|", *(f"| {a} | {b} |" for a, b in rows)]
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 def examples_key(family: str) -> str:
@@ -61,7 +57,7 @@ def review_queue_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 "waiting": len(queue.items),
                 "priority": sum(1 for i in queue.items if i.status == "priority_review"),
                 "settled_by_review": queue.settled,
-                "by_status": _table(("status", "records"), sorted(queue.by_status.items())),
+                "by_status": count_table(("status", "records"), sorted(queue.by_status.items())),
                 "next_up": dg.MetadataValue.md(
                     "\n".join(
                         [
@@ -107,12 +103,12 @@ def examples_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 "examples": table.num_rows,
                 "annotations_read": stats.annotations,
                 "store_watermark": stats.watermark,
-                "by_review_status": _table(("status", "annotations"), sorted(stats.by_status.items())),
+                "by_review_status": count_table(("status", "annotations"), sorted(stats.by_status.items())),
                 "by_kind": dict(sorted(by_kind.items())),
                 "exact_duplicates": stats.exact_duplicates,
                 "normalized_duplicates": stats.normalized_duplicates,
                 "negatives": stats.negatives,
-                "redactions": _table(("placeholder", "replaced"), sorted(stats.redactions.items()))
+                "redactions": count_table(("placeholder", "replaced"), sorted(stats.redactions.items()))
                 if stats.redactions
                 else ("none found" if family.redaction.enabled else "disabled in pulse.yaml"),
                 "weights": ", ".join(f"{w:g}" for w in weights),
@@ -171,7 +167,7 @@ def dataset_snapshot_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 "dataset_version": snapshot.version,
                 "reused": snapshot.reused,
                 "parent_version": m["parent_version"] or "none",
-                "splits": _table(
+                "splits": count_table(
                     ("split", "examples"), [(s, m["counts"][s]) for s in ("train", "val", "test")]
                 ),
                 "by_stratum": dg.MetadataValue.md(_strata_table(m["by_stratum"])),
