@@ -25,6 +25,7 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("PULSE_HOME", str(home))
     monkeypatch.setenv("PULSE_CONFIG", str(PROJECT / "pulse.yaml"))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test may reach for a model hub
     for var in (
         "PULSE_DATABASE_URL",
         "PULSE_ARTIFACTS",

@@ -1,0 +1,1 @@
+"""Adapter training: a runnable recipe (setup -> train -> validate -> save), no Dagster inside."""

@@ -1,0 +1,101 @@
+import hashlib
+
+import pytest
+
+from pulse_pipeline.core.training.base_models import BaseModelError, build_tiny, resolve_base_model
+
+
+def _digest(folder):
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+def test_tiny_is_built_once_the_same_way_and_cached(tmp_path):
+    first = resolve_base_model("tiny", tmp_path / "cache")
+    assert first.architecture == "causal_lm" and (first.path / "config.json").is_file()
+    mtime = (first.path / "model.safetensors").stat().st_mtime_ns
+    assert resolve_base_model("tiny", tmp_path / "cache").path == first.path
+    assert (first.path / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt
+    other = tmp_path / "again"
+    other.mkdir()
+    build_tiny(other)
+    assert _digest(other) == _digest(first.path)  # seeded: the same bytes every build
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.path.name]  # no temporary leftovers
+
+
+def test_tiny_loads_generates_and_masks_assistant_tokens(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_base_model("tiny", tmp_path).path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    messages = [
+        {"role": "system", "content": "You analyse calls."},
+        {"role": "user", "content": "Analyse this call transcript"},
+        {"role": "assistant", "content": '{"sentiment": "negative"}'},
+    ]
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    answer = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tokenizer.decode(answer) == '{"sentiment": "negative"}<|im_end|>'
+    assert tokenizer.unk_token_id not in out["input_ids"]  # byte-level: nothing is unknown
+    prompt = tokenizer.apply_chat_template(
+        messages[:2], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] == prompt["input_ids"].shape[1] + 5
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    assert {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    } <= names  # LoRA targets
+    assert torch.isfinite(model(**prompt).logits).all()
+
+
+def test_minilm_comes_from_its_package():
+    from transformers import AutoModelForSequenceClassification
+
+    model = resolve_base_model("minilm-l6", None)
+    assert model.architecture == "encoder"
+    head = AutoModelForSequenceClassification.from_pretrained(model.path, num_labels=3)
+    assert head.config.hidden_size == 384
+
+
+def test_local_folders_and_unknown_names(tmp_path):
+    built = resolve_base_model("tiny", tmp_path)
+    assert resolve_base_model(str(built.path), tmp_path).path == built.path
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BaseModelError, match="has no config.json"):
+        resolve_base_model(str(tmp_path / "empty"), tmp_path)
+    with pytest.raises(
+        BaseModelError, match="not one of tiny, smollm2-135m, minilm-l6.*set base_model to its folder"
+    ):
+        resolve_base_model("someone/not-downloaded-model", tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_is_converted_once_to_a_normal_checkpoint(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = resolve_base_model("smollm2-135m", tmp_path)
+    assert not (model.path / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
+    lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    assert "quantization_config" not in lm.config.to_dict()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = lm.generate(**prompt, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1] :])
