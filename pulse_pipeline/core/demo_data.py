@@ -534,6 +534,16 @@ STATIC_QUESTIONS = (
         "software",
     ),
 )
+# Users ask the same thing in many ways; without this, deduplication would rightly fold the
+# demo's questions into a few dozen.
+OPENERS = ("", "", "Quick question: ", "Hi! ", "Could you tell me: ", "I'm new to ACCESS. ", "For my allocation request: ")
+CLOSERS = ("", "", " Thanks!", " I need it for a proposal.", " Asking for my lab.", " Is that documented somewhere?")
+
+
+def _phrase(rng: random.Random, question: str) -> str:
+    return f"{rng.choice(OPENERS)}{question}{rng.choice(CLOSERS)}"
+
+
 DYNAMIC_QUESTIONS = (
     "What is the current queue wait time on {name}?",
     "Is {name} down right now?",
@@ -557,7 +567,7 @@ def _qa_pairs(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[str, A
         }
         if rng.random() < 0.15:
             record.update(
-                question=rng.choice(DYNAMIC_QUESTIONS).format(**facts),
+                question=_phrase(rng, rng.choice(DYNAMIC_QUESTIONS).format(**facts)),
                 answer=REFUSAL.format(**facts) + " <<SRC:documentation:system-status>>",
                 sources=["documentation:system-status"],
                 query_type="dynamic",
@@ -567,7 +577,7 @@ def _qa_pairs(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[str, A
             q, a, domain = rng.choice(STATIC_QUESTIONS)
             src = f"{domain}:{key}"
             record.update(
-                question=q.format(**facts),
+                question=_phrase(rng, q.format(**facts)),
                 answer=f"{a.format(**facts)} <<SRC:{src}>>",
                 sources=[src],
                 query_type="static",
@@ -589,7 +599,7 @@ def _feedback(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[str, A
             "created_at": clock.draw(rng),
             "annotator": f"user-{rng.randint(1, 400):04d}",
             "model_version": "access-qa-base",
-            "query": q.format(**facts),
+            "query": _phrase(rng, q.format(**facts)),
             "response": good
             if rating >= 4
             else rng.choice(
