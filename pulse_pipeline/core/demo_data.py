@@ -536,8 +536,23 @@ STATIC_QUESTIONS = (
 )
 # Users ask the same thing in many ways; without this, deduplication would rightly fold the
 # demo's questions into a few dozen.
-OPENERS = ("", "", "Quick question: ", "Hi! ", "Could you tell me: ", "I'm new to ACCESS. ", "For my allocation request: ")
-CLOSERS = ("", "", " Thanks!", " I need it for a proposal.", " Asking for my lab.", " Is that documented somewhere?")
+OPENERS = (
+    "",
+    "",
+    "Quick question: ",
+    "Hi! ",
+    "Could you tell me: ",
+    "I'm new to ACCESS. ",
+    "For my allocation request: ",
+)
+CLOSERS = (
+    "",
+    "",
+    " Thanks!",
+    " I need it for a proposal.",
+    " Asking for my lab.",
+    " Is that documented somewhere?",
+)
 
 
 def _phrase(rng: random.Random, question: str) -> str:

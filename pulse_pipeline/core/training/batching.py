@@ -1,0 +1,91 @@
+"""Batches without pad-to-max: chat features with assistant-only labels, length-grouped
+batches, and collation that pads to the longest example of each batch."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pulse_pipeline.core.training.losses import IGNORE
+
+
+@dataclass(frozen=True)
+class Features:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE except on the assistant's tokens
+    weight: float
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def chat_features(
+    tokenizer: Any, messages: list[dict[str, str]], weight: float, max_length: int
+) -> Features | None:
+    """Tokenize with the chat template; train on the assistant's tokens only.
+
+    Too long: the prompt's start is dropped first (the answer is what is trained); None when
+    not even the answer fits.
+    """
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if not any(mask):
+        raise ValueError("the chat template marked no assistant tokens: it needs {% generation %} tags")
+    if len(ids) > max_length:
+        first = mask.index(1)
+        cut = len(ids) - max_length
+        if cut > first:
+            return None
+        ids, mask = ids[cut:], mask[cut:]
+    return Features(ids, [t if m else IGNORE for t, m in zip(ids, mask, strict=True)], weight)
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int = 0, group: int = 50
+) -> list[list[int]]:
+    """Every index once, in batches of similar lengths, batch order shuffled (as Hugging Face's
+    LengthGroupedSampler): shuffle, cut into mega-batches of `group` batches, sort each by
+    length, cut into batches, shuffle the batches. Deterministic for (seed, epoch)."""
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * group
+    batches: list[list[int]] = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(batch: Sequence[Features], pad_id: int) -> dict[str, Any]:
+    """Pad to the longest example in this batch (right padding), with weights alongside."""
+    import torch
+
+    width = max(len(f) for f in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, f in enumerate(batch):
+        n = len(f)
+        input_ids[row, :n] = torch.tensor(f.input_ids)
+        labels[row, :n] = torch.tensor(f.labels)
+        attention[row, :n] = 1
+    weights = torch.tensor([f.weight for f in batch], dtype=torch.float32)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "weights": weights}
+
+
+def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """Fraction of the tokens in padded batches that are padding."""
+    total = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 1 - real / total if total else 0.0
+
+
+def iterate(batches: list[list[int]], features: Sequence[Features], pad_id: int) -> Iterator[dict[str, Any]]:
+    for b in batches:
+        yield collate([features[i] for i in b], pad_id)

@@ -1,0 +1,46 @@
+"""Losses with per-example weights (a trainer's agreement weighs 0.5, a correction 1.0).
+
+Chat families: token cross-entropy on the assistant's tokens only (labels -100 elsewhere),
+each token weighted by its example's weight and normalized by the weighted token count, so
+an example's pull on the adapter is its weight times its length, as in an unweighted
+token-mean loss. Classification and regression: the weighted mean of per-example losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IGNORE = -100
+
+
+def weighted_causal_lm_loss(logits: Any, labels: Any, weights: Any) -> Any:
+    """logits [B, T, V], labels [B, T] (IGNORE where not trained), weights [B] -> scalar."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    token_loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).view(shift_labels.shape)
+    mask = (shift_labels != IGNORE).to(token_loss.dtype)
+    token_weight = mask * weights.to(token_loss.dtype)[:, None]
+    return (token_loss * token_weight).sum() / token_weight.sum().clamp_min(1e-12)
+
+
+def weighted_classification_loss(logits: Any, labels: Any, weights: Any) -> Any:
+    """logits [B, C], labels [B] -> weighted mean cross-entropy."""
+    import torch.nn.functional as F
+
+    per_example = F.cross_entropy(logits.float(), labels, reduction="none")
+    w = weights.to(per_example.dtype)
+    return (per_example * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def weighted_regression_loss(predictions: Any, targets: Any, weights: Any) -> Any:
+    """predictions, targets [B, D] -> weighted mean over examples of the per-example MSE."""
+    per_example = ((predictions.float() - targets.float()) ** 2).mean(dim=-1)
+    w = weights.to(per_example.dtype)
+    return (per_example * w).sum() / w.sum().clamp_min(1e-12)

@@ -1,0 +1,65 @@
+import random
+
+import pytest
+
+from pulse_pipeline.core.training.base_models import resolve_base_model
+from pulse_pipeline.core.training.batching import (
+    chat_features,
+    collate,
+    length_grouped_batches,
+    padding_share,
+)
+from pulse_pipeline.core.training.losses import IGNORE
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_base_model("tiny", tmp_path_factory.mktemp("models")).path)
+
+
+def chat(answer, prompt="Analyse this call transcript"):
+    return [
+        {"role": "system", "content": "You analyse calls."},
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def test_labels_cover_only_the_answer(tokenizer):
+    f = chat_features(tokenizer, chat('{"sentiment": "negative"}'), 0.5, 512)
+    trained = [t for t in f.labels if t != IGNORE]
+    assert tokenizer.decode(trained) == '{"sentiment": "negative"}<|im_end|>'
+    assert f.weight == 0.5 and len(f.labels) == len(f.input_ids)
+
+
+def test_too_long_drops_the_prompt_start_never_the_answer(tokenizer):
+    long_prompt = "the customer repeats the account number again " * 40
+    full = chat_features(tokenizer, chat("ok", long_prompt), 1.0, 10_000)
+    answer = [t for t in full.labels if t != IGNORE]
+    cut = chat_features(tokenizer, chat("ok", long_prompt), 1.0, 64)
+    assert len(cut) == 64 and [t for t in cut.labels if t != IGNORE] == answer
+    assert chat_features(tokenizer, chat("x " * 200), 1.0, 64) is None  # the answer alone is too long
+
+
+def test_collate_pads_to_the_batch_not_to_max_length(tokenizer):
+    feats = [chat_features(tokenizer, chat("a" * n), 1.0, 1024) for n in (1, 30)]
+    batch = collate(feats, tokenizer.pad_token_id)
+    width = max(len(f) for f in feats)
+    assert batch["input_ids"].shape == (2, width) and batch["weights"].tolist() == [1.0, 1.0]
+    assert batch["attention_mask"][0].sum().item() == len(feats[0])
+    assert (batch["labels"][0, len(feats[0]) :] == IGNORE).all()
+
+
+def test_length_grouping_covers_everything_and_cuts_padding():
+    rng = random.Random(3)
+    lengths = [rng.choice([20, 40, 80, 400]) + rng.randint(0, 10) for _ in range(1000)]
+    batches = length_grouped_batches(lengths, 8, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches == length_grouped_batches(lengths, 8, seed=1)  # deterministic
+    assert batches != length_grouped_batches(lengths, 8, seed=1, epoch=1)  # reshuffled each epoch
+    order = list(range(1000))
+    rng.shuffle(order)
+    random_batches = [order[i : i + 8] for i in range(0, 1000, 8)]
+    assert padding_share(batches, lengths) < 0.1 < padding_share(random_batches, lengths)
