@@ -147,6 +147,11 @@ class FamilyConfig(_Strict):
     triage: TriageConfig = Field(default_factory=TriageConfig, description="Routing of captured predictions.")
     redaction: RedactionConfig = Field(default_factory=RedactionConfig, description="PII redaction.")
     split: SplitConfig = Field(default_factory=SplitConfig, description="Snapshot split settings.")
+    training: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Training settings over the task's defaults and an optional preset "
+        "(fields in pulse_pipeline/core/training/config.py).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -205,6 +210,12 @@ class FamilyConfig(_Strict):
             unknown = set(re.findall(r"{(\w+)}", template)) - PROMPT_FIELDS.get(kind, set())
             if unknown:
                 raise ValueError(f"prompts.{kind}: unknown placeholder(s) {', '.join(sorted(unknown))}")
+        from pulse_pipeline.core.training.config import TrainingConfigError, resolve_training_config
+
+        try:
+            resolve_training_config(self.task.value, self.training)
+        except TrainingConfigError as exc:
+            raise ValueError(str(exc)) from None
         lo, hi = self.score_range
         if lo >= hi:
             raise ValueError(f"'score_range' [{lo}, {hi}] must have min < max")

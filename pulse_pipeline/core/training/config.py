@@ -1,0 +1,143 @@
+"""The training recipe's one typed config: every field with its default and a help line.
+
+Resolution order: the task kind's defaults, then a preset (`training.preset` in pulse.yaml),
+then the family's `training:` block, then the run's overrides (Dagster Launchpad, `pulse train
+--epochs/--max-samples`). `resolve_training_config` returns the resolved config, which is what
+the adapter's training_metadata.json and the MLflow run record.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CHAT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ENCODER_TARGETS = ("query", "key", "value", "dense")
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: int = Field(16, ge=1, le=512, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: tuple[str, ...] = Field(
+        CHAT_TARGETS, min_length=1, description="Module names that get LoRA."
+    )
+
+
+class TrainingConfig(BaseModel):
+    """What one training run does; the defaults are the Pulse system's for chat families."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str | None = Field(None, description="A named preset applied before the family's own settings.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter shape.")
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the train split.")
+    effective_batch_size: int = Field(
+        8, ge=1, description="Examples per optimizer step (micro-batches x accumulation)."
+    )
+    micro_batch_size: int = Field(
+        4, ge=1, description="Examples per forward pass; accumulation makes up the rest."
+    )
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_length: int = Field(
+        1024, ge=16, description="Longest example in tokens; longer prompts lose their start."
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="Train on at most this many examples (smoke runs)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
+    packing: bool = Field(False, description="Pack examples into one row with per-example boundaries.")
+    quantization: Literal["auto", "4bit", "8bit", "none"] = Field(
+        "auto", description="auto: 4-bit NF4 (QLoRA) on CUDA, none on CPU."
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU."
+    )
+    checkpoint_every: int = Field(
+        50, ge=1, description="Optimizer steps between checkpoints (and one per epoch)."
+    )
+    seed: int = Field(42, description="Seed of initialization, shuffling and dropout.")
+
+    @model_validator(mode="after")
+    def _batch_sizes(self) -> TrainingConfig:
+        if self.effective_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"effective_batch_size {self.effective_batch_size} must be a multiple of "
+                f"micro_batch_size {self.micro_batch_size}"
+            )
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.effective_batch_size // self.micro_batch_size
+
+
+# Defaults per task kind, under the presets and the family's settings.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "chat_sft": {},
+    "classification": {
+        "lora": {"target_modules": list(ENCODER_TARGETS)},
+        "learning_rate": 1e-3,
+        "effective_batch_size": 32,
+        "micro_batch_size": 32,
+        "max_length": 64,
+    },
+    "regression": {
+        "lora": {"target_modules": list(ENCODER_TARGETS)},
+        "learning_rate": 1e-3,
+        "effective_batch_size": 16,
+        "micro_batch_size": 16,
+        "max_length": 256,
+    },
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "pulse": {},  # the Pulse system's chat defaults, as the fields above
+    # The ACCESS assistant's dense preset: a wider adapter on attention only, a gentler rate.
+    "access-dense": {
+        "lora": {"r": 64, "alpha": 128, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        "learning_rate": 2e-5,
+    },
+}
+
+
+class TrainingConfigError(ValueError):
+    """A training setting that cannot be used; the message names the field."""
+
+
+def resolve_training_config(
+    task: str, family_settings: dict[str, Any] | None = None, run_overrides: dict[str, Any] | None = None
+) -> TrainingConfig:
+    family_settings = dict(family_settings or {})
+    preset = family_settings.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise TrainingConfigError(f"training.preset {preset!r} is not one of: {', '.join(PRESETS)}")
+    merged: dict[str, Any] = {}
+    for layer in (TASK_DEFAULTS.get(task, {}), PRESETS.get(preset or "", {}), family_settings):
+        merged = _merge(merged, layer)
+    merged = _merge(merged, {k: v for k, v in (run_overrides or {}).items() if v is not None})
+    try:
+        return TrainingConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        what = (
+            "unknown setting"
+            if first["type"] == "extra_forbidden"
+            else first["msg"].removeprefix("Value error, ")
+        )
+        raise TrainingConfigError(f"training.{where}: {what}" if where else f"training: {what}") from None
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in layer.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
