@@ -21,8 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from pulse_pipeline.core.families import AnnotationKind, FamilyConfig, PulseConfig, TaskKind
 
-COMMON_FIELDS = frozenset({"kind", "family", "id", "created_at", "annotator", "model_version"})
-
 Text = Annotated[str, StringConstraints(min_length=1)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 SourceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-/]+$")]

@@ -4,7 +4,7 @@ batches, and collation that pads to the longest example of each batch."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +84,3 @@ def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> f
     total = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     real = sum(lengths[i] for b in batches for i in b)
     return 1 - real / total if total else 0.0
-
-
-def iterate(batches: list[list[int]], features: Sequence[Features], pad_id: int) -> Iterator[dict[str, Any]]:
-    for b in batches:
-        yield collate([features[i] for i in b], pad_id)
