@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from pulse_pipeline.core.artifacts import ArtifactError
-from pulse_pipeline.core.families import ConfigError, PulseConfig, load_config
+from pulse_pipeline.core.families import ConfigError, FamilyConfig, PulseConfig, load_config
 from pulse_pipeline.core.ingestion import IngestError, IngestResult, ingest_file
 from pulse_pipeline.core.snapshots import latest_manifest
 from pulse_pipeline.core.store import Store, StoreError
@@ -45,7 +45,7 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (UserError, ConfigError, StoreError, IngestError, ArtifactError) as exc:
             typer.echo(f"pulse: {exc}".replace("\n", "; "), err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(getattr(exc, "exit_code", 1)) from None
 
     return wrapper
 
@@ -218,8 +218,9 @@ def _find_clinc150(project_dir: Path) -> Path | None:
     return None
 
 
-# In-process runs log to the console at DEBUG by default; the UI keeps the full event log.
-QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# In-process runs log to the console at DEBUG by default; the CLI prints one line per failure
+# instead, and the UI keeps the full event log (tracebacks included).
+QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def _materialize_days(config: PulseConfig, days: list[dt.date]) -> int:
@@ -363,8 +364,8 @@ def status(
     family: Annotated[str | None, typer.Option("--family", "-f", help="One family (default: all).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Training status: new annotations since the newest snapshot, against the family's minimum."""
-    from pulse_pipeline.core.triage import TRAINABLE, triage
+    """Training status: new annotations since the last training, against the family's minimum."""
+    from pulse_pipeline.core.adapters import versions as adapter_versions
 
     settings = get_settings()
     config = _config()
@@ -375,19 +376,13 @@ def status(
         for name in names:
             fam = config.family(name)
             manifest = latest_manifest(artifacts, name)
-            watermark = manifest["watermark"]["seq"] if manifest else 0
-            new = sum(
-                1
-                for row in store.iter_family(name, after=watermark)
-                if triage(row.kind, row.payload, fam.triage) in TRAINABLE
-            )
             out[name] = {
                 "is_training": False,
                 "lock_acquired_at": None,
                 "current_version": None,
-                "available_versions": [],
+                "available_versions": adapter_versions(artifacts, name),
                 "dataset_version": manifest["dataset_version"] if manifest else None,
-                "new_annotations_count": new,
+                "new_annotations_count": _new_annotations(store, artifacts, fam),
                 "min_annotations_required": fam.min_new_annotations,
             }
     if as_json:
@@ -399,8 +394,143 @@ def status(
         )
         typer.echo(
             f"{name:<15} {st['new_annotations_count']:>6} new of {st['min_annotations_required']:>4} required  "
-            f"({ready}; snapshot {st['dataset_version'] or 'none'})"
+            f"({ready}; snapshot {st['dataset_version'] or 'none'}; {len(st['available_versions'])} adapter versions)"
         )
+
+
+def _new_annotations(store: Store, artifacts: Any, family: FamilyConfig) -> int:
+    """Trainable annotations newer than the snapshot the family's newest adapter was trained on."""
+    from pulse_pipeline.core.adapters import read_metadata, versions
+    from pulse_pipeline.core.snapshots import prefix
+    from pulse_pipeline.core.triage import TRAINABLE, triage
+
+    watermark = 0
+    trained = versions(artifacts, family.name)
+    if trained:
+        dataset = read_metadata(artifacts, family.name, trained[-1])["dataset_version"]
+        manifest = json.loads(artifacts.read_bytes(f"{prefix(family.name, dataset)}/manifest.json"))
+        watermark = manifest["watermark"]["seq"]
+    return sum(
+        1
+        for row in store.iter_family(family.name, after=watermark)
+        if triage(row.kind, row.payload, family.triage) in TRAINABLE
+    )
+
+
+class NotEnoughAnnotations(UserError):
+    """Exit 4: too few new annotations to train without --force."""
+
+    exit_code = 4
+
+
+@app.command()
+@_fail_cleanly
+def train(
+    family: FamilyOpt,
+    force: Annotated[
+        bool, typer.Option(help="Train even with too few new annotations, or on a snapshot already trained.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="Override the family's training.epochs.")] = None,
+    max_samples: Annotated[int | None, typer.Option(help="Train on at most this many examples.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Snapshot and train the family through its Dagster retrain job; print the new version."""
+    settings = get_settings()
+    config = _config()
+    fam = config.family(family)
+    artifacts = settings.artifact_store()
+    with Store(settings.database_url) as store:
+        new = _new_annotations(store, artifacts, fam)
+    if new < fam.min_new_annotations and not force:
+        raise NotEnoughAnnotations(
+            f"{family}: {new} new annotations of the {fam.min_new_annotations} required to train; --force trains anyway"
+        )
+    version, reused = _run_retrain(
+        config, family, epochs=epochs, max_samples=max_samples, force=force, progress_bar=not as_json
+    )
+    from pulse_pipeline.core.adapters import read_metadata
+
+    m = read_metadata(artifacts, family, version)
+    report = {
+        "status": "completed",
+        "message": f"{version} was already trained on this snapshot (--force retrains)"
+        if reused
+        else f"trained {version}",
+        "family": family,
+        "version": version,
+        "dataset_version": m["dataset_version"],
+        "samples_used": m["samples_used"],
+        "epochs": m["epochs"],
+        "training_loss": m["training_loss"],
+        "validation_loss": m["best_validation_loss"],
+        "training_time_seconds": m["training_time_seconds"],
+        "new_annotations_count": new,
+        "decision": None,  # the promotion gate comes with evaluation
+        "path": artifacts.uri(f"adapters/{family}/{version}"),
+        "mlflow_run_id": (m.get("mlflow") or {}).get("run_id"),
+    }
+    if as_json:
+        _emit(report)
+        return
+    typer.echo(report["message"])
+    for key, value in report.items():
+        if key not in ("status", "message"):
+            typer.echo(f"{key:<22} {value if value is not None else '-'}")
+
+
+def _run_retrain(
+    config: PulseConfig,
+    family: str,
+    *,
+    epochs: int | None,
+    max_samples: int | None,
+    force: bool,
+    progress_bar: bool,
+) -> tuple[str, bool]:
+    """Run the family's retrain job in this process, recorded at DAGSTER_HOME: (version, reused)."""
+    import dagster as dg
+
+    from pulse_pipeline.definitions import build_definitions, retrain_job_name
+
+    settings = get_settings()
+    _prepare_dagster_home(settings.dagster_home, settings.pulse_config.parent)
+    fam = config.family(family)
+    job = build_definitions(config).resolve_job_def(retrain_job_name(fam))
+    op = dg.AssetKey([family, "adapter"]).to_python_identifier()
+    run_config = {
+        **QUIET_RUN,
+        "ops": {
+            op: {
+                "config": {
+                    "epochs": epochs,
+                    "max_samples": max_samples,
+                    "force": force,
+                    "progress_bar": progress_bar,
+                }
+            }
+        },
+    }
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
+    if not result.success:
+        raise UserError(f"retrain run {result.run_id[:8]} failed: {_failure_reason(result)}")
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization and materialization.asset_key == dg.AssetKey([family, "adapter"]):
+            meta = materialization.metadata
+            return str(meta["version"].value), bool(meta["reused"].value)
+    raise UserError(f"retrain run {result.run_id[:8]} recorded no adapter")
+
+
+def _failure_reason(result: Any) -> str:
+    """The first line of the first failed step's error (a user-facing message from the recipe)."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
+                error = error.cause
+            return error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name
+    return "open the Dagster UI for its logs"
 
 
 review_app = typer.Typer(help="The review queue, with Label Studio as the review UI.", no_args_is_help=True)

@@ -5,7 +5,7 @@ Loads fast on purpose: no torch, transformers, peft, datasets or mlflow at impor
 
 import dagster as dg
 
-from pulse_pipeline.core.families import PulseConfig, load_config
+from pulse_pipeline.core.families import FamilyConfig, PulseConfig, load_config
 from pulse_pipeline.defs.annotations.assets import annotations_asset
 from pulse_pipeline.defs.datasets.assets import (
     dataset_snapshot_asset,
@@ -14,6 +14,7 @@ from pulse_pipeline.defs.datasets.assets import (
     review_queue_asset,
 )
 from pulse_pipeline.defs.resources import default_resources
+from pulse_pipeline.defs.training.assets import adapter_asset
 from pulse_pipeline.settings import get_settings
 
 ANNOTATIONS_JOB = "annotations_daily"
@@ -27,14 +28,30 @@ def annotation_partitions(config: PulseConfig) -> dg.DailyPartitionsDefinition:
     )
 
 
+def retrain_job_name(family: FamilyConfig) -> str:
+    return f"retrain_{family.snake}"
+
+
 def build_definitions(config: PulseConfig) -> dg.Definitions:
     partitions = annotation_partitions(config)
     assets = [annotations_asset(family, partitions) for family in config.families.values()]
     dataset_assets = []
+    training_assets = []
+    retrain_jobs = []
     for family in config.families.values():
-        if has_review_queue(family):
-            dataset_assets.append(review_queue_asset(family))
-        dataset_assets += [examples_asset(family), dataset_snapshot_asset(family)]
+        these = [review_queue_asset(family)] if has_review_queue(family) else []
+        these += [examples_asset(family), dataset_snapshot_asset(family)]
+        dataset_assets += these
+        adapter = adapter_asset(family)
+        training_assets.append(adapter)
+        retrain_jobs.append(
+            dg.define_asset_job(
+                retrain_job_name(family),
+                selection=dg.AssetSelection.assets(*these, adapter),
+                description=f"{family.name}: examples and snapshot from the annotations, then train an adapter.",
+                tags={"pulse/family": family.name},
+            )
+        )
     annotations_daily = dg.define_asset_job(
         ANNOTATIONS_JOB,
         selection=dg.AssetSelection.assets(*assets),
@@ -46,7 +63,9 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
         description="Review queue, examples and dataset snapshot for every family.",
     )
     return dg.Definitions(
-        assets=[*assets, *dataset_assets], jobs=[annotations_daily, snapshots], resources=default_resources()
+        assets=[*assets, *dataset_assets, *training_assets],
+        jobs=[annotations_daily, snapshots, *retrain_jobs],
+        resources=default_resources(),
     )
 
 

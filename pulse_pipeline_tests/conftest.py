@@ -26,6 +26,8 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("PULSE_CONFIG", str(PROJECT / "pulse.yaml"))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test may reach for a model hub
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
     for var in (
         "PULSE_DATABASE_URL",
         "PULSE_ARTIFACTS",
@@ -44,6 +46,12 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 @pytest.fixture(scope="session")
 def config() -> PulseConfig:
     return load_config(PROJECT / "pulse.yaml")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One base-model cache for the session (the tiny model is built once, not per test)."""
+    return tmp_path_factory.mktemp("models")
 
 
 @pytest.fixture(scope="session")

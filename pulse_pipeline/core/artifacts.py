@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -36,6 +37,13 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def uri(self, key: str) -> str: ...
+
+    @abstractmethod
+    def publish_folder(self, folder: Path, prefix: str, *, last: str) -> bool:
+        """Put a local folder's files under `prefix`, whole: False (and nothing written) when
+        something already lives there. Locally the folder is copied to a hidden temporary name
+        and renamed into place; on S3, where objects cannot be renamed, the file named `last`
+        is uploaded after all others, so a prefix without it is unfinished."""
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))
@@ -89,6 +97,28 @@ class LocalArtifactStore(ArtifactStore):
 
     def uri(self, key: str) -> str:
         return str(self._path(key))
+
+    def publish_folder(self, folder: Path, prefix: str, *, last: str) -> bool:
+        target = self._path(prefix)
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+            try:
+                os.rename(tmp, target)  # fails on a non-empty target: someone else published first
+            except OSError:
+                if target.exists():
+                    return False
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
+
+    def local_path(self, key: str) -> Path:
+        """The file or folder of a key, for readers that need a path (peft, vLLM)."""
+        return self._path(key)
 
 
 class S3ArtifactStore(ArtifactStore):
@@ -149,6 +179,17 @@ class S3ArtifactStore(ArtifactStore):
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def publish_folder(self, folder: Path, prefix: str, *, last: str) -> bool:
+        if self.list(prefix):
+            return False
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.relative_to(folder).as_posix() == last)  # `last` goes last
+        for path in files:
+            self.client.fput_object(
+                self.bucket, self._key(f"{prefix}/{path.relative_to(folder).as_posix()}"), str(path)
+            )
+        return True
 
 
 def open_artifact_store(

@@ -1,6 +1,7 @@
 """Dagster resources: how assets reach the annotation store and the artifact store."""
 
 import os
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -49,6 +50,17 @@ class ArtifactStorage(dg.ConfigurableResource):
         )
 
 
+class TrainingEnvironment(dg.ConfigurableResource):
+    """Where trainings keep base models and checkpoints, and where they are tracked."""
+
+    home: str  # PULSE_HOME: models/ (base-model cache) and work/ (checkpoints) live under it
+    mlflow_tracking_uri: str = ""  # empty: not tracked
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
+
+
 def _from_env(name: str, default: str | None) -> Any:
     """A value set in the environment stays an EnvVar, so the UI never shows a secret in it."""
     return dg.EnvVar(name) if os.environ.get(name) else default
@@ -66,5 +78,9 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             s3_endpoint=_from_env("PULSE_S3_ENDPOINT", None),
             s3_access_key=_from_env("PULSE_S3_ACCESS_KEY", ""),
             s3_secret_key=_from_env("PULSE_S3_SECRET_KEY", ""),
+        ),
+        "training": TrainingEnvironment(
+            home=str(settings.pulse_home),
+            mlflow_tracking_uri=_from_env("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
         ),
     }

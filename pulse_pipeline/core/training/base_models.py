@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-TINY_RECIPE = "1"  # bump when the tiny model's recipe changes: a new cache folder
+TINY_RECIPE = "2"  # bump when the tiny model's recipe changes: a new cache folder
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILT_IN = ("tiny", "smollm2-135m", "minilm-l6")
 
@@ -175,6 +175,10 @@ def build_tiny(out: Path, *, seed: int = 0) -> None:
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    # Random weights give logits near zero, and an adapter on the frozen layers cannot move them
+    # far (the loss floors near ln(vocab)); a wider output layer lets LoRA learn visibly.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10.0)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -84,3 +84,65 @@ def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> f
     total = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     real = sum(lengths[i] for b in batches for i in b)
     return 1 - real / total if total else 0.0
+
+
+def pack(batch: Sequence[Features]) -> dict[str, Any]:
+    """One row holding the whole batch, no padding: position ids restart at each example, which
+    transformers turns into a block-diagonal causal mask (no attention across examples) on SDPA
+    and eager attention, and into variable-length kernels on flash attention. Each example's
+    first label is dropped so no token learns to predict the next example's start."""
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    weights: list[float] = []
+    for f in batch:
+        ids += f.input_ids
+        labels += [IGNORE, *f.labels[1:]]
+        positions += range(len(f))
+        weights += [f.weight] * len(f)
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "weights": torch.tensor([weights], dtype=torch.float32),
+    }
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """A classification or regression example: token ids and its target."""
+
+    input_ids: list[int]
+    target: int | list[float]  # label index, or scores scaled to [0, 1]
+    weight: float
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def text_features(
+    tokenizer: Any, texts: Sequence[str], targets: Sequence[Any], weights: Sequence[float], max_length: int
+) -> list[TextFeatures]:
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return [TextFeatures(list(i), t, float(w)) for i, t, w in zip(encoded, targets, weights, strict=True)]
+
+
+def collate_text(batch: Sequence[TextFeatures], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(f) for f in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, f in enumerate(batch):
+        input_ids[row, : len(f)] = torch.tensor(f.input_ids)
+        attention[row, : len(f)] = 1
+    first = batch[0].target
+    dtype = torch.long if isinstance(first, int) else torch.float32
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "targets": torch.tensor([f.target for f in batch], dtype=dtype),
+        "weights": torch.tensor([f.weight for f in batch], dtype=torch.float32),
+    }

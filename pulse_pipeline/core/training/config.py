@@ -42,9 +42,22 @@ class TrainingConfig(BaseModel):
         4, ge=1, description="Examples per forward pass; accumulation makes up the rest."
     )
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="Peak learning rate.")
+    head_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Peak rate of a classification/regression head (default: learning_rate).",
+    )
+    probe_epochs: int = Field(
+        0,
+        ge=0,
+        description="Classification/regression: fit the head alone on frozen embeddings for this many "
+        "passes before tuning the body (linear probing first).",
+    )
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this norm.")
     max_length: int = Field(
         1024, ge=16, description="Longest example in tokens; longer prompts lose their start."
     )
@@ -62,6 +75,7 @@ class TrainingConfig(BaseModel):
     checkpoint_every: int = Field(
         50, ge=1, description="Optimizer steps between checkpoints (and one per epoch)."
     )
+    log_every: int = Field(10, ge=1, description="Optimizer steps between progress lines.")
     seed: int = Field(42, description="Seed of initialization, shuffling and dropout.")
 
     @model_validator(mode="after")
@@ -81,16 +95,25 @@ class TrainingConfig(BaseModel):
 # Defaults per task kind, under the presets and the family's settings.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "chat_sft": {},
+    # Encoder families: fit the head first, then tune body and head gently (see heads.py).
     "classification": {
         "lora": {"target_modules": list(ENCODER_TARGETS)},
-        "learning_rate": 1e-3,
+        "epochs": 2,
+        "learning_rate": 2e-4,
+        "head_learning_rate": 1e-3,
+        "probe_epochs": 30,
+        "warmup_ratio": 0.1,
         "effective_batch_size": 32,
         "micro_batch_size": 32,
-        "max_length": 64,
+        "max_length": 48,
     },
     "regression": {
         "lora": {"target_modules": list(ENCODER_TARGETS)},
-        "learning_rate": 1e-3,
+        "epochs": 3,
+        "learning_rate": 2e-4,
+        "head_learning_rate": 1e-3,
+        "probe_epochs": 30,
+        "warmup_ratio": 0.1,
         "effective_batch_size": 16,
         "micro_batch_size": 16,
         "max_length": 256,

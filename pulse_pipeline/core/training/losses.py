@@ -14,7 +14,8 @@ IGNORE = -100
 
 
 def weighted_causal_lm_loss(logits: Any, labels: Any, weights: Any) -> Any:
-    """logits [B, T, V], labels [B, T] (IGNORE where not trained), weights [B] -> scalar."""
+    """logits [B, T, V], labels [B, T] (IGNORE where not trained), weights [B] (one per example)
+    or [B, T] (one per token, for packed rows holding several examples) -> scalar."""
     import torch.nn.functional as F
 
     shift_logits = logits[:, :-1, :].float()
@@ -26,7 +27,8 @@ def weighted_causal_lm_loss(logits: Any, labels: Any, weights: Any) -> Any:
         reduction="none",
     ).view(shift_labels.shape)
     mask = (shift_labels != IGNORE).to(token_loss.dtype)
-    token_weight = mask * weights.to(token_loss.dtype)[:, None]
+    weights = weights.to(token_loss.dtype)
+    token_weight = mask * (weights[:, 1:] if weights.dim() == 2 else weights[:, None])
     return (token_loss * token_weight).sum() / token_weight.sum().clamp_min(1e-12)
 
 

@@ -1,0 +1,503 @@
+"""The training recipe: setup -> train -> validate -> save, for one family's dataset snapshot.
+
+`train(job)` is plain PyTorch, readable top to bottom, and knows nothing of Dagster, MLflow or
+where the adapter will be published: it takes the snapshot's train and val examples and
+writes a complete adapter folder under the job's work folder. `pulse_pipeline.core.training.
+runner` wraps it with the snapshot, the registry and MLflow.
+
+- chat_sft: causal LM, chat template applied, loss on the assistant's tokens only, each
+  example's loss weighted by its weight (losses.weighted_causal_lm_loss).
+- classification / regression: encoder + head (heads.py); the head is fitted on frozen
+  embeddings first (`probe_epochs`), then LoRA on the body and the head train together.
+
+Batches are length-grouped and padded to their own longest example (never to max_length),
+or packed into one row per batch with per-example boundaries (`packing: true`). A checkpoint
+is written every `checkpoint_every` optimizer steps and at each epoch end; running the same
+job again resumes from the newest one. The epoch with the lowest validation loss is the one
+saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.core.training import checkpoints
+from pulse_pipeline.core.training.base_models import BaseModel
+from pulse_pipeline.core.training.batching import (
+    chat_features,
+    collate,
+    collate_text,
+    length_grouped_batches,
+    pack,
+    text_features,
+)
+from pulse_pipeline.core.training.config import TrainingConfig
+from pulse_pipeline.core.training.hardware import Plan, describe, library_versions, plan_for
+from pulse_pipeline.core.training.heads import HeadConfig
+from pulse_pipeline.core.training.losses import (
+    IGNORE,
+    weighted_causal_lm_loss,
+    weighted_classification_loss,
+    weighted_regression_loss,
+)
+
+
+class TrainingError(RuntimeError):
+    """The training cannot run as asked; the message says why."""
+
+
+@dataclass
+class TrainingJob:
+    family: FamilyConfig
+    config: TrainingConfig
+    dataset_version: str
+    train: list[dict[str, Any]]  # the snapshot's examples in the export shape (snapshots.read_split)
+    val: list[dict[str, Any]]
+    base_model: BaseModel
+    work_root: Path  # checkpoints go to work_root/<family>/<run_key>/
+
+    @property
+    def key(self) -> str:
+        return checkpoints.run_key(
+            {
+                "family": self.family.name,
+                "task": self.family.task.value,
+                "dataset_version": self.dataset_version,
+                "base_model": self.base_model.name,
+                "config": self.config.model_dump(mode="json"),
+                "labels": list(self.family.labels or ()),
+                "dimensions": list(self.family.dimensions or ()),
+            }
+        )
+
+    @property
+    def work(self) -> Path:
+        return self.work_root / self.family.name / self.key
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    epoch: int  # 1-based
+    epochs: int
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+    eta_seconds: float
+
+
+@dataclass
+class TrainingResult:
+    folder: Path  # the complete adapter folder (weights, tokenizer, head, metadata, loss curve)
+    metadata: dict[str, Any]
+    resumed_from_step: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(
+    job: TrainingJob,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_metrics: Callable[[dict[str, float], int], None] | None = None,
+) -> TrainingResult:
+    import torch
+
+    started = time.monotonic()
+    config, task = job.config, job.family.task.value
+
+    # -- setup ---------------------------------------------------------------------------------
+    torch.manual_seed(config.seed)
+    plan = plan_for(config, job.base_model.architecture)
+    if task == "chat_sft" and job.base_model.architecture == "encoder":
+        raise TrainingError(
+            f"{job.family.name}: base model {job.base_model.name} is an encoder; chat needs a causal LM"
+        )
+    if task != "chat_sft" and config.packing:
+        raise TrainingError(f"{job.family.name}: training.packing applies to chat families only")
+    from pulse_pipeline.core.training.models import (
+        load_for_training,
+        load_tokenizer,
+        restore_4bit_for_training,
+    )
+
+    tokenizer = load_tokenizer(job.base_model.path)
+    head = _head_config(job)
+    train_set = _features(
+        job, tokenizer, job.train[: config.max_samples] if config.max_samples else job.train
+    )
+    val_set = _features(job, tokenizer, job.val)
+    if not train_set:
+        raise TrainingError(f"{job.family.name}: no training examples in snapshot {job.dataset_version}")
+    model = load_for_training(
+        job.base_model, plan, config.lora, head=head, gradient_checkpointing=config.gradient_checkpointing
+    )
+    optimizer = _optimizer(model, config)
+    lengths = [len(f) for f in train_set]
+    batches_per_epoch = math.ceil(len(train_set) / config.micro_batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.accumulation_steps)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = _scheduler(optimizer, config, total_steps)
+    scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
+    pad_id = tokenizer.pad_token_id
+
+    def forward(batch: list[Any]) -> tuple[Any, Any, int]:
+        """Loss and outputs of one micro-batch (weighted loss), and its real (unpadded) token count."""
+        with torch.autocast(plan.device, dtype=plan.dtype, enabled=plan.autocast):
+            if task == "chat_sft":
+                if config.packing:
+                    b = _to(pack(batch), plan.device)
+                    out = model(
+                        input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False
+                    ).logits
+                else:
+                    b = _to(collate(batch, pad_id), plan.device)
+                    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                loss = weighted_causal_lm_loss(out, b["labels"], b["weights"])
+            else:
+                b = _to(collate_text(batch, pad_id), plan.device)
+                out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                loss_fn = (
+                    weighted_classification_loss if task == "classification" else weighted_regression_loss
+                )
+                loss = loss_fn(out, b["targets"], b["weights"])
+                out = (out.float(), b["targets"])
+        return loss, out, sum(len(f) for f in batch)
+
+    def validate() -> dict[str, float]:
+        """Validation loss (and accuracy or MAE) over the whole val split, in eval mode."""
+        model.eval()
+        num = den = correct = abs_err = 0.0
+        with torch.no_grad():
+            for idx in length_grouped_batches([len(f) for f in val_set], config.micro_batch_size, seed=0):
+                batch = [val_set[i] for i in idx]
+                loss, out, _ = forward(batch)
+                w = sum(f.weight for f in batch)
+                num, den = num + float(loss) * w, den + w
+                if task == "classification":
+                    correct += float((out[0].argmax(-1) == out[1]).sum())
+                elif task == "regression":
+                    span = head.score_range[1] - head.score_range[0]  # type: ignore[union-attr]
+                    abs_err += float((out[0] - out[1]).abs().mean(-1).sum()) * span
+        model.train()
+        if plan.quantization == "4bit":
+            restore_4bit_for_training(model)  # see models.restore_4bit_for_training
+        metrics = {"val_loss": num / den if den else float("nan")}
+        if task == "classification" and val_set:
+            metrics["val_accuracy"] = correct / len(val_set)
+        if task == "regression" and val_set:
+            metrics["val_mae"] = abs_err / len(val_set)
+        return metrics
+
+    work = job.work
+    found = checkpoints.latest(work)
+    if found is not None:
+        loop = checkpoints.restore(found, model, optimizer, scheduler)
+        resumed_from: int | None = loop["step"]
+        started -= loop["train_seconds"]  # the interrupted attempt's training time counts too
+    else:
+        loop = {
+            "step": 0,
+            "epoch": 0,
+            "group": 0,
+            "tokens": 0,
+            "train_seconds": 0.0,
+            "history": [],
+            "epochs": [],
+            "best": None,
+        }
+        resumed_from = None
+        if head is not None and config.probe_epochs:
+            _fit_head_on_frozen_embeddings(model, train_set, config, plan, pad_id)
+            if plan.quantization == "4bit":
+                restore_4bit_for_training(model)
+
+    # -- train and validate ----------------------------------------------------------------------
+    model.train()
+    history: list[dict[str, Any]] = loop["history"]
+    accumulation = config.accumulation_steps
+    segment_start, segment_tokens = time.monotonic(), 0
+    for epoch in range(loop["epoch"], config.epochs):
+        batches = length_grouped_batches(lengths, config.micro_batch_size, seed=config.seed, epoch=epoch)
+        groups = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+        for g in range(loop["group"], len(groups)):
+            step_loss = 0.0
+            for idx in groups[g]:
+                loss, _, tokens = forward([train_set[i] for i in idx])
+                loss = loss / len(groups[g])
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += float(loss.detach())
+                segment_tokens += tokens
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
+            )
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loop["step"] += 1
+            elapsed = loop["train_seconds"] + time.monotonic() - segment_start
+            tokens_done = loop["tokens"] + segment_tokens
+            rate = tokens_done / elapsed if elapsed > 0 else 0.0
+            point = {
+                "step": loop["step"],
+                "epoch": epoch + 1,
+                "loss": step_loss,
+                "learning_rate": lr,
+                "tokens_per_second": rate,
+            }
+            history.append(point)
+            if on_metrics:
+                on_metrics({"loss": step_loss, "learning_rate": lr, "tokens_per_second": rate}, loop["step"])
+            if on_progress and (loop["step"] % config.log_every == 0 or loop["step"] == total_steps):
+                eta = elapsed / max(loop["step"] - (resumed_from or 0), 1) * (total_steps - loop["step"])
+                on_progress(
+                    Progress(loop["step"], total_steps, epoch + 1, config.epochs, step_loss, lr, rate, eta)
+                )
+            if loop["step"] % config.checkpoint_every == 0 and g + 1 < len(groups):
+                loop.update(epoch=epoch, group=g + 1, tokens=tokens_done, train_seconds=elapsed)
+                segment_start, segment_tokens = time.monotonic(), 0
+                checkpoints.save(work, model, optimizer, scheduler, loop)
+        elapsed = loop["train_seconds"] + time.monotonic() - segment_start
+        loop.update(tokens=loop["tokens"] + segment_tokens, train_seconds=elapsed)
+        metrics = validate()
+        segment_start, segment_tokens = time.monotonic(), 0
+        epoch_loss = [p["loss"] for p in history if p["epoch"] == epoch + 1]
+        record = {"epoch": epoch + 1, "train_loss": sum(epoch_loss) / max(len(epoch_loss), 1), **metrics}
+        loop["epochs"].append(record)
+        if on_metrics:
+            on_metrics({k: v for k, v in record.items() if k != "epoch"}, loop["step"])
+        if loop["best"] is None or metrics["val_loss"] < loop["best"]["val_loss"]:
+            loop["best"] = {"epoch": epoch + 1, "val_loss": metrics["val_loss"]}
+            checkpoints.save_best(work, model)
+        loop.update(epoch=epoch + 1, group=0)
+        checkpoints.save(work, model, optimizer, scheduler, loop)
+
+    # -- save ------------------------------------------------------------------------------------
+    if loop["best"] and loop["best"]["epoch"] != config.epochs:
+        checkpoints.load_best(work, model)
+    out = work / "adapter"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if head is not None:
+        head.save(out)
+    metadata = _metadata(job, plan, loop, len(train_set), started, resumed_from)
+    (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    plot_loss_curve(
+        history, loop["epochs"], out / "loss_curve.png", title=f"{job.family.name} ({job.dataset_version})"
+    )
+    return TrainingResult(out, metadata, resumed_from, history)
+
+
+# -- pieces of the recipe ------------------------------------------------------------------------
+
+
+def _head_config(job: TrainingJob) -> HeadConfig | None:
+    import json as _json
+
+    task = job.family.task.value
+    if task == "chat_sft":
+        return None
+    hidden = _json.loads((job.base_model.path / "config.json").read_text())["hidden_size"]
+    if task == "classification":
+        return HeadConfig("classification", hidden, labels=list(job.family.labels or ()))
+    return HeadConfig(
+        "regression",
+        hidden,
+        dimensions=list(job.family.dimensions or ()),
+        score_range=tuple(job.family.score_range),
+    )
+
+
+def _features(job: TrainingJob, tokenizer: Any, examples: list[dict[str, Any]]) -> list[Any]:
+    """Token ids and targets of each example; an example that cannot be used is an error naming it."""
+    config, family = job.config, job.family
+    if family.task.value == "chat_sft":
+        out = []
+        for example in examples:
+            f = chat_features(tokenizer, example["messages"], float(example["weight"]), config.max_length)
+            if f is None:
+                raise TrainingError(
+                    f"example {example['id']}: the answer alone is longer than max_length "
+                    f"{config.max_length}; raise training.max_length"
+                )
+            out.append(f)
+        return out
+    if family.task.value == "classification":
+        index = {label: i for i, label in enumerate(family.labels or ())}
+        targets = []
+        for example in examples:
+            if example["label"] not in index:
+                raise TrainingError(
+                    f"example {example['id']}: label {example['label']!r} is not in the family's labels"
+                )
+            targets.append(index[example["label"]])
+    else:
+        lo, hi = family.score_range
+        targets = [[(float(v) - lo) / (hi - lo) for v in example["labels"]] for example in examples]
+    return text_features(
+        tokenizer, [e["text"] for e in examples], targets, [e["weight"] for e in examples], config.max_length
+    )
+
+
+def _optimizer(model: Any, config: TrainingConfig) -> Any:
+    import torch
+
+    body = [p for n, p in model.named_parameters() if p.requires_grad and ".head." not in n]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and ".head." in n]
+    groups = [{"params": body, "lr": config.learning_rate}]
+    if head:
+        groups.append({"params": head, "lr": config.head_learning_rate or config.learning_rate})
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def _scheduler(optimizer: Any, config: TrainingConfig, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler]
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _fit_head_on_frozen_embeddings(
+    model: Any, train_set: list[Any], config: TrainingConfig, plan: Plan, pad_id: int
+) -> None:
+    """Linear probing first: embed the train split once with the frozen encoder, start the head
+    from the data (class means, or the mean score), then fit the head alone on the embeddings."""
+    import torch
+
+    sentence = model.get_base_model()
+    sentence.eval()
+    embeddings, targets, weights = [], [], []
+    with torch.no_grad():
+        for idx in length_grouped_batches([len(f) for f in train_set], 256, seed=0):
+            b = _to(collate_text([train_set[i] for i in idx], pad_id), plan.device)
+            with torch.autocast(plan.device, dtype=plan.dtype, enabled=plan.autocast):
+                embeddings.append(sentence.embed(b["input_ids"], b["attention_mask"]).float())
+            targets.append(b["targets"])
+            weights.append(b["weights"])
+    x, y, w = torch.cat(embeddings), torch.cat(targets), torch.cat(weights)
+    head = sentence.head
+    classification = y.dtype == torch.long
+    with torch.no_grad():
+        if classification:
+            head.init_from_means(x, y)
+        else:
+            head.weight.zero_()
+            head.bias.copy_(y.mean(dim=0))
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=10 * (config.head_learning_rate or config.learning_rate)
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = weighted_classification_loss if classification else weighted_regression_loss
+    for _ in range(config.probe_epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), 256):
+            i = order[start : start + 256].to(x.device)
+            loss = loss_fn(head(x[i]), y[i], w[i])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    sentence.train()
+
+
+def _metadata(
+    job: TrainingJob, plan: Plan, loop: dict[str, Any], samples: int, started: float, resumed_from: int | None
+) -> dict[str, Any]:
+    import datetime as dt
+
+    config = job.config
+    history = loop["history"]
+    last_epoch = loop["epochs"][-1] if loop["epochs"] else {}
+    return {
+        # The Pulse system's fields
+        "adapter_name": job.family.name,
+        "version": None,  # set when the adapter is published under its version name
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "base_model": job.base_model.name,
+        "samples_used": samples,
+        "epochs": config.epochs,
+        "training_loss": last_epoch.get("train_loss"),
+        "training_time_seconds": round(time.monotonic() - started, 1),
+        "lora_config": config.lora.model_dump(mode="json"),
+        # And what makes the adapter reproducible and comparable
+        "family": job.family.name,
+        "task": job.family.task.value,
+        "dataset_version": job.dataset_version,
+        "base_model_path": str(job.base_model.path),
+        "validation_loss": last_epoch.get("val_loss"),
+        "best_epoch": loop["best"]["epoch"] if loop["best"] else None,
+        "best_validation_loss": loop["best"]["val_loss"] if loop["best"] else None,
+        "epoch_history": loop["epochs"],
+        "loss_history": [{k: p[k] for k in ("step", "epoch", "loss", "learning_rate")} for p in history],
+        "steps": loop["step"],
+        "train_tokens": loop["tokens"],
+        "tokens_per_second": round(loop["tokens"] / loop["train_seconds"], 1)
+        if loop["train_seconds"]
+        else None,
+        "val_samples": len(job.val),
+        "resumed_from_step": resumed_from,
+        "run_key": job.key,
+        "hardware": {
+            **describe(),
+            "device": plan.device,
+            "precision": plan.precision,
+            "quantization": plan.quantization,
+            "attention": plan.attention,
+        },
+        "library_versions": library_versions(),
+        "resolved_config": config.model_dump(mode="json"),
+    }
+
+
+def plot_loss_curve(
+    history: list[dict[str, Any]], epochs: list[dict[str, Any]], path: Path, *, title: str
+) -> None:
+    """Training loss per step and validation loss per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if history:
+        ax.plot(
+            [p["step"] for p in history], [p["loss"] for p in history], label="training loss", linewidth=1
+        )
+    if epochs and history:
+        ends = {p["epoch"]: p["step"] for p in history}
+        xs = [ends.get(e["epoch"], 0) for e in epochs]
+        ax.plot(xs, [e["val_loss"] for e in epochs], "o-", label="validation loss (epoch end)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("weighted loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+__all__ = ["IGNORE", "Progress", "TrainingError", "TrainingJob", "TrainingResult", "train"]
