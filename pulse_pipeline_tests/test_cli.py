@@ -149,17 +149,13 @@ def test_export_from_the_store_then_from_the_snapshot(demo_loaded):
     assert runner.invoke(app, ["export", "--family", "article-scorer", "--format", "csv"]).exit_code == 1
 
 
-def test_status_counts_new_trainable_annotations_since_the_snapshot(demo_loaded, tmp_path):
+def test_status_counts_new_trainable_annotations_since_the_last_training(demo_loaded, tmp_path):
     st = json.loads(runner.invoke(app, ["status", "--family", "access-qa", "--json"]).stdout)
     assert st["new_annotations_count"] > 0 and st["min_annotations_required"] == 50
     assert {"is_training", "lock_acquired_at", "current_version", "available_versions"} <= set(st)
-    runner.invoke(app, ["snapshot", "--family", "access-qa"])
-    assert (
-        json.loads(runner.invoke(app, ["status", "--family", "access-qa", "--json"]).stdout)[
-            "new_annotations_count"
-        ]
-        == 0
-    )
+    runner.invoke(app, ["snapshot", "--family", "access-qa"])  # a snapshot alone trains nothing
+    snapshotted = json.loads(runner.invoke(app, ["status", "--family", "access-qa", "--json"]).stdout)
+    assert snapshotted["new_annotations_count"] == st["new_annotations_count"]
     new = tmp_path / "new.jsonl"
     new.write_text(
         '{"kind":"qa_pair","family":"access-qa","question":"Quota?","answer":"Yes","annotator":"a"}\n'
@@ -167,7 +163,7 @@ def test_status_counts_new_trainable_annotations_since_the_snapshot(demo_loaded,
     )
     runner.invoke(app, ["ingest", str(new)])
     after = json.loads(runner.invoke(app, ["status", "--json"]).stdout)["families"]["access-qa"]
-    assert after["new_annotations_count"] == 2
+    assert after["new_annotations_count"] == st["new_annotations_count"] + 2
 
 
 def test_review_export_and_import_through_label_studio_files(demo_loaded, tmp_path):
@@ -205,3 +201,52 @@ def test_review_export_and_import_through_label_studio_files(demo_loaded, tmp_pa
     bad.write_text("{}")
     failed = runner.invoke(app, ["review", "import", str(bad), "--family", "intent-router"])
     assert failed.exit_code == 1 and "JSON list of tasks" in failed.stderr
+
+
+def test_train_runs_the_retrain_job_then_needs_new_annotations(demo_loaded, pulse_env):
+    args = ["train", "--family", "access-qa", "--epochs", "1", "--max-samples", "16"]
+    first = runner.invoke(app, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["version"].startswith("access-qa-") and report["samples_used"] == 16
+    assert report["decision"] is None and report["new_annotations_count"] >= 50
+    assert (
+        pulse_env / "artifacts" / "adapters" / "access-qa" / report["version"] / "adapter_model.safetensors"
+    ).is_file()
+    st = json.loads(runner.invoke(app, ["status", "--family", "access-qa", "--json"]).stdout)
+    assert st["available_versions"] == [report["version"]] and st["new_annotations_count"] == 0
+    with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
+        (run,) = instance.get_runs()
+        assert run.job_name == "retrain_access_qa" and run.status == dg.DagsterRunStatus.SUCCESS
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 4
+    assert again.stderr.strip() == (
+        "pulse: access-qa: 0 new annotations of the 50 required to train; --force trains anyway"
+    )
+    forced = runner.invoke(app, [*args, "--force", "--json"])
+    assert forced.exit_code == 0, forced.output
+    second = json.loads(forced.stdout)["version"]
+    assert second != report["version"]  # --force trains again: a new version
+    st = json.loads(runner.invoke(app, ["status", "--family", "access-qa", "--json"]).stdout)
+    assert st["available_versions"] == [report["version"], second]
+
+
+def test_training_entry_point_without_dagster(demo_loaded, pulse_env):
+    cmd = [sys.executable, "-m", "pulse_pipeline.core.training", "--family", "call-analysis"]
+    missing = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == (
+        "pulse training: call-analysis has no dataset snapshot yet: run `pulse snapshot --family call-analysis` first"
+    )
+    assert runner.invoke(app, ["snapshot", "--family", "call-analysis"]).exit_code == 0
+    out = subprocess.run(
+        [*cmd, "--epochs", "1", "--max-samples", "8", "--no-tracking", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["version"].startswith("call-analysis-") and report["mlflow_run_id"] is None
+    assert "step 1/1 epoch 1/1" in out.stderr  # progress lines when stderr is not a terminal

@@ -63,3 +63,32 @@ def test_length_grouping_covers_everything_and_cuts_padding():
     rng.shuffle(order)
     random_batches = [order[i : i + 8] for i in range(0, 1000, 8)]
     assert padding_share(batches, lengths) < 0.1 < padding_share(random_batches, lengths)
+
+
+def test_a_packed_row_attends_within_each_example_only(tokenizer, tmp_path_factory):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pulse_pipeline.core.training.batching import pack
+
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_base_model("tiny", tmp_path_factory.mktemp("m")).path, attn_implementation="sdpa"
+    ).eval()
+    features = [
+        chat_features(tokenizer, chat(answer, prompt), 1.0, 256)
+        for answer, prompt in [("short", "Hi"), ('{"quality": 7}', "A longer prompt " * 5), ("ok", "Why")]
+    ]
+    packed = pack(features)
+    assert packed["input_ids"].shape == (1, sum(len(f) for f in features))  # no padding at all
+    with torch.no_grad():
+        out = model(
+            input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+        ).logits
+        start = 0
+        for f in features:
+            alone = model(input_ids=torch.tensor([f.input_ids])).logits
+            torch.testing.assert_close(out[:, start : start + len(f)], alone, rtol=1e-4, atol=1e-4)
+            start += len(f)
+    starts = [0, len(features[0]), len(features[0]) + len(features[1])]
+    assert all(packed["labels"][0, s] == IGNORE for s in starts)  # no example learns the next one's start
+    assert packed["position_ids"][0, starts[1]] == 0 and packed["position_ids"][0, starts[1] - 1] > 0

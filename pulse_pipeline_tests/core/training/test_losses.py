@@ -61,3 +61,19 @@ def test_weighted_classification_and_regression_by_hand():
     target = torch.tensor([[0.0, 2.0], [2.0, 2.0]])
     expected = (1.0 * (1.0 + 0.0) / 2 + 0.5 * (4.0 + 4.0) / 2) / 1.5
     assert weighted_regression_loss(pred, target, weights).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_per_token_weights_of_a_packed_row_equal_per_example_weights():
+    # The two examples of the hand computation above, packed into one row.
+    logits = torch.tensor(
+        [
+            [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 3.0], [0.0, 0.0, 0.0]],
+            [[1.0, 2.0, 3.0], [0.0, 0.0, 2.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+        ]
+    )
+    labels = torch.tensor([[IGNORE, IGNORE, 1, 2], [IGNORE, 2, 0, IGNORE]])
+    padded = weighted_causal_lm_loss(logits, labels, torch.tensor([0.5, 1.0]))
+    packed = weighted_causal_lm_loss(
+        logits.reshape(1, 8, 3), labels.reshape(1, 8), torch.tensor([[0.5] * 4 + [1.0] * 4])
+    )
+    assert packed.item() == pytest.approx(padded.item(), rel=1e-6)

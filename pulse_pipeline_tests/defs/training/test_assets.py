@@ -1,0 +1,102 @@
+"""`<family>/adapter` in a real Dagster run: trained on the snapshot, published, tracked in MLflow,
+reused when nothing changed, and run in the one-at-a-time `training` pool."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+import yaml
+
+from pulse_pipeline.core.adapters import read_metadata, versions
+from pulse_pipeline.core.artifacts import LocalArtifactStore
+from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
+from pulse_pipeline.core.ingestion import ingest_file
+from pulse_pipeline.core.store import Store
+from pulse_pipeline.core.training.base_models import resolve_base_model
+from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples_asset
+from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.defs.training.assets import TRAINING_POOL, adapter_asset
+from pulse_pipeline_tests.conftest import PROJECT
+
+
+@pytest.fixture
+def resources(config, tmp_path, model_cache):
+    url = f"sqlite:///{tmp_path / 'pulse.db'}"
+    demo = write_demo_file(
+        tmp_path / "demo.jsonl", anchor=dt.date(2026, 6, 30), scale=DemoScale().scaled(0.2)
+    )
+    with Store(url) as store:
+        ingest_file(store, demo.path, config)
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    tiny = resolve_base_model("tiny", model_cache).path
+    (home / "models" / tiny.name).symlink_to(tiny)  # reuse the session's build
+    return {
+        "annotation_store": AnnotationStore(database_url=url),
+        "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
+        "training": TrainingEnvironment(
+            home=str(home), mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
+        ),
+    }
+
+
+def _train(config, resources, instance, **run_config):
+    fam = config.family("access-qa")
+    op = dg.AssetKey(["access-qa", "adapter"]).to_python_identifier()
+    return dg.materialize(
+        [examples_asset(fam), dataset_snapshot_asset(fam), adapter_asset(fam)],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {op: {"config": {"epochs": 1, "max_samples": 24, **run_config}}}},
+    )
+
+
+def test_adapter_trains_publishes_tracks_and_is_reused(config, resources, tmp_path):
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = _train(config, resources, instance)
+        meta = first.asset_materializations_for_node("access_qa__adapter")[0].metadata
+        again = _train(config, resources, instance)
+        reused = again.asset_materializations_for_node("access_qa__adapter")[0].metadata
+        forced = _train(config, resources, instance, force=True)
+        forced_meta = forced.asset_materializations_for_node("access_qa__adapter")[0].metadata
+    version = meta["version"].value
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+    assert versions(artifacts, "access-qa") == [version, forced_meta["version"].value]
+    stored = read_metadata(artifacts, "access-qa", version)
+    assert (
+        stored["samples_used"] == 24 and stored["epochs"] == 1 and stored["created_by"].startswith("dagster:")
+    )
+    assert meta["dataset_version"].value == stored["dataset_version"] and meta["reused"].value is False
+    assert meta["training_loss"].value > 0 and meta["tokens_per_second"].value > 0
+    assert "| 1 |" in meta["epochs"].value
+    assert reused["reused"].value is True and reused["version"].value == version  # same data, same settings
+    assert not (tmp_path / "home" / "work" / "access-qa").exists() or not any(
+        (tmp_path / "home" / "work" / "access-qa").iterdir()
+    )  # checkpoints removed once the version is published
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(stored["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED" and client.get_experiment(run.info.experiment_id).name == "access-qa"
+    assert run.data.params["dataset_version"] == stored["dataset_version"]
+    assert run.data.params["lora.r"] == "16" and run.data.params["base_model"] == "tiny"
+    assert run.data.tags["pulse.version"] == version
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == list(range(1, stored["steps"] + 1))
+    assert "val_loss" in run.data.metrics and "tokens_per_second" in run.data.metrics
+    artifacts_logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"training_metadata.json", "loss_curve.png"} <= artifacts_logged
+    assert str(tmp_path / "home" / "mlartifacts") in run.info.artifact_uri  # not ./mlruns in the cwd
+
+
+def test_training_runs_in_a_pool_of_one():
+    from pulse_pipeline.definitions import defs
+
+    for name in ("call-analysis", "intent-router", "article-scorer", "access-qa"):
+        asset = defs.resolve_assets_def(dg.AssetKey([name, "adapter"]))
+        assert asset.get_op_def_for_asset_key(dg.AssetKey([name, "adapter"])).pool == TRAINING_POOL
+        job = defs.resolve_job_def(f"retrain_{name.replace('-', '_')}")
+        assert dg.AssetKey([name, "adapter"]) in job.asset_layer.executable_asset_keys
+    instance_config = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
+    assert instance_config["concurrency"]["pools"]["default_limit"] == 1
