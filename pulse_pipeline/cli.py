@@ -148,7 +148,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the demo data generator.")] = 7,
     scale: Annotated[float, typer.Option(help="Multiply the demo's record counts.")] = 1.0,
 ) -> None:
-    """Set up the embedded default, load demo annotations and materialize them in Dagster."""
+    """Set up the embedded default, load demo annotations, build snapshots and train every family in Dagster."""
     from pulse_pipeline.core.demo_data import FALLBACK_INTENTS, DemoScale, write_demo_file
 
     settings = get_settings()
@@ -190,11 +190,22 @@ def demo(
         typer.echo(
             f"snapshot {name:<15} {m['dataset_version']}  train {c['train']:>5}  val {c['val']:>4}  test {c['test']:>4}"
         )
+    from pulse_pipeline.core.adapters import read_metadata
+
+    for name in config.families:
+        version, reused = _run_retrain(config, name, epochs=None, max_samples=None, force=False, progress_bar=True)
+        m = read_metadata(artifacts, name, version)
+        typer.echo(
+            f"adapter  {name:<15} {version}  {'(reused) ' if reused else ''}{m['base_model']}  "
+            f"train loss {m['training_loss']:.4f}  val loss {m['best_validation_loss']:.4f}  "
+            f"{m['samples_used']} examples  {m['training_time_seconds']:.0f} s"
+        )
     typer.echo("")
     typer.echo(f"PULSE_HOME    {home}")
     typer.echo(f"store         {settings.database_url}")
     typer.echo(f"DAGSTER_HOME  {settings.dagster_home}")
-    typer.echo(f"artifacts     {settings.pulse_artifacts}  (datasets/<family>/<dataset_version>/)")
+    typer.echo(f"artifacts     {settings.pulse_artifacts}  (datasets/<family>/<dataset_version>/, adapters/<family>/<version>/)")
+    typer.echo(f"mlflow        {settings.mlflow_tracking_uri}  (`mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}`)")
     typer.echo("next: `make ui` and open http://127.0.0.1:3000 to see the lineage and the runs;")
     typer.echo("      `pulse ingest FILE` to load your own annotation records;")
     typer.echo("      `pulse export --family intent-router --limit 3` to see training examples.")

@@ -93,14 +93,16 @@ def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
     assert (pulse_env / "dagster" / "dagster.yaml").is_file()
     with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 15 and all(
+        assert len(runs) == 19 and all(
             r.status == dg.DagsterRunStatus.SUCCESS for r in runs
-        )  # 14 days + snapshots
+        )  # 14 days + snapshots + a retrain per family
         key = dg.AssetKey(["intent-router", "annotations"])
         assert len(instance.get_materialized_partitions(key)) == 14
     # a second demo adds no annotations (same seed, same records) and still succeeds
+    assert result.stdout.count("adapter  ") == 4 and "(reused)" not in result.stdout
     again = runner.invoke(app, ["demo", "--scale", "0.2"])
     assert again.exit_code == 0 and "0 accepted" in again.stdout
+    assert again.stdout.count("(reused)") == 4  # same data, same settings: no training twice
 
 
 @pytest.fixture

@@ -65,11 +65,10 @@ def load_for_training(
     gradient_checkpointing: bool = False,
 ) -> Any:
     """The base model in the plan's precision and quantization, wrapped with a fresh LoRA adapter."""
+    _quiet_libraries()  # before peft imports bitsandbytes
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
-
-    _quiet_libraries()
     quantized = plan.quantization != "none"
     # Unquantized weights stay fp32 on CPU; on GPU they load in the compute dtype (peft keeps the
     # adapter itself in fp32 and autocast does the rest).
@@ -143,6 +142,31 @@ class LoadedAdapter:
     task: str  # "chat_sft", "classification" or "regression"
     head: HeadConfig | None
 
+    def predict(self, texts: list[str], *, max_length: int = 256, batch_size: int = 64) -> Any:
+        """Encoder families: label probabilities [N, labels] (classification) or scores in the
+        family's range [N, dimensions] (regression), as a float32 numpy array in input order."""
+        import numpy as np
+        import torch
+
+        from pulse_pipeline.core.training.batching import collate_text, length_grouped_batches, text_features
+
+        if self.head is None:
+            raise ValueError("predict() is for classification and regression adapters; chat adapters generate")
+        features = text_features(self.tokenizer, texts, [0] * len(texts), [1.0] * len(texts), max_length)
+        out = np.zeros((len(texts), len(self.head.labels or self.head.dimensions)), dtype=np.float32)
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            for idx in length_grouped_batches([len(f) for f in features], batch_size, seed=0):
+                b = collate_text([features[i] for i in idx], self.tokenizer.pad_token_id)
+                y = self.model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
+                if self.task == "classification":
+                    y = y.float().softmax(-1)
+                else:
+                    lo, hi = self.head.score_range
+                    y = lo + (hi - lo) * y.float()
+                out[idx] = y.cpu().numpy()
+        return out
+
 
 def load_adapter(
     folder: Path | str, base_path: Path | str | None = None, *, device: str = "cpu"
@@ -150,10 +174,9 @@ def load_adapter(
     """An adapter folder as `pulse train` writes it, on its base model, ready for inference."""
     import json
 
+    _quiet_libraries()
     import torch
     from peft import PeftModel
-
-    _quiet_libraries()
     folder = Path(folder)
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     base_path = base_path or adapter_config["base_model_name_or_path"]

@@ -195,6 +195,9 @@ def test_classification_fits_the_head_first_then_tunes_and_reloads(model_cache, 
     with torch.no_grad():
         logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert logits.argmax(-1).tolist() == batch["targets"].tolist()
+    probabilities = loaded.predict([e["text"] for e in job.val], max_length=48)
+    assert probabilities.argmax(1).tolist() == batch["targets"].tolist()
+    assert probabilities.sum(1) == pytest.approx([1.0] * len(job.val), rel=1e-5)
     loss = float(weighted_classification_loss(logits, batch["targets"], batch["weights"]))
     assert loss == pytest.approx(result.metadata["best_validation_loss"], rel=1e-3, abs=1e-6)
 
@@ -227,6 +230,8 @@ def test_regression_learns_every_dimension_and_saves_their_names(model_cache, tm
     with torch.no_grad():
         out = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert out.shape == (len(job.val), 2)
+    scores = loaded.predict([e["text"] for e in job.val], max_length=96)  # in the family's 0-10 range
+    assert scores == pytest.approx(10 * out.numpy(), rel=1e-4, abs=1e-4)
     loss = float(weighted_regression_loss(out, batch["targets"], batch["weights"]))
     assert loss == pytest.approx(result.metadata["best_validation_loss"], rel=1e-3)
 

@@ -1,0 +1,38 @@
+"""The README's "Add your own family" section works exactly as written."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from pulse_pipeline_tests.conftest import PROJECT
+
+
+def _section(title: str) -> str:
+    text = (PROJECT / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+@pytest.mark.slow
+def test_add_your_own_family_runs_as_written(tmp_path):
+    blocks = re.findall(r"```sh\n(.*?)```", _section("Add your own family"), flags=re.S)
+    assert len(blocks) == 3
+    (tmp_path / ".venv").symlink_to(PROJECT / ".venv")  # "from the project root": its .venv
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSE_", "DAGSTER_", "MLFLOW_"))}
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(blocks)],
+        cwd=tmp_path,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "accepted     180" in out.stdout and "quarantined  0" in out.stdout
+    assert re.search(r"version\s+support-router-\d{8}-\d{4}", out.stdout)
+    assert re.search(r"version\s+review-scorer-\d{8}-\d{4}", out.stdout)
+    for name in ("adapter_model.safetensors", "head_config.json", "training_metadata.json", "loss_curve.png"):
+        assert name in out.stdout.split()
