@@ -16,7 +16,8 @@ mixed-length chat examples, four ways, in this one process:
 - pad-to-max Trainer (the original Pulse trainer): every example padded to max_length,
   `transformers.Trainer`, loss on the assistant's tokens.
 - TRL SFTTrainer: `messages` rows and TRL's defaults for everything but batch sizes, epochs,
-  learning rate, max_length and CPU precision.
+  learning rate, max_length and CPU precision (so: batches padded to their longest example in
+  random order, gradient checkpointing on, loss on every token, linear schedule).
 
 Throughput is real (non-padding) tokens per second; a baseline's seconds are the wall time of
 `trainer.train()`. Every method first runs once on 4 examples (one optimizer step) to warm up.
@@ -27,6 +28,7 @@ pad-to-max Trainer, at least 1.0x TRL's SFTTrainer defaults.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -59,9 +61,19 @@ RESOURCES = {
     "anvil": ("Anvil", "Purdue", 128, "256 GB", "NVIDIA A100"),
     "stampede3": ("Stampede3", "TACC", 112, "128 GB", "Intel Max 1550"),
 }
-TOPICS = ("climate modeling", "protein folding", "genomics", "astrophysics", "materials science", "epidemiology")
+TOPICS = (
+    "climate modeling",
+    "protein folding",
+    "genomics",
+    "astrophysics",
+    "materials science",
+    "epidemiology",
+)
 QUESTIONS = (
-    ("How many cores does a standard compute node on {name} have?", "A standard {name} node has {cores} cores."),
+    (
+        "How many cores does a standard compute node on {name} have?",
+        "A standard {name} node has {cores} cores.",
+    ),
     ("How much memory is on a regular {name} node?", "Regular {name} nodes have {memory} of memory."),
     ("What GPUs does {name} offer?", "{name} offers {gpu} GPUs."),
     ("Which site operates {name}?", "{name} is operated by {site}."),
@@ -87,13 +99,17 @@ ANSWER_DETAILS = (
 )
 
 
-def chat_examples(n: int, tokenizer: Any, system: str, *, seed: int = SEED) -> list[dict[str, Any]]:
+def chat_examples(
+    n: int, tokenizer: Any, system: str, max_length: int, *, seed: int = SEED
+) -> list[dict[str, Any]]:
     """n QA conversations in the snapshot's export shape, lengths drawn from the seed.
 
-    User turns get a log-uniform 20-450 tokens (most questions short, a few with pasted
-    logs), answers a uniform 10-80 tokens, counted with this tokenizer so every model sees the
-    same length distribution.
+    Answers get 10-80 tokens (uniform; never less than the one-sentence answer and its citation),
+    user turns a log-uniform 20-450 tokens (most questions short, a few with pasted logs) or as
+    many as fit in max_length beside the system prompt and the answer. Tokens are counted with
+    this tokenizer, so every model sees the same length distribution.
     """
+    frame = chat_length(tokenizer, conversation(system, "", ""))  # the template's and the system's tokens
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -112,8 +128,9 @@ def chat_examples(n: int, tokenizer: Any, system: str, *, seed: int = SEED) -> l
             "job": rng.randint(100_000, 999_999),
         }
         question, answer = (s.format(**facts) for s in rng.choice(QUESTIONS))
-        user_tokens = round(math.exp(rng.uniform(math.log(20), math.log(450))))
         answer_tokens = rng.randint(10, 80)
+        longest = min(450, max_length - frame - answer_tokens - 2)  # 2: slack where texts join
+        user_tokens = round(math.exp(rng.uniform(math.log(20), math.log(longest))))
         citation = f" <<SRC:compute-resources:{key}>>"
         context = _text(tokenizer, rng, CONTEXT, facts, user_tokens - _count(tokenizer, question) - 1)
         details = _text(
@@ -122,15 +139,25 @@ def chat_examples(n: int, tokenizer: Any, system: str, *, seed: int = SEED) -> l
         out.append(
             {
                 "id": f"bench-{i}",
-                "messages": [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": f"{context} {question}".strip()},
-                    {"role": "assistant", "content": f"{answer} {details}".strip() + citation},
-                ],
+                "messages": conversation(
+                    system, f"{context} {question}".strip(), f"{answer} {details}".strip() + citation
+                ),
                 "weight": 1.0 if i % 3 else 0.5,
             }
         )
     return out
+
+
+def conversation(system: str, user: str, assistant: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": assistant},
+    ]
+
+
+def chat_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
 
 def _text(tokenizer: Any, rng: random.Random, sentences: tuple[str, ...], facts: dict, tokens: int) -> str:
@@ -152,7 +179,7 @@ def _count(tokenizer: Any, text: str) -> int:
 
 def base_model(name: str) -> Any:
     """The built-in base model, its tokenizer given a chat template with {% generation %} tags if
-    its own has none (the recipe and the pad-to-max baseline need them for assistant masks).
+    its own has none (the pad-to-max baseline's assistant masks need them; the recipe does not).
 
     The smollm2-135m conversion keeps SmolLM2's template, which has no such tags; the replacement
     is the same ChatML (base_models.CHAT_TEMPLATE), so conversations that start with a system
@@ -231,7 +258,14 @@ def run_pad_to_max(setup: Setup, examples: list[dict]) -> tuple[int, float]:
     import torch
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     config = setup.config()
     tokenizer = AutoTokenizer.from_pretrained(setup.base.path)
@@ -250,8 +284,11 @@ def run_pad_to_max(setup: Setup, examples: list[dict]) -> tuple[int, float]:
             t if a and m else -100
             for t, a, m in zip(out["input_ids"], out["assistant_masks"], out["attention_mask"], strict=True)
         ]
-        rows.append({"input_ids": out["input_ids"], "attention_mask": out["attention_mask"], "labels": labels})
+        rows.append(
+            {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"], "labels": labels}
+        )
     tokens = sum(sum(row["attention_mask"]) for row in rows)
+    set_seed(config.seed)  # the adapter's initialization, as the recipe and TRL seed theirs
     model = AutoModelForCausalLM.from_pretrained(setup.base.path, dtype=torch.float32)
     model = get_peft_model(model, lora_config(config))
     args = TrainingArguments(
@@ -271,6 +308,7 @@ def run_pad_to_max(setup: Setup, examples: list[dict]) -> tuple[int, float]:
         disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows))
+    trainer.remove_callback(PrinterCallback)  # with tqdm off, it prints the final metrics
     start = time.perf_counter()
     trainer.train()
     return tokens, time.perf_counter() - start
@@ -279,6 +317,7 @@ def run_pad_to_max(setup: Setup, examples: list[dict]) -> tuple[int, float]:
 def run_trl(setup: Setup, examples: list[dict]) -> tuple[int, float]:
     """TRL's SFTTrainer with its defaults, but for batch sizes, epochs, rate, max_length and CPU."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     config = setup.config()
@@ -301,6 +340,7 @@ def run_trl(setup: Setup, examples: list[dict]) -> tuple[int, float]:
         train_dataset=Dataset.from_list([{"messages": e["messages"]} for e in examples]),
         peft_config=lora_config(config),
     )
+    trainer.remove_callback(PrinterCallback)
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     start = time.perf_counter()
     trainer.train()
@@ -309,7 +349,7 @@ def run_trl(setup: Setup, examples: list[dict]) -> tuple[int, float]:
 
 METHODS = {
     "recipe": run_recipe,
-    "recipe, packed": lambda setup, examples: run_recipe(setup, examples, packing=True),
+    "recipe, packed": functools.partial(run_recipe, packing=True),
     "pad-to-max Trainer": run_pad_to_max,
     "TRL SFTTrainer defaults": run_trl,
 }
@@ -327,17 +367,20 @@ def bench_model(name: str, n: int, max_length: int, work: Path) -> dict[str, Any
     family = load_config(ROOT / "pulse.yaml").family(FAMILY)
     setup = Setup(family, base_model(name), max_length, work)
     tokenizer = AutoTokenizer.from_pretrained(setup.base.path)
-    examples = chat_examples(n, tokenizer, family.prompts["system"])
-    lengths = [len(tokenizer.apply_chat_template(e["messages"], tokenize=True)) for e in examples]
+    examples = chat_examples(n, tokenizer, family.prompts["system"], max_length)
+    lengths = [chat_length(tokenizer, e["messages"]) for e in examples]
     if max(lengths) > max_length:
         raise SystemExit(f"{name}: the longest example has {max(lengths)} tokens; raise --max-length")
     config = setup.config()
     batches = length_grouped_batches(lengths, config.micro_batch_size, seed=config.seed)
     rows = []
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     for method, run in METHODS.items():
         run(setup, examples[:WARMUP_EXAMPLES])
         tokens, seconds = run(setup, examples)
-        rows.append({"model": name, "method": method, "examples": n, "real_tokens": tokens, "seconds": seconds})
+        rows.append(
+            {"model": name, "method": method, "examples": n, "real_tokens": tokens, "seconds": seconds}
+        )
     recipe = rows[0]["real_tokens"] / rows[0]["seconds"]
     for row in rows:
         row["tokens_per_s"] = row["real_tokens"] / row["seconds"]
@@ -351,6 +394,8 @@ def bench_model(name: str, n: int, max_length: int, work: Path) -> dict[str, Any
         "length_max": max(lengths),
         "padding_share_pad_to_max": 1 - sum(lengths) / (len(lengths) * max_length),
         "padding_share_recipe": padding_share(batches, lengths),
+        "seconds": round(time.perf_counter() - started, 1),  # with warm-ups, loading, validation, saving
+        "load_average": [load_before, os.getloadavg()[0]],  # 1-minute, before and after: others' work
         "results": rows,
     }
 
@@ -387,6 +432,14 @@ def main() -> None:
     import transformers
 
     torch.set_num_threads(args.threads)
+    if os.getloadavg()[0] > 0.5:
+        # Each torch op waits for all its threads: a thread that another process holds off the
+        # core stalls every op, and small models slow down by an order of magnitude.
+        print(
+            f"warning: load average {os.getloadavg()[0]:.1f} before the run; other work skews the figures "
+            "(--threads 1 suffers least)",
+            file=sys.stderr,
+        )
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     sizes = QUICK_EXAMPLES if args.quick else DEFAULT_EXAMPLES
     started = time.perf_counter()
@@ -417,7 +470,8 @@ def main() -> None:
             f"- {r['model']}: {r['examples']} examples of {r['length_min']}-{r['length_max']} tokens "
             f"(median {r['length_median']:.0f}, mean {r['length_mean']:.0f}); padding is "
             f"{r['padding_share_pad_to_max']:.0%} of pad-to-max batches, "
-            f"{r['padding_share_recipe']:.0%} of the recipe's"
+            f"{r['padding_share_recipe']:.0%} of the recipe's; {r['seconds'] / 60:.1f} min in all, "
+            f"load average {r['load_average'][0]:.1f} before, {r['load_average'][1]:.1f} after"
         )
     print()
     print("| model | method | real tokens | seconds | tokens/s | recipe speed-up |")

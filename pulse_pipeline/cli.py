@@ -193,19 +193,25 @@ def demo(
     from pulse_pipeline.core.adapters import read_metadata
 
     for name in config.families:
-        version, reused = _run_retrain(config, name, epochs=None, max_samples=None, force=False, progress_bar=True)
+        version, reused = _run_retrain(
+            config, name, epochs=None, max_samples=None, force=False, progress_bar=True
+        )
         m = read_metadata(artifacts, name, version)
         typer.echo(
             f"adapter  {name:<15} {version}  {'(reused) ' if reused else ''}{m['base_model']}  "
-            f"train loss {m['training_loss']:.4f}  val loss {m['best_validation_loss']:.4f}  "
+            f"train loss {m['training_loss']:.4f}  val loss {m['best_validation_loss'] or float('nan'):.4f}  "
             f"{m['samples_used']} examples  {m['training_time_seconds']:.0f} s"
         )
     typer.echo("")
     typer.echo(f"PULSE_HOME    {home}")
     typer.echo(f"store         {settings.database_url}")
     typer.echo(f"DAGSTER_HOME  {settings.dagster_home}")
-    typer.echo(f"artifacts     {settings.pulse_artifacts}  (datasets/<family>/<dataset_version>/, adapters/<family>/<version>/)")
-    typer.echo(f"mlflow        {settings.mlflow_tracking_uri}  (`mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}`)")
+    typer.echo(
+        f"artifacts     {settings.pulse_artifacts}  (datasets/<family>/<dataset_version>/, adapters/<family>/<version>/)"
+    )
+    typer.echo(
+        f"mlflow        {settings.mlflow_tracking_uri}  (`mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}`)"
+    )
     typer.echo("next: `make ui` and open http://127.0.0.1:3000 to see the lineage and the runs;")
     typer.echo("      `pulse ingest FILE` to load your own annotation records;")
     typer.echo("      `pulse export --family intent-router --limit 3` to see training examples.")
@@ -522,7 +528,9 @@ def _run_retrain(
         },
     }
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config, tags={"pulse/created_by": "cli"}
+        )
     if not result.success:
         raise UserError(f"retrain run {result.run_id[:8]} failed: {_failure_reason(result)}")
     for event in result.get_asset_materialization_events():

@@ -213,6 +213,14 @@ def test_train_runs_the_retrain_job_then_needs_new_annotations(demo_loaded, puls
     assert report["version"].startswith("access-qa-") and report["samples_used"] == 16
     assert report["decision"] is None and report["new_annotations_count"] >= 50
     assert (
+        json.loads(
+            (
+                pulse_env / "artifacts/adapters/access-qa" / report["version"] / "training_metadata.json"
+            ).read_text()
+        )["created_by"]
+        == "cli"
+    )
+    assert (
         pulse_env / "artifacts" / "adapters" / "access-qa" / report["version"] / "adapter_model.safetensors"
     ).is_file()
     st = json.loads(runner.invoke(app, ["status", "--family", "access-qa", "--json"]).stdout)

@@ -4,6 +4,7 @@ batches, and collation that pads to the longest example of each batch."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +30,14 @@ def chat_features(
     Too long: the prompt's start is dropped first (the answer is what is trained); None when
     not even the answer fits.
     """
-    out = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if _GENERATION_TAG.search(tokenizer.chat_template or ""):
+        out = _render(tokenizer, messages, return_assistant_tokens_mask=True)
+        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    else:  # a template without {% generation %} tags (most models' own)
+        ids = list(_render(tokenizer, messages)["input_ids"])
+        mask = _assistant_mask_by_prefix(tokenizer, messages, ids)
     if not any(mask):
-        raise ValueError("the chat template marked no assistant tokens: it needs {% generation %} tags")
+        raise ValueError("no assistant tokens to train on: the conversation has no assistant turn")
     if len(ids) > max_length:
         first = mask.index(1)
         cut = len(ids) - max_length
@@ -42,6 +45,33 @@ def chat_features(
             return None
         ids, mask = ids[cut:], mask[cut:]
     return Features(ids, [t if m else IGNORE for t, m in zip(ids, mask, strict=True)], weight)
+
+
+_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+
+
+def _assistant_mask_by_prefix(tokenizer: Any, messages: list[dict[str, str]], ids: list[int]) -> list[int]:
+    """Mark each assistant turn as the tokens its rendering adds after the generation prompt:
+    render the conversation up to the turn (with the prompt) and up to its end, and take the
+    difference. Needs a template whose renderings of a conversation's start are a prefix of
+    the whole, which chat templates are (a clear error otherwise)."""
+    mask = [0] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = list(_render(tokenizer, messages[:i], add_generation_prompt=True)["input_ids"])
+        end = len(_render(tokenizer, messages[: i + 1])["input_ids"])
+        if ids[: len(prompt)] != prompt:
+            raise ValueError(
+                "the chat template renders the start of a conversation differently from the whole; "
+                "give the tokenizer a template with {% generation %} tags"
+            )
+        mask[len(prompt) : end] = [1] * (end - len(prompt))
+    return mask
 
 
 def length_grouped_batches(

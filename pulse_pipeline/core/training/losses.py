@@ -32,11 +32,15 @@ def weighted_causal_lm_loss(logits: Any, labels: Any, weights: Any) -> Any:
     return (token_loss * token_weight).sum() / token_weight.sum().clamp_min(1e-12)
 
 
-def weighted_classification_loss(logits: Any, labels: Any, weights: Any) -> Any:
-    """logits [B, C], labels [B] -> weighted mean cross-entropy."""
+def weighted_classification_loss(logits: Any, labels: Any, weights: Any, margin: Any = 0.0) -> Any:
+    """logits [B, C], labels [B] -> weighted mean cross-entropy; `margin` is taken off each
+    example's true-label logit first (a large-margin loss: the true label must win by that much)."""
     import torch.nn.functional as F
 
-    per_example = F.cross_entropy(logits.float(), labels, reduction="none")
+    logits = logits.float()
+    if margin:
+        logits = logits - margin * F.one_hot(labels, logits.size(-1)).to(logits.dtype)
+    per_example = F.cross_entropy(logits, labels, reduction="none")
     w = weights.to(per_example.dtype)
     return (per_example * w).sum() / w.sum().clamp_min(1e-12)
 

@@ -69,6 +69,7 @@ def load_for_training(
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
+
     quantized = plan.quantization != "none"
     # Unquantized weights stay fp32 on CPU; on GPU they load in the compute dtype (peft keeps the
     # adapter itself in fp32 and autocast does the rest).
@@ -151,14 +152,18 @@ class LoadedAdapter:
         from pulse_pipeline.core.training.batching import collate_text, length_grouped_batches, text_features
 
         if self.head is None:
-            raise ValueError("predict() is for classification and regression adapters; chat adapters generate")
+            raise ValueError(
+                "predict() is for classification and regression adapters; chat adapters generate"
+            )
         features = text_features(self.tokenizer, texts, [0] * len(texts), [1.0] * len(texts), max_length)
         out = np.zeros((len(texts), len(self.head.labels or self.head.dimensions)), dtype=np.float32)
         device = next(self.model.parameters()).device
         with torch.no_grad():
             for idx in length_grouped_batches([len(f) for f in features], batch_size, seed=0):
                 b = collate_text([features[i] for i in idx], self.tokenizer.pad_token_id)
-                y = self.model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
+                y = self.model(
+                    input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
+                )
                 if self.task == "classification":
                     y = y.float().softmax(-1)
                 else:
@@ -177,6 +182,7 @@ def load_adapter(
     _quiet_libraries()
     import torch
     from peft import PeftModel
+
     folder = Path(folder)
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     base_path = base_path or adapter_config["base_model_name_or_path"]

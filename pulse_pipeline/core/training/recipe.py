@@ -129,16 +129,17 @@ def train(
     )
 
     tokenizer = load_tokenizer(job.base_model.path)
-    head = _head_config(job)
-    train_set = _features(
+    head = head_config(job)
+    train_set = encode_examples(
         job, tokenizer, job.train[: config.max_samples] if config.max_samples else job.train
     )
-    val_set = _features(job, tokenizer, job.val)
+    val_set = encode_examples(job, tokenizer, job.val)
     if not train_set:
         raise TrainingError(f"{job.family.name}: no training examples in snapshot {job.dataset_version}")
     model = load_for_training(
         job.base_model, plan, config.lora, head=head, gradient_checkpointing=config.gradient_checkpointing
     )
+    sentence = model.get_base_model()  # the model under the adapter (encoder families: with its head)
     optimizer = _optimizer(model, config)
     lengths = [len(f) for f in train_set]
     batches_per_epoch = math.ceil(len(train_set) / config.micro_batch_size)
@@ -164,10 +165,11 @@ def train(
             else:
                 b = _to(collate_text(batch, pad_id), plan.device)
                 out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-                loss_fn = (
-                    weighted_classification_loss if task == "classification" else weighted_regression_loss
-                )
-                loss = loss_fn(out, b["targets"], b["weights"])
+                if task == "classification":
+                    margin = config.margin * sentence.head.log_scale.exp() if model.training else 0.0
+                    loss = weighted_classification_loss(out, b["targets"], b["weights"], margin)
+                else:
+                    loss = weighted_regression_loss(out, b["targets"], b["weights"])
                 out = (out.float(), b["targets"])
         return loss, out, sum(len(f) for f in batch)
 
@@ -189,7 +191,7 @@ def train(
         model.train()
         if plan.quantization == "4bit":
             restore_4bit_for_training(model)  # see models.restore_4bit_for_training
-        metrics = {"val_loss": num / den if den else float("nan")}
+        metrics = {"val_loss": num / den} if den else {}  # no val split: the last epoch is kept
         if task == "classification" and val_set:
             metrics["val_accuracy"] = correct / len(val_set)
         if task == "regression" and val_set:
@@ -215,7 +217,7 @@ def train(
         }
         resumed_from = None
         if head is not None and config.probe_epochs:
-            _fit_head_on_frozen_embeddings(model, train_set, config, plan, pad_id)
+            fit_head_on_frozen_embeddings(model, train_set, config, plan, pad_id)
             if plan.quantization == "4bit":
                 restore_4bit_for_training(model)
 
@@ -237,9 +239,10 @@ def train(
                 segment_tokens += tokens
             if scaler:
                 scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
-            )
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
+                )
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -269,8 +272,8 @@ def train(
                 )
             if loop["step"] % config.checkpoint_every == 0 and g + 1 < len(groups):
                 loop.update(epoch=epoch, group=g + 1, tokens=tokens_done, train_seconds=elapsed)
-                segment_start, segment_tokens = time.monotonic(), 0
                 checkpoints.save(work, model, optimizer, scheduler, loop)
+                segment_start, segment_tokens = time.monotonic(), 0  # saving is not training time
         elapsed = loop["train_seconds"] + time.monotonic() - segment_start
         loop.update(tokens=loop["tokens"] + segment_tokens, train_seconds=elapsed)
         metrics = validate()
@@ -280,8 +283,8 @@ def train(
         loop["epochs"].append(record)
         if on_metrics:
             on_metrics({k: v for k, v in record.items() if k != "epoch"}, loop["step"])
-        if loop["best"] is None or metrics["val_loss"] < loop["best"]["val_loss"]:
-            loop["best"] = {"epoch": epoch + 1, "val_loss": metrics["val_loss"]}
+        if not val_set or loop["best"] is None or metrics["val_loss"] < loop["best"]["val_loss"]:
+            loop["best"] = {"epoch": epoch + 1, "val_loss": metrics.get("val_loss")}
             checkpoints.save_best(work, model)
         loop.update(epoch=epoch + 1, group=0)
         checkpoints.save(work, model, optimizer, scheduler, loop)
@@ -310,13 +313,12 @@ def train(
 # -- pieces of the recipe ------------------------------------------------------------------------
 
 
-def _head_config(job: TrainingJob) -> HeadConfig | None:
-    import json as _json
-
+def head_config(job: TrainingJob) -> HeadConfig | None:
+    """The head an encoder family trains (None for chat): its labels or dimensions."""
     task = job.family.task.value
     if task == "chat_sft":
         return None
-    hidden = _json.loads((job.base_model.path / "config.json").read_text())["hidden_size"]
+    hidden = json.loads((job.base_model.path / "config.json").read_text())["hidden_size"]
     if task == "classification":
         return HeadConfig("classification", hidden, labels=list(job.family.labels or ()))
     return HeadConfig(
@@ -327,7 +329,7 @@ def _head_config(job: TrainingJob) -> HeadConfig | None:
     )
 
 
-def _features(job: TrainingJob, tokenizer: Any, examples: list[dict[str, Any]]) -> list[Any]:
+def encode_examples(job: TrainingJob, tokenizer: Any, examples: list[dict[str, Any]]) -> list[Any]:
     """Token ids and targets of each example; an example that cannot be used is an error naming it."""
     config, family = job.config, job.family
     if family.task.value == "chat_sft":
@@ -381,7 +383,7 @@ def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _fit_head_on_frozen_embeddings(
+def fit_head_on_frozen_embeddings(
     model: Any, train_set: list[Any], config: TrainingConfig, plan: Plan, pad_id: int
 ) -> None:
     """Linear probing first: embed the train split once with the frozen encoder, start the head
@@ -486,10 +488,11 @@ def plot_loss_curve(
         ax.plot(
             [p["step"] for p in history], [p["loss"] for p in history], label="training loss", linewidth=1
         )
-    if epochs and history:
+    validated = [e for e in epochs if "val_loss" in e]
+    if validated and history:
         ends = {p["epoch"]: p["step"] for p in history}
-        xs = [ends.get(e["epoch"], 0) for e in epochs]
-        ax.plot(xs, [e["val_loss"] for e in epochs], "o-", label="validation loss (epoch end)")
+        xs = [ends.get(e["epoch"], 0) for e in validated]
+        ax.plot(xs, [e["val_loss"] for e in validated], "o-", label="validation loss (epoch end)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("weighted loss")
     ax.set_title(title)

@@ -57,7 +57,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 overrides={"epochs": config.epochs, "max_samples": config.max_samples},
                 force=config.force,
                 on_progress=report,
-                created_by=f"dagster:{context.run_id[:8]}",
+                created_by=created_by(context.run.tags, context.run_id),
             )
         finally:
             report.close()
@@ -65,7 +65,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         verb = "reused" if trained.reused else "trained"
         context.log.info(f"{family.name}: {verb} {trained.version} on dataset {m['dataset_version']}")
         epochs = [
-            f"| {e['epoch']} | {e['train_loss']:.4f} | {e['val_loss']:.4f} |"
+            f"| {e['epoch']} | {e['train_loss']:.4f} | {e.get('val_loss', float('nan')):.4f} |"
             for e in m.get("epoch_history", [])
         ]
         return dg.MaterializeResult(
@@ -93,6 +93,17 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         )
 
     return _adapter
+
+
+def created_by(tags: dict[str, str], run_id: str) -> str:
+    """Who asked for this training: `cli`, `sensor:<name>`, `schedule:<name>`, or the run."""
+    if "pulse/created_by" in tags:
+        return tags["pulse/created_by"]
+    if "dagster/sensor_name" in tags:
+        return f"sensor:{tags['dagster/sensor_name']}"
+    if "dagster/schedule_name" in tags:
+        return f"schedule:{tags['dagster/schedule_name']}"
+    return f"run:{run_id[:8]}"
 
 
 class _ProgressReport:

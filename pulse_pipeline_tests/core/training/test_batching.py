@@ -92,3 +92,17 @@ def test_a_packed_row_attends_within_each_example_only(tokenizer, tmp_path_facto
     starts = [0, len(features[0]), len(features[0]) + len(features[1])]
     assert all(packed["labels"][0, s] == IGNORE for s in starts)  # no example learns the next one's start
     assert packed["position_ids"][0, starts[1]] == 0 and packed["position_ids"][0, starts[1] - 1] > 0
+
+
+def test_a_template_without_generation_tags_still_trains_only_the_answer(tokenizer):
+    """Most models' own templates (SmolLM2's, for one) have no {% generation %} tags."""
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = plain.chat_template.replace("{% generation %}", "").replace(
+        "{% endgeneration %}", ""
+    )
+    features = chat_features(plain, chat('{"quality": 7}', "Rate it"), 1.0, 256)
+    assert plain.decode([t for t in features.labels if t != IGNORE]) == '{"quality": 7}<|im_end|>\n'
+    tagged = chat_features(tokenizer, chat('{"quality": 7}', "Rate it"), 1.0, 256)
+    assert features.input_ids == tagged.input_ids

@@ -77,3 +77,12 @@ def test_per_token_weights_of_a_packed_row_equal_per_example_weights():
         logits.reshape(1, 8, 3), labels.reshape(1, 8), torch.tensor([[0.5] * 4 + [1.0] * 4])
     )
     assert packed.item() == pytest.approx(padded.item(), rel=1e-6)
+
+
+def test_a_margin_comes_off_the_true_label_only():
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    labels = torch.tensor([0])
+    plain = weighted_classification_loss(logits, labels, torch.ones(1))
+    widened = weighted_classification_loss(logits, labels, torch.ones(1), margin=1.5)
+    assert plain.item() == pytest.approx(_ce([2.0, 1.0, 0.0], 0), rel=1e-6)
+    assert widened.item() == pytest.approx(_ce([0.5, 1.0, 0.0], 0), rel=1e-6)

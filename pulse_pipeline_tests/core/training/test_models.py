@@ -64,31 +64,30 @@ def test_cpu_4bit_training_after_an_eval_pass_still_reaches_the_first_layer(mode
     assert cosine > 0.999 and restored.norm() == pytest.approx(fresh.norm().item(), rel=0.01)
 
 
-def test_cpu_4bit_recipe_keeps_learning_after_validating(config, model_cache, tmp_path):
-    pytest.importorskip("bitsandbytes")
-    from safetensors.torch import load_file
-
-    from pulse_pipeline.core.training.recipe import TrainingJob, train
+def _chat_job(config, model_cache, tmp_path, **settings):
+    from pulse_pipeline.core.training.recipe import TrainingJob
     from pulse_pipeline_tests.core.training.examples import chat_examples
 
     data = chat_examples(24)
-    settings = {
-        "quantization": "4bit",
-        "epochs": 2,
-        "micro_batch_size": 8,
-        "learning_rate": 3e-3,
-        "checkpoint_every": 100,
-    }
-    family = config.family("access-qa")
-    job = TrainingJob(
-        family,
-        resolve_training_config("chat_sft", {}, settings),
+    overrides = {"micro_batch_size": 8, "learning_rate": 3e-3, **settings}
+    return TrainingJob(
+        config.family("access-qa"),
+        resolve_training_config("chat_sft", {}, overrides),
         "v",
         data[:16],
         data[16:],
         resolve_base_model("tiny", model_cache),
         tmp_path,
     )
+
+
+def test_cpu_4bit_recipe_keeps_learning_after_validating(config, model_cache, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file
+
+    from pulse_pipeline.core.training.recipe import train
+
+    job = _chat_job(config, model_cache, tmp_path, quantization="4bit", epochs=2, checkpoint_every=100)
     result = train(job)
     assert result.metadata["hardware"]["quantization"] == "4bit"
     after_epoch = [load_file(p / "trainable.safetensors") for p in sorted(job.work.glob("step-*"))]
@@ -100,20 +99,9 @@ def test_cpu_4bit_recipe_keeps_learning_after_validating(config, model_cache, tm
 
 @needs_cuda
 def test_qlora_on_cuda_trains_4bit_with_bf16_compute(config, model_cache, tmp_path):
-    from pulse_pipeline.core.training.recipe import TrainingJob, train
-    from pulse_pipeline_tests.core.training.examples import chat_examples
+    from pulse_pipeline.core.training.recipe import train
 
-    data = chat_examples(24)
-    job = TrainingJob(
-        config.family("access-qa"),
-        resolve_training_config("chat_sft", {}, {"epochs": 2, "micro_batch_size": 8, "learning_rate": 3e-3}),
-        "v",
-        data[:16],
-        data[16:],
-        resolve_base_model("tiny", model_cache),
-        tmp_path,
-    )
-    result = train(job)
+    result = train(_chat_job(config, model_cache, tmp_path, epochs=2))
     hw = result.metadata["hardware"]
     assert (hw["device"], hw["quantization"]) == ("cuda", "4bit") and hw["precision"] in ("bf16", "fp16")
     epochs = result.metadata["epoch_history"]
@@ -123,17 +111,7 @@ def test_qlora_on_cuda_trains_4bit_with_bf16_compute(config, model_cache, tmp_pa
 @needs_cuda
 def test_packing_with_flash_attention_on_cuda(config, model_cache, tmp_path):
     pytest.importorskip("flash_attn")
-    from pulse_pipeline.core.training.recipe import TrainingJob, train
-    from pulse_pipeline_tests.core.training.examples import chat_examples
+    from pulse_pipeline.core.training.recipe import train
 
-    data = chat_examples(24)
-    job = TrainingJob(
-        config.family("access-qa"),
-        resolve_training_config("chat_sft", {}, {"epochs": 1, "packing": True, "micro_batch_size": 8}),
-        "v",
-        data[:16],
-        data[16:],
-        resolve_base_model("tiny", model_cache),
-        tmp_path,
-    )
+    job = _chat_job(config, model_cache, tmp_path, epochs=1, packing=True)
     assert train(job).metadata["hardware"]["attention"] == "flash_attention_2"

@@ -74,6 +74,11 @@ def test_chat_loss_falls_and_the_reloaded_adapter_reproduces_the_recorded_val_lo
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
     assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: it moved
     assert {n.split(".")[-3] for n in weights if "lora_A" in n} == set(CHAT_TARGETS)
+    adapter_config = json.loads((result.folder / "adapter_config.json").read_text())
+    # What vLLM's --lora-modules needs: a plain LoRA on linear layers, no extra trained modules.
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["task_type"] == "CAUSAL_LM"
+    assert not adapter_config["modules_to_save"] and adapter_config["r"] == 16
+    assert adapter_config["base_model_name_or_path"] == str(job.base_model.path)
 
     loaded = load_adapter(result.folder)
     features = [chat_features(loaded.tokenizer, e["messages"], e["weight"], 1024) for e in job.val]

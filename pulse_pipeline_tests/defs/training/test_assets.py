@@ -63,9 +63,7 @@ def test_adapter_trains_publishes_tracks_and_is_reused(config, resources, tmp_pa
     artifacts = LocalArtifactStore(tmp_path / "artifacts")
     assert versions(artifacts, "access-qa") == [version, forced_meta["version"].value]
     stored = read_metadata(artifacts, "access-qa", version)
-    assert (
-        stored["samples_used"] == 24 and stored["epochs"] == 1 and stored["created_by"].startswith("dagster:")
-    )
+    assert stored["samples_used"] == 24 and stored["epochs"] == 1 and stored["created_by"].startswith("run:")
     assert meta["dataset_version"].value == stored["dataset_version"] and meta["reused"].value is False
     assert meta["training_loss"].value > 0 and meta["tokens_per_second"].value > 0
     assert "| 1 |" in meta["epochs"].value
