@@ -416,22 +416,9 @@ def status(
 
 
 def _new_annotations(store: Store, artifacts: Any, family: FamilyConfig) -> int:
-    """Trainable annotations newer than the snapshot the family's newest adapter was trained on."""
-    from pulse_pipeline.core.adapters import read_metadata, versions
-    from pulse_pipeline.core.snapshots import prefix
-    from pulse_pipeline.core.triage import TRAINABLE, triage
+    from pulse_pipeline.core.training.runner import new_annotations_since_training
 
-    watermark = 0
-    trained = versions(artifacts, family.name)
-    if trained:
-        dataset = read_metadata(artifacts, family.name, trained[-1])["dataset_version"]
-        manifest = json.loads(artifacts.read_bytes(f"{prefix(family.name, dataset)}/manifest.json"))
-        watermark = manifest["watermark"]["seq"]
-    return sum(
-        1
-        for row in store.iter_family(family.name, after=watermark)
-        if triage(row.kind, row.payload, family.triage) in TRAINABLE
-    )
+    return new_annotations_since_training(store, artifacts, family)
 
 
 class NotEnoughAnnotations(UserError):
@@ -542,7 +529,7 @@ def _run_retrain(
 
 
 def _failure_reason(result: Any) -> str:
-    """The first line of the first failed step's error (a user-facing message from the recipe)."""
+    """The last line of the first failed step's error: the recipe's one-line message."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error

@@ -126,3 +126,25 @@ def train_family(
         run.run_id if run else None,
         run.url if run else None,
     )
+
+
+def new_annotations_since_training(store: Any, artifacts: ArtifactStore, family: FamilyConfig) -> int:
+    """Trainable annotations newer than the snapshot the family's newest adapter was trained on
+    (all of them before the first training): what `min_new_annotations` is compared with."""
+    import orjson
+
+    from pulse_pipeline.core.triage import TRAINABLE, triage
+
+    watermark = 0
+    trained = adapters.versions(artifacts, family.name)
+    if trained:
+        dataset = adapters.read_metadata(artifacts, family.name, trained[-1])["dataset_version"]
+        manifest = orjson.loads(
+            artifacts.read_bytes(f"{snapshots.prefix(family.name, dataset)}/manifest.json")
+        )
+        watermark = manifest["watermark"]["seq"]
+    return sum(
+        1
+        for row in store.iter_family(family.name, after=watermark)
+        if triage(row.kind, row.payload, family.triage) in TRAINABLE
+    )

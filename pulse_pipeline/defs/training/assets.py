@@ -57,7 +57,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 overrides={"epochs": config.epochs, "max_samples": config.max_samples},
                 force=config.force,
                 on_progress=report,
-                created_by=created_by(context.run.tags, context.run_id),
+                created_by=created_by(context.run.tags, context.run.run_id),
             )
         finally:
             report.close()
