@@ -143,9 +143,12 @@ class LoadedAdapter:
     task: str  # "chat_sft", "classification" or "regression"
     head: HeadConfig | None
 
-    def predict(self, texts: list[str], *, max_length: int = 256, batch_size: int = 64) -> Any:
-        """Encoder families: label probabilities [N, labels] (classification) or scores in the
-        family's range [N, dimensions] (regression), as a float32 numpy array in input order."""
+    def predict(
+        self, texts: list[str], *, max_length: int = 256, batch_size: int = 64, raw: bool = False
+    ) -> Any:
+        """Encoder families: label probabilities [N, labels] (classification; with `raw`, the
+        head's scores: scale x cosine similarity to each label) or scores in the family's range
+        [N, dimensions] (regression), as a float32 numpy array in input order."""
         import numpy as np
         import torch
 
@@ -165,7 +168,7 @@ class LoadedAdapter:
                     input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
                 )
                 if self.task == "classification":
-                    y = y.float().softmax(-1)
+                    y = y.float() if raw else y.float().softmax(-1)
                 else:
                     lo, hi = self.head.score_range
                     y = lo + (hi - lo) * y.float()

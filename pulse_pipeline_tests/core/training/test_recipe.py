@@ -203,6 +203,8 @@ def test_classification_fits_the_head_first_then_tunes_and_reloads(model_cache, 
     probabilities = loaded.predict([e["text"] for e in job.val], max_length=48)
     assert probabilities.argmax(1).tolist() == batch["targets"].tolist()
     assert probabilities.sum(1) == pytest.approx([1.0] * len(job.val), rel=1e-5)
+    raw = loaded.predict([e["text"] for e in job.val], max_length=48, raw=True)  # scale x cosine
+    assert torch.from_numpy(raw).softmax(-1).numpy() == pytest.approx(probabilities, abs=1e-6)
     loss = float(weighted_classification_loss(logits, batch["targets"], batch["weights"]))
     assert loss == pytest.approx(result.metadata["best_validation_loss"], rel=1e-3, abs=1e-6)
 
