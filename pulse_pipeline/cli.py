@@ -15,10 +15,11 @@ from typing import Annotated, Any
 import typer
 
 from pulse_pipeline.core.artifacts import ArtifactError
-from pulse_pipeline.core.families import ConfigError, FamilyConfig, PulseConfig, load_config
+from pulse_pipeline.core.families import ConfigError, PulseConfig, load_config
 from pulse_pipeline.core.ingestion import IngestError, IngestResult, ingest_file
 from pulse_pipeline.core.snapshots import latest_manifest
 from pulse_pipeline.core.store import Store, StoreError
+from pulse_pipeline.core.training.runner import new_annotations_since_training
 from pulse_pipeline.settings import get_settings
 
 app = typer.Typer(
@@ -399,7 +400,7 @@ def status(
                 "current_version": None,
                 "available_versions": adapter_versions(artifacts, name),
                 "dataset_version": manifest["dataset_version"] if manifest else None,
-                "new_annotations_count": _new_annotations(store, artifacts, fam),
+                "new_annotations_count": new_annotations_since_training(store, artifacts, fam),
                 "min_annotations_required": fam.min_new_annotations,
             }
     if as_json:
@@ -413,12 +414,6 @@ def status(
             f"{name:<15} {st['new_annotations_count']:>6} new of {st['min_annotations_required']:>4} required  "
             f"({ready}; snapshot {st['dataset_version'] or 'none'}; {len(st['available_versions'])} adapter versions)"
         )
-
-
-def _new_annotations(store: Store, artifacts: Any, family: FamilyConfig) -> int:
-    from pulse_pipeline.core.training.runner import new_annotations_since_training
-
-    return new_annotations_since_training(store, artifacts, family)
 
 
 class NotEnoughAnnotations(UserError):
@@ -444,7 +439,7 @@ def train(
     fam = config.family(family)
     artifacts = settings.artifact_store()
     with Store(settings.database_url) as store:
-        new = _new_annotations(store, artifacts, fam)
+        new = new_annotations_since_training(store, artifacts, fam)
     if new < fam.min_new_annotations and not force:
         raise NotEnoughAnnotations(
             f"{family}: {new} new annotations of the {fam.min_new_annotations} required to train; --force trains anyway"

@@ -260,3 +260,14 @@ def test_training_entry_point_without_dagster(demo_loaded, pulse_env):
     report = json.loads(out.stdout)
     assert report["version"].startswith("call-analysis-") and report["mlflow_run_id"] is None
     assert "step 1/1 epoch 1/1" in out.stderr  # progress lines when stderr is not a terminal
+
+
+def test_the_cli_starts_without_ml_libraries():
+    """`pulse status` and friends stay quick: torch and MLflow load only for the commands that train."""
+    code = (
+        "import sys, pulse_pipeline.cli; print(','.join(m for m in ('torch', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT
+    )
+    assert out.stdout.strip() == ""

@@ -57,9 +57,7 @@ def publish(
     now = now or dt.datetime.now(dt.UTC)
     for n in range(1, 1000):
         version = version_name(family, now, n)
-        if artifacts.exists(f"adapters/{family}/{version}/{METADATA}") or artifacts.list(
-            f"adapters/{family}/{version}"
-        ):
+        if artifacts.list(f"adapters/{family}/{version}"):  # taken, finished or not
             continue
         (folder / METADATA).write_text(json.dumps({**metadata, "version": version}, indent=2) + "\n")
         if artifacts.publish_folder(folder, f"adapters/{family}/{version}", last=METADATA):

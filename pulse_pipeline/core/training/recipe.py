@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.core.training import checkpoints
@@ -40,13 +40,15 @@ from pulse_pipeline.core.training.batching import (
 )
 from pulse_pipeline.core.training.config import TrainingConfig
 from pulse_pipeline.core.training.hardware import Plan, describe, library_versions, plan_for
-from pulse_pipeline.core.training.heads import HeadConfig
 from pulse_pipeline.core.training.losses import (
     IGNORE,
     weighted_causal_lm_loss,
     weighted_classification_loss,
     weighted_regression_loss,
 )
+
+if TYPE_CHECKING:
+    from pulse_pipeline.core.training.heads import HeadConfig
 
 
 class TrainingError(RuntimeError):
@@ -315,6 +317,8 @@ def train(
 
 def head_config(job: TrainingJob) -> HeadConfig | None:
     """The head an encoder family trains (None for chat): its labels or dimensions."""
+    from pulse_pipeline.core.training.heads import HeadConfig  # imports torch: not at module load
+
     task = job.family.task.value
     if task == "chat_sft":
         return None

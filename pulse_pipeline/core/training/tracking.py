@@ -62,7 +62,7 @@ class MlflowRun:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffered: written every 20 calls and at flush, so a step costs no database round trip."""
+        """Buffered: written in batches of 60 values and at finish, not one database round trip a step."""
         import time
 
         from mlflow.entities import Metric
