@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 UI_PORT ?= 3000
 
-.PHONY: setup demo test test-fast ui postgres lint clean
+.PHONY: setup demo test test-fast ui postgres chromium lint clean
 
 setup: $(STAMP)
 
@@ -29,16 +29,20 @@ demo: setup
 	$(BIN)/pulse demo
 
 # Lint, then every test, slow ones included, on SQLite and on a real PostgreSQL started by the tests.
-test: setup postgres lint
+test: setup postgres chromium lint
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # The default fast selection (what a bare `pytest` runs).
-test-fast: setup postgres
+test-fast: setup postgres chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The tests start their own server; this only makes sure Debian's PostgreSQL binaries are installed.
 postgres:
 	@bash scripts/install-postgres.sh
+
+# Debian's Chromium for the browser tests (the HTML report); Playwright drives it, nothing is downloaded.
+chromium:
+	@bash scripts/install-chromium.sh
 
 ui: setup
 	@mkdir -p $(DAGSTER_HOME)

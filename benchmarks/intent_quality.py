@@ -163,7 +163,7 @@ def row(method: str, loaded, started: float, build_seconds: float) -> dict:
     return {"method": method, "train_seconds": seconds, "total_seconds": build_seconds + seconds, "epochs": 0}
 
 
-def run(epochs: int | None) -> dict:
+def run(epochs: int | None, margin: float | None) -> dict:
     from pulse_pipeline.core.families import load_config
     from pulse_pipeline.core.training.base_models import resolve_base_model
     from pulse_pipeline.core.training.config import resolve_training_config
@@ -184,12 +184,15 @@ def run(epochs: int | None) -> dict:
         probe = probe_only(family, base, train_set)
         rows.append(row("frozen encoder + fitted head (probe only)", probe, started, build_seconds))
         rows[-1].update(evaluate(probe, data, val_set, labels, 48))
-        config = resolve_training_config("classification", family.training, {"epochs": epochs})
+        config = resolve_training_config(
+            "classification", family.training, {"epochs": epochs, "margin": margin}
+        )
         job = TrainingJob(family, config, "clinc150", train_set, val_set, base, work / "work")
         started = time.perf_counter()
         loaded = load_adapter(train(job).folder)
         rows.append(row("pulse recipe (probe, then LoRA)", loaded, started, build_seconds))
-        rows[-1].update(evaluate(loaded, data, val_set, labels, config.max_length), epochs=config.epochs)
+        rows[-1].update(evaluate(loaded, data, val_set, labels, config.max_length))
+        rows[-1].update(epochs=config.epochs, margin=config.margin)
     return {
         "build": build,
         "build_seconds": build_seconds,
@@ -204,11 +207,14 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="LoRA epochs (default: the family's setting)"
     )
+    parser.add_argument(
+        "--margin", type=float, default=None, help="cosine margin (default: the family's setting)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
     if not CLINC.is_file():
         sys.exit(f"CLINC150 not found at {CLINC}")
-    out = run(args.epochs)
+    out = run(args.epochs, args.margin)
     if args.json:
         print(json.dumps(out))
         return
@@ -225,8 +231,8 @@ def main() -> None:
         for rule in ("cosine", "softmax"):
             s = r[rule]
             print(
-                f"| {r['method']} | {rule} < {s['threshold']:.3g} | {100 * s['in_scope_accuracy']:.1f} % "
-                f"| {100 * s['oos_recall']:.1f} % | {100 * r['no_threshold']['in_scope_accuracy']:.1f} % "
+                f"| {r['method']} | {rule} < {s['threshold']:.3g} | {100 * s['in_scope_accuracy']:.2f} % "
+                f"| {100 * s['oos_recall']:.2f} % | {100 * r['no_threshold']['in_scope_accuracy']:.2f} % "
                 f"| {r['train_seconds']:.0f} | {r['total_seconds']:.0f} |"
             )
     print("\ntargets: in-scope >= 96.0 %, OOS recall >= 50 %, total <= 600 s (2-core CPU)")

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -194,15 +195,16 @@ def demo(
     from pulse_pipeline.core.adapters import read_metadata
 
     for name in config.families:
-        version, reused = _run_retrain(
-            config, name, epochs=None, max_samples=None, force=False, progress_bar=True
-        )
-        m = read_metadata(artifacts, name, version)
+        outcome = _run_retrain(config, name, epochs=None, max_samples=None, force=False, progress_bar=True)
+        m = read_metadata(artifacts, name, outcome.version)
         typer.echo(
-            f"adapter  {name:<15} {version}  {'(reused) ' if reused else ''}{m['base_model']}  "
+            f"adapter  {name:<15} {outcome.version}  {'(reused) ' if outcome.reused else ''}{m['base_model']}  "
             f"train loss {m['training_loss']:.4f}  val loss {m['best_validation_loss'] or float('nan'):.4f}  "
             f"{m['samples_used']} examples  {m['training_time_seconds']:.0f} s"
         )
+        typer.echo(f"gate     {name:<15} {outcome.decision}  {outcome.report}")
+        for reason in outcome.reasons:
+            typer.echo(f"         {'':<15} {reason}")
     typer.echo("")
     typer.echo(f"PULSE_HOME    {home}")
     typer.echo(f"store         {settings.database_url}")
@@ -444,17 +446,21 @@ def train(
         raise NotEnoughAnnotations(
             f"{family}: {new} new annotations of the {fam.min_new_annotations} required to train; --force trains anyway"
         )
-    version, reused = _run_retrain(
+    outcome = _run_retrain(
         config, family, epochs=epochs, max_samples=max_samples, force=force, progress_bar=not as_json
     )
     from pulse_pipeline.core.adapters import read_metadata
 
+    version = outcome.version
     m = read_metadata(artifacts, family, version)
+    trained = (
+        f"{version} was already trained on this snapshot (--force retrains)"
+        if outcome.reused
+        else f"trained {version}"
+    )
     report = {
         "status": "completed",
-        "message": f"{version} was already trained on this snapshot (--force retrains)"
-        if reused
-        else f"trained {version}",
+        "message": f"{trained}; promotion gate: {outcome.decision}",
         "family": family,
         "version": version,
         "dataset_version": m["dataset_version"],
@@ -464,7 +470,9 @@ def train(
         "validation_loss": m["best_validation_loss"],
         "training_time_seconds": m["training_time_seconds"],
         "new_annotations_count": new,
-        "decision": None,  # the promotion gate comes with evaluation
+        "decision": outcome.decision,
+        "reasons": outcome.reasons,
+        "report": outcome.report,
         "path": artifacts.uri(f"adapters/{family}/{version}"),
         "mlflow_run_id": (m.get("mlflow") or {}).get("run_id"),
     }
@@ -473,8 +481,128 @@ def train(
         return
     typer.echo(report["message"])
     for key, value in report.items():
-        if key not in ("status", "message"):
+        if key not in ("status", "message", "reasons"):
             typer.echo(f"{key:<22} {value if value is not None else '-'}")
+    for reason in outcome.reasons:
+        typer.echo(f"  {reason}")
+
+
+@app.command()
+@_fail_cleanly
+def evaluate(
+    family: FamilyOpt,
+    version: Annotated[
+        str | None, typer.Option(help="The version to judge (default: current, else the newest).")
+    ] = None,
+    eval_file: Annotated[
+        list[Path] | None, typer.Option(help="Also evaluate on this file of annotation records (repeatable).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Judge a version against production (or the base model) through the family's eval_report asset."""
+    from pulse_pipeline.core import adapters, registry
+
+    settings = get_settings()
+    config = _config()
+    fam = config.family(family)
+    artifacts = settings.artifact_store()
+    if version is None:
+        current = registry.read_current(artifacts, family)
+        found = adapters.versions(artifacts, family)
+        version = current["version"] if current else (found[-1] if found else None)
+        if version is None:
+            raise UserError(f"{family} has no trained version yet: run `pulse train --family {family}`")
+    if not adapters.is_version_of(family, version):
+        raise UserError(f"--version {version!r} is not a version name of {family} ({family}-YYYYMMDD-HHMM)")
+    if version not in adapters.versions(artifacts, family):
+        raise UserError(f"{family} has no complete version {version}")
+    for path in eval_file or []:
+        if not path.is_file():
+            raise UserError(f"--eval-file {path}: file not found")
+    outcome = _run_evaluation(config, fam.name, version, [str(p.resolve()) for p in eval_file or []])
+    results = outcome.results
+    summary = {
+        "family": family,
+        "version": version,
+        "baseline": results["baseline"]["version"] or results["baseline"]["kind"],
+        "decision": outcome.decision,
+        "reasons": outcome.reasons,
+        "metrics": {name: v["candidate"] for name, v in results["metrics"].items()},
+        "baseline_metrics": {name: v["baseline"] for name, v in results["metrics"].items()},
+        "report": outcome.report,
+    }
+    if as_json:
+        _emit(summary)
+        return
+    typer.echo(f"{family} {version} against {summary['baseline']}: {outcome.decision}")
+    for reason in outcome.reasons:
+        typer.echo(f"  {reason}")
+    for set_name, values in summary["metrics"].items():
+        base = summary["baseline_metrics"][set_name]
+        typer.echo(f"{set_name}:")
+        for metric, value in values.items():
+            other = base.get(metric)
+            typer.echo(f"  {metric:<28} {value:>10.4f}" + (f"   baseline {other:.4f}" if other is not None else ""))
+    typer.echo(f"report {outcome.report}")
+
+
+@dataclass
+class _GateOutcome:
+    version: str
+    reused: bool
+    decision: str | None
+    reasons: list[str]
+    report: str | None
+    results: dict[str, Any]
+
+
+def _gate_outcome(artifacts: Any, family: str, version: str, reused: bool = False) -> _GateOutcome:
+    """What the eval_report asset wrote for this version."""
+    from pulse_pipeline.core import adapters
+
+    key = f"{adapters.prefix(family, version)}/eval/results.json"
+    try:
+        results = json.loads(artifacts.read_bytes(key))
+    except KeyError:
+        return _GateOutcome(version, reused, None, [], None, {})
+    gate = results["gate"]
+    report = artifacts.uri(key.replace("results.json", "report.html"))
+    return _GateOutcome(version, reused, gate["decision"], gate["reasons"], report, results)
+
+
+def _run_evaluation(config: PulseConfig, family: str, version: str, eval_files: list[str]) -> _GateOutcome:
+    import dagster as dg
+
+    from pulse_pipeline.definitions import build_definitions
+
+    settings = get_settings()
+    _prepare_dagster_home(settings.dagster_home, settings.pulse_config.parent)
+    key = dg.AssetKey([family, "eval_report"])
+    job = build_definitions(config).resolve_implicit_global_asset_job_def()
+    run_config = {
+        **QUIET_RUN,
+        "ops": {key.to_python_identifier(): {"config": {"version": version, "eval_files": eval_files}}},
+    }
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance, asset_selection=[key], raise_on_error=False, run_config=run_config,
+            tags={"pulse/created_by": "cli"},
+        )  # fmt: skip
+    outcome = _gate_outcome(settings.artifact_store(), family, version)
+    if outcome.decision is None or (not result.success and not _only_gate_failed(result)):
+        raise UserError(f"evaluation run {result.run_id[:8]} failed: {_failure_reason(result)}")
+    return outcome
+
+
+def _only_gate_failed(result: Any) -> bool:
+    """The run failed because the promotion gate said FAIL (a decision, not an error)."""
+    from pulse_pipeline.defs.evaluation.assets import GATE_CHECK
+
+    return any(
+        e.check_name == GATE_CHECK and not e.passed for e in result.get_asset_check_evaluations()
+    ) and not any(
+        event.is_step_failure and "eval_report" not in (event.step_key or "") for event in result.all_events
+    )
 
 
 def _run_retrain(
@@ -485,8 +613,9 @@ def _run_retrain(
     max_samples: int | None,
     force: bool,
     progress_bar: bool,
-) -> tuple[str, bool]:
-    """Run the family's retrain job in this process, recorded at DAGSTER_HOME: (version, reused)."""
+) -> _GateOutcome:
+    """Run the family's retrain job in this process, recorded at DAGSTER_HOME: the version
+    trained (or reused) and what the promotion gate decided."""
     import dagster as dg
 
     from pulse_pipeline.definitions import build_definitions, retrain_job_name
@@ -513,13 +642,14 @@ def _run_retrain(
         result = job.execute_in_process(
             instance=instance, raise_on_error=False, run_config=run_config, tags={"pulse/created_by": "cli"}
         )
-    if not result.success:
+    if not result.success and not _only_gate_failed(result):
         raise UserError(f"retrain run {result.run_id[:8]} failed: {_failure_reason(result)}")
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         if materialization and materialization.asset_key == dg.AssetKey([family, "adapter"]):
             meta = materialization.metadata
-            return str(meta["version"].value), bool(meta["reused"].value)
+            version, reused = str(meta["version"].value), bool(meta["reused"].value)
+            return _gate_outcome(settings.artifact_store(), family, version, reused)
     raise UserError(f"retrain run {result.run_id[:8]} recorded no adapter")
 
 

@@ -13,6 +13,7 @@ from pulse_pipeline.defs.datasets.assets import (
     has_review_queue,
     review_queue_asset,
 )
+from pulse_pipeline.defs.evaluation.assets import eval_report_asset
 from pulse_pipeline.defs.resources import default_resources
 from pulse_pipeline.defs.training.assets import adapter_asset
 from pulse_pipeline.settings import get_settings
@@ -43,12 +44,14 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
         these += [examples_asset(family), dataset_snapshot_asset(family)]
         dataset_assets += these
         adapter = adapter_asset(family)
-        training_assets.append(adapter)
+        report = eval_report_asset(family, config)
+        training_assets += [adapter, report]
         retrain_jobs.append(
             dg.define_asset_job(
                 retrain_job_name(family),
-                selection=dg.AssetSelection.assets(*these, adapter),
-                description=f"{family.name}: examples and snapshot from the annotations, then train an adapter.",
+                selection=dg.AssetSelection.assets(*these, adapter, report),
+                description=f"{family.name}: examples and snapshot from the annotations, train an adapter, "
+                "judge it against production.",
                 tags={"pulse/family": family.name},
             )
         )

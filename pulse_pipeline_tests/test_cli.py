@@ -2,6 +2,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -211,7 +212,11 @@ def test_train_runs_the_retrain_job_then_needs_new_annotations(demo_loaded, puls
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
     assert report["version"].startswith("access-qa-") and report["samples_used"] == 16
-    assert report["decision"] is None and report["new_annotations_count"] >= 50
+    assert report["new_annotations_count"] >= 50
+    # A tiny model after one epoch misses the QA gate; the answer says why and where the report is.
+    assert report["decision"] == "FAIL" and any(r.startswith("answer_accuracy") for r in report["reasons"])
+    assert report["report"].endswith(f"{report['version']}/eval/report.html")
+    assert Path(report["report"]).is_file()
     assert (
         json.loads(
             (
@@ -227,7 +232,20 @@ def test_train_runs_the_retrain_job_then_needs_new_annotations(demo_loaded, puls
     assert st["available_versions"] == [report["version"]] and st["new_annotations_count"] == 0
     with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
         (run,) = instance.get_runs()
-        assert run.job_name == "retrain_access_qa" and run.status == dg.DagsterRunStatus.SUCCESS
+        # The blocking promotion_gate check failed: the run stops there, as it will before promotion.
+        assert run.job_name == "retrain_access_qa" and run.status == dg.DagsterRunStatus.FAILURE
+
+    judged = runner.invoke(
+        app, ["evaluate", "--family", "access-qa", "--eval-file", str(PROJECT / "golden" / "access-qa.jsonl"), "--json"]
+    )
+    assert judged.exit_code == 0, judged.output
+    out = json.loads(judged.stdout)
+    assert out["version"] == report["version"] and out["baseline"] == "base_model"
+    assert set(out["metrics"]) == {"test", "golden", "access-qa"}  # the golden set, then the extra file
+    assert out["metrics"]["golden"]["citation_presence"] == out["metrics"]["access-qa"]["citation_presence"]
+    assert out["decision"] == "FAIL" and out["report"] == report["report"]
+    bad = runner.invoke(app, ["evaluate", "--family", "access-qa", "--version", "../../etc"])
+    assert bad.exit_code == 1 and "is not a version name of access-qa" in bad.stderr
 
     again = runner.invoke(app, args)
     assert again.exit_code == 4

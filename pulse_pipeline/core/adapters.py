@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,27 @@ def find_trained(
         if meta.get("dataset_version") == dataset_version and meta.get("resolved_config") == resolved_config:
             return meta
     return None
+
+
+def local_folder(artifacts: ArtifactStore, family: str, version: str, cache: Path) -> Path:
+    """A folder on this machine holding the version's files (peft reads paths): the store's own
+    folder when it is local, else a copy under `cache/<family>/<version>` made once."""
+    from pulse_pipeline.core.artifacts import LocalArtifactStore
+
+    key = prefix(family, version)
+    if isinstance(artifacts, LocalArtifactStore):
+        return artifacts.local_path(key)
+    target = cache / family / version
+    if (target / METADATA).is_file():
+        return target
+    tmp = cache / family / f".{version}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in artifacts.list(key):
+        rel = name[len(key) + 1 :]
+        if rel.startswith("eval/"):
+            continue
+        path = tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(artifacts.read_bytes(name))
+    tmp.rename(target)
+    return target

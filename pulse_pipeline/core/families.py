@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pulse_pipeline.core.evaluation.config import EvaluationConfig
+
 
 class TaskKind(StrEnum):
     chat_sft = "chat_sft"
@@ -152,6 +154,11 @@ class FamilyConfig(_Strict):
         description="Training settings over the task's defaults and an optional preset "
         "(fields in pulse_pipeline/core/training/config.py).",
     )
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig,
+        description="Evaluation sets, metrics and the promotion gate "
+        "(fields in pulse_pipeline/core/evaluation/config.py).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -280,6 +287,7 @@ def parse_config(raw: Any, *, source: str = "pulse.yaml", base_dir: Path | None 
         raise ConfigError("\n".join(_describe(e, source) for e in exc.errors())) from None
     if base_dir is not None:
         config = _resolve_label_files(config, base_dir, source)
+        config = _resolve_evaluation_files(config, base_dir, source)
     return config
 
 
@@ -303,7 +311,12 @@ def _describe(error: dict[str, Any], source: str) -> str:
 
 def _known_fields(loc: list[str]) -> list[str]:
     if len(loc) >= 3 and loc[0] == "families":
-        sections = {"triage": TriageConfig, "redaction": RedactionConfig, "split": SplitConfig}
+        sections = {
+            "triage": TriageConfig,
+            "redaction": RedactionConfig,
+            "split": SplitConfig,
+            "evaluation": EvaluationConfig,
+        }
         if len(loc) >= 4 and loc[2] in sections:
             return list(sections[loc[2]].model_fields)
         return list(FamilyConfig.model_fields)
@@ -325,5 +338,27 @@ def _resolve_label_files(config: PulseConfig, base_dir: Path, source: str) -> Pu
                     f"{source}: family '{name}', field 'labels_file': {path} lists fewer than two labels"
                 )
             fam = fam.model_copy(update={"labels": labels, "labels_file": path})
+        families[name] = fam
+    return config.model_copy(update={"families": families})
+
+
+def _resolve_evaluation_files(config: PulseConfig, base_dir: Path, source: str) -> PulseConfig:
+    """Golden and source-registry paths relative to pulse.yaml; `golden/<family>.jsonl` when present."""
+    families = {}
+    for name, fam in config.families.items():
+        ev = fam.evaluation
+        update: dict[str, Any] = {}
+        for field in ("golden_file", "sources_file"):
+            path = getattr(ev, field)
+            if path is None:
+                continue
+            path = (path if path.is_absolute() else base_dir / path).resolve()
+            if not path.is_file():
+                raise ConfigError(f"{source}: family '{name}', field 'evaluation.{field}': {path} not found")
+            update[field] = path
+        if ev.golden_file is None and (base_dir / "golden" / f"{name}.jsonl").is_file():
+            update["golden_file"] = (base_dir / "golden" / f"{name}.jsonl").resolve()
+        if update:
+            fam = fam.model_copy(update={"evaluation": ev.model_copy(update=update)})
         families[name] = fam
     return config.model_copy(update={"families": families})

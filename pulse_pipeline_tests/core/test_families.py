@@ -11,6 +11,8 @@ def _base() -> dict:
     data = yaml.safe_load((PROJECT / "pulse.yaml").read_text())
     router = data["families"]["intent-router"]
     router["labels_file"] = str(PROJECT / router["labels_file"])  # the copy lives in tmp_path
+    qa = data["families"]["access-qa"]["evaluation"]
+    qa["sources_file"] = str(PROJECT / qa["sources_file"])
     return data
 
 
@@ -119,3 +121,18 @@ def test_file_level_errors_are_one_clear_line(tmp_path):
 def test_family_lookup_names_the_declared_ones(config):
     with pytest.raises(ConfigError, match="unknown family 'nope'.*call-analysis"):
         config.family("nope")
+
+
+def test_evaluation_block_resolves_golden_and_source_files_and_names_mistakes(tmp_path, config):
+    qa = config.family("access-qa").evaluation
+    assert qa.golden_file == PROJECT / "golden" / "access-qa.jsonl"  # found by its conventional name
+    assert qa.sources_file == PROJECT / "sources" / "access-qa.json"
+    assert qa.gate.absolute["answer_accuracy"].fail_below == 0.95
+    data = _base()
+    data["families"]["access-qa"]["evaluation"]["sources_file"] = "missing.json"
+    with pytest.raises(ConfigError, match="family 'access-qa', field 'evaluation.sources_file'.*not found"):
+        load_config(_write(tmp_path, data))
+    data = _base()
+    data["families"]["article-scorer"]["evaluation"]["gate"]["absolute"]["mae"] = {"fail_abov": 1.2}
+    with pytest.raises(ConfigError, match="article-scorer.*evaluation.gate.absolute.mae.fail_abov"):
+        load_config(_write(tmp_path, data))

@@ -96,6 +96,27 @@ class MlflowRun:
         return None
 
 
+def log_evaluation(
+    tracking_uri: str, run_id: str, metrics: dict[str, float], tags: dict[str, str], files: list[Path]
+) -> None:
+    """An evaluation's metrics, decision and reports, added to the training's run."""
+    import time
+
+    disable_telemetry()
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri)
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and v == v]
+    for start in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[start : start + 500])
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="eval")
+
+
 def _flatten(values: dict[str, Any], parent: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():

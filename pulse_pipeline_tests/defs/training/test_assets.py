@@ -1,43 +1,14 @@
 """`<family>/adapter` in a real Dagster run: trained on the snapshot, published, tracked in MLflow,
 reused when nothing changed, and run in the one-at-a-time `training` pool."""
 
-import datetime as dt
-
 import dagster as dg
-import pytest
 import yaml
 
 from pulse_pipeline.core.adapters import read_metadata, versions
 from pulse_pipeline.core.artifacts import LocalArtifactStore
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
-from pulse_pipeline.core.ingestion import ingest_file
-from pulse_pipeline.core.store import Store
-from pulse_pipeline.core.training.base_models import resolve_base_model
 from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples_asset
-from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline.defs.training.assets import TRAINING_POOL, adapter_asset
 from pulse_pipeline_tests.conftest import PROJECT
-
-
-@pytest.fixture
-def resources(config, tmp_path, model_cache):
-    url = f"sqlite:///{tmp_path / 'pulse.db'}"
-    demo = write_demo_file(
-        tmp_path / "demo.jsonl", anchor=dt.date(2026, 6, 30), scale=DemoScale().scaled(0.2)
-    )
-    with Store(url) as store:
-        ingest_file(store, demo.path, config)
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    tiny = resolve_base_model("tiny", model_cache).path
-    (home / "models" / tiny.name).symlink_to(tiny)  # reuse the session's build
-    return {
-        "annotation_store": AnnotationStore(database_url=url),
-        "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
-        "training": TrainingEnvironment(
-            home=str(home), mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
-        ),
-    }
 
 
 def _train(config, resources, instance, **run_config):

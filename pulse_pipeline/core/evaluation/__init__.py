@@ -1,0 +1,1 @@
+"""Evaluation: metric modules, evaluation sets, inference, comparison, the promotion gate and reports."""

@@ -1,0 +1,136 @@
+"""The `evaluation:` block of a family in `pulse.yaml`: evaluation sets, metrics and the gate.
+
+Every field has its default and a help line here, and nowhere else. The gate works as TFX's
+model blessing: absolute thresholds on the candidate's metrics, and change thresholds on
+candidate - baseline (the production version, or the base model for a family's first version),
+where a metric may not regress by more than its tolerance with the paired-bootstrap interval
+excluding zero. The decision is the worst outcome over all checks: DEPLOY, REVIEW or FAIL.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Decision(StrEnum):
+    DEPLOY = "DEPLOY"
+    REVIEW = "REVIEW"
+    FAIL = "FAIL"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Threshold(_Strict):
+    """Bounds on one metric of the candidate. Crossing a `fail_*` bound fails; crossing a
+    `review_*` bound asks a person. Give the side that matters: `*_below` for metrics where
+    higher is better, `*_above` where lower is better."""
+
+    fail_below: float | None = Field(None, description="FAIL when the metric is below this.")
+    review_below: float | None = Field(None, description="REVIEW when below this (and not failing).")
+    fail_above: float | None = Field(None, description="FAIL when the metric is above this.")
+    review_above: float | None = Field(None, description="REVIEW when above this (and not failing).")
+    set: str = Field("test", description="The evaluation set the bound applies to (test, golden, ...).")
+    required: bool = Field(
+        False, description="FAIL when the metric is missing (no applicable example) instead of skipping."
+    )
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Threshold:
+        if all(v is None for v in (self.fail_below, self.review_below, self.fail_above, self.review_above)):
+            raise ValueError("give at least one of fail_below, review_below, fail_above, review_above")
+        if None not in (self.fail_below, self.review_below) and self.fail_below > self.review_below:
+            raise ValueError("fail_below must not exceed review_below")
+        if None not in (self.fail_above, self.review_above) and self.fail_above < self.review_above:
+            raise ValueError("fail_above must not be below review_above")
+        return self
+
+
+class ChangeThresholds(_Strict):
+    """How far a metric may move against the baseline before the gate objects."""
+
+    metrics: tuple[str, ...] | None = Field(
+        None, description="Metrics compared with the baseline (default: the task's main metrics)."
+    )
+    tolerance: float = Field(
+        0.02, ge=0, description="Largest regression allowed, in the metric's own units (0.02 = 2 points)."
+    )
+    tolerances: dict[str, float] = Field(
+        default_factory=dict, description="Per-metric tolerance instead of `tolerance` (e.g. mae: 0.05)."
+    )
+    on_regression: Decision = Field(
+        Decision.FAIL, description="Decision when a metric regresses beyond tolerance (FAIL or REVIEW)."
+    )
+    sets: tuple[str, ...] = Field(("test",), description="Evaluation sets whose deltas the gate reads.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence of the bootstrap intervals.")
+    resamples: int = Field(1000, ge=100, description="Paired bootstrap resamples.")
+    seed: int = Field(0, description="Seed of the bootstrap (same inputs, same intervals).")
+
+    def tolerance_for(self, metric: str) -> float:
+        return self.tolerances.get(metric, self.tolerance)
+
+
+class GateConfig(_Strict):
+    absolute: dict[str, Threshold] = Field(
+        default_factory=dict, description="Metric name -> bounds on the candidate's value."
+    )
+    change: ChangeThresholds = Field(
+        default_factory=ChangeThresholds, description="Regression limits against the baseline."
+    )
+
+
+class EvaluationConfig(_Strict):
+    """How a family's adapters are judged."""
+
+    metrics: tuple[str, ...] | None = Field(
+        None,
+        description="Metric modules (pulse_pipeline/core/evaluation/metrics); default by task and "
+        "annotation kinds.",
+    )
+    golden_file: Path | None = Field(
+        None, description="Golden annotation records, relative to pulse.yaml (default golden/<family>.jsonl)."
+    )
+    sources_file: Path | None = Field(
+        None,
+        description="Source registry for citations (JSON: id -> {title, url, text}), relative to pulse.yaml.",
+    )
+    script: str | None = Field(
+        None, description="'devanagari' for Hindi families: check the answers' script."
+    )
+    out_of_scope_label: str = Field(
+        "oos", description="Classification: the label that means out of scope (thresholded when present)."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Chat families: longest generated answer.")
+    batch_size: int = Field(16, ge=1, description="Examples per generation or forward batch.")
+    max_flipped: int = Field(25, ge=0, description="Most right-to-wrong examples listed in the report.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="The promotion gate.")
+
+
+# The metric modules each task kind gets when `metrics` is not set.
+DEFAULT_METRICS = {
+    "classification": ("classification", "latency"),
+    "regression": ("regression", "latency"),
+    "chat_structured": ("structured_output", "answer_overlap", "bleu_chrf", "latency"),
+    "chat_qa": ("answer_overlap", "bleu_chrf", "citations", "refusals", "latency"),
+}
+
+# What the change thresholds compare by default: the metrics a person would call "quality".
+MAIN_METRICS = {
+    "classification": ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall"),
+    "regression": ("mae", "rmse"),
+    "chat_structured": ("json_valid", "field_accuracy", "token_f1"),
+    "chat_qa": ("answer_accuracy", "token_f1", "citation_presence", "refusal_accuracy", "hallucination_rate"),
+}
+
+
+def profile_of(task: str, annotation_kinds: tuple[str, ...]) -> str:
+    """Which default metrics a family gets: its task kind, and for chat families whether its
+    answers are JSON objects (call analysis) or prose with citations (question answering)."""
+    if task != "chat_sft":
+        return task
+    structured = {"call_correction", "segment_review"}
+    return "chat_structured" if set(annotation_kinds) <= structured else "chat_qa"

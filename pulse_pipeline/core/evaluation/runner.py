@@ -1,0 +1,411 @@
+"""One adapter version judged end to end: evaluation sets -> inference -> metrics -> gate -> reports.
+
+`evaluate_version` is what the Dagster `<family>/eval_report` asset, `pulse evaluate` and the
+end of `pulse train` call. The candidate and its baseline (the production version named by
+current.json, or the base model for a family's first version) answer the same examples; the
+results, the decision and the reports land in the version's `eval/` folder, and the metrics
+in the training's MLflow run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pulse_pipeline.core import adapters, registry
+from pulse_pipeline.core.artifacts import ArtifactStore
+from pulse_pipeline.core.evaluation import metrics
+from pulse_pipeline.core.evaluation.comparison import (
+    Inputs,
+    SystemOutputs,
+    finite,
+    flipped,
+    paired_bootstrap,
+    score,
+)
+from pulse_pipeline.core.evaluation.config import DEFAULT_METRICS, MAIN_METRICS, profile_of
+from pulse_pipeline.core.evaluation.gate import decide
+from pulse_pipeline.core.evaluation.inference import AdapterPredictor, Predictions
+from pulse_pipeline.core.evaluation.sets import (
+    EvalExample,
+    EvalSet,
+    from_records_file,
+    from_snapshot,
+    load_sources,
+)
+from pulse_pipeline.core.families import FamilyConfig, PulseConfig, TaskKind
+
+EVAL_FOLDER = "eval"
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation that cannot run; the message says what to do."""
+
+
+@dataclass
+class Evaluation:
+    results: dict[str, Any]
+    report_uri: str  # eval/report.html of the version in the artifact store
+    markdown: str
+
+    @property
+    def decision(self) -> str:
+        return self.results["gate"]["decision"]
+
+
+def evaluate_version(
+    family: FamilyConfig,
+    config: PulseConfig,
+    artifacts: ArtifactStore,
+    *,
+    home: Path,
+    version: str | None = None,
+    eval_files: tuple[Path, ...] = (),
+    tracking_uri: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> Evaluation:
+    """Judge `version` (default: the newest) against production, or the base model."""
+    from pulse_pipeline.core.training.models import load_adapter
+
+    version = version or _newest(artifacts, family)
+    meta = adapters.read_metadata(artifacts, family.name, version)
+    current = registry.read_current(artifacts, family.name)
+    production = current["version"] if current and current.get("version") != version else None
+    ev = family.evaluation
+    profile = profile_of(family.task.value, tuple(family.annotation_kinds))
+    names = list(ev.metrics or DEFAULT_METRICS[profile])
+    if ev.script and "script_consistency" not in names:
+        names.append("script_consistency")
+    modules = [metrics.load(n) for n in names]
+    combined = metrics.combine(names)
+
+    sets = [from_snapshot(family, artifacts, meta["dataset_version"], "test")]
+    if ev.golden_file is not None:
+        sets.append(from_records_file(family, config, ev.golden_file, "golden"))
+    sets += [from_records_file(family, config, Path(f), Path(f).stem) for f in eval_files]
+    sets = [s for s in sets if s.examples]
+    if not sets:
+        raise EvaluationError(
+            f"{family.name} {version}: no evaluation examples (empty test split, no golden file)"
+        )
+
+    cache = home / "cache" / "adapters"
+    log(f"loading {version}")
+    candidate = _predictor(
+        family, load_adapter(adapters.local_folder(artifacts, family.name, version, cache))
+    )
+    if production:
+        log(f"baseline: production version {production}")
+        baseline = _predictor(
+            family, load_adapter(adapters.local_folder(artifacts, family.name, production, cache))
+        )
+        baseline_info: dict[str, Any] = {"kind": "production", "version": production}
+        base_switch = True
+    else:
+        baseline, base_switch = candidate, False
+        baseline_info = {"kind": "base_model", "version": None, "description": _base_description(family)}
+        if family.task is not TaskKind.chat_sft:
+            train = from_snapshot(family, artifacts, meta["dataset_version"], "train").examples
+            candidate.fit_base_head(train)
+        log(f"baseline: {baseline_info['description']}")
+
+    def run(predictor: AdapterPredictor, is_baseline: bool, examples: list[EvalExample]) -> Predictions:
+        return predictor.predict(examples, use_adapter=base_switch or not is_baseline)
+
+    thresholds = _oos_thresholds(family, artifacts, meta["dataset_version"], candidate, baseline, run)
+    shared = _shared_inputs(family)
+    results: dict[str, Any] = {
+        "family": family.name,
+        "task": family.task.value,
+        "version": version,
+        "dataset_version": meta["dataset_version"],
+        "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "baseline": baseline_info,
+        "metric_modules": names,
+        "sets": [],
+        "metrics": {},
+        "comparison": {},
+        "flipped": [],
+        "skipped": [],
+        "training": _training_summary(meta),
+    }
+    if thresholds:
+        results["threshold"] = {
+            "out_of_scope_label": ev.out_of_scope_label,
+            "value": thresholds["candidate"],
+            "baseline_value": thresholds["baseline"],
+            "chosen_on": "val",
+        }
+    change = ev.gate.change
+    for eval_set in sets:
+        log(f"{eval_set.name}: {len(eval_set)} examples")
+        inputs = _inputs(eval_set, shared)
+        cand_pred = run(candidate, False, eval_set.examples)
+        base_pred = run(baseline, True, eval_set.examples)
+        cand = _outputs(cand_pred, thresholds.get("candidate"))
+        base = _outputs(base_pred, thresholds.get("baseline"))
+        kwargs = {**inputs.per_example, **inputs.shared}
+        cand_metrics = combined.compute(
+            predictions=cand.predictions, references=inputs.references,
+            **kwargs, **cand.per_example, **cand.shared,
+        )  # fmt: skip
+        base_metrics = score(modules, base, inputs)
+        results["sets"].append(
+            {
+                "name": eval_set.name,
+                "examples": len(eval_set),
+                "source": eval_set.source,
+                "not_used": eval_set.not_used,
+            }
+        )
+        results["metrics"][eval_set.name] = {
+            "candidate": metrics.scalar_metrics(cand_metrics),
+            "baseline": metrics.scalar_metrics(base_metrics),
+        }
+        results["comparison"][eval_set.name] = paired_bootstrap(
+            modules,
+            cand,
+            base,
+            inputs,
+            resamples=change.resamples,
+            confidence=change.confidence,
+            seed=change.seed,
+        )
+        shown_c, shown_b = _as_judged(family, cand), _as_judged(family, base)
+        right_c = _right(family, profile, modules, eval_set.examples, cand, inputs, shown_c)
+        right_b = _right(family, profile, modules, eval_set.examples, base, inputs, shown_b)
+        results["flipped"] += flipped(
+            eval_set.examples, inputs.references, right_c, right_b, shown_c, shown_b,
+            set_name=eval_set.name, limit=ev.max_flipped,
+        )  # fmt: skip
+        if eval_set.name == "test":
+            _task_extras(family, results, cand_metrics, base_metrics)
+        by_category = _by_category(eval_set, modules, cand, inputs)
+        if by_category:
+            results.setdefault("by_category", {})[eval_set.name] = by_category
+        if family.task is TaskKind.chat_sft:
+            _judge(results, eval_set, cand.predictions, log)
+    results["gate"] = decide(
+        ev.gate,
+        {s: v["candidate"] for s, v in results["metrics"].items()},
+        results["comparison"],
+        MAIN_METRICS[profile],
+    )
+    results = finite(results)
+    return _publish(family, artifacts, version, results, meta, tracking_uri)
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+
+def _newest(artifacts: ArtifactStore, family: FamilyConfig) -> str:
+    found = adapters.versions(artifacts, family.name)
+    if not found:
+        raise EvaluationError(
+            f"{family.name} has no trained version yet: run `pulse train --family {family.name}`"
+        )
+    return found[-1]
+
+
+def _predictor(family: FamilyConfig, loaded: Any) -> AdapterPredictor:
+    ev = family.evaluation
+    max_length = 512 if family.task is TaskKind.chat_sft else 256
+    return AdapterPredictor(
+        loaded, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, max_length=max_length
+    )
+
+
+def _base_description(family: FamilyConfig) -> str:
+    if family.task is TaskKind.chat_sft:
+        return f"{family.base_model} without an adapter"
+    head = "nearest label centroid" if family.task is TaskKind.classification else "ridge regression"
+    return f"{family.base_model} without an adapter ({head} fitted on the train split's embeddings)"
+
+
+def _oos_thresholds(
+    family: FamilyConfig,
+    artifacts: ArtifactStore,
+    dataset_version: str,
+    candidate: Any,
+    baseline: Any,
+    run: Any,
+) -> dict[str, float]:
+    """Classification with an out-of-scope label: each system's threshold, chosen on val."""
+    label = family.evaluation.out_of_scope_label
+    if family.task is not TaskKind.classification or label not in family.label_set:
+        return {}
+    val = from_snapshot(family, artifacts, dataset_version, "val").examples
+    if not val:
+        return {}
+    from pulse_pipeline.core.evaluation.metrics.classification import choose_threshold
+
+    refs = [e.reference for e in val]
+    out = {}
+    for name, predictor in (("candidate", candidate), ("baseline", baseline)):
+        p = run(predictor, name == "baseline", val)
+        out[name] = float(choose_threshold(p.scores, p.outputs, refs, out_of_scope_label=label))
+    return out
+
+
+def _shared_inputs(family: FamilyConfig) -> dict[str, Any]:
+    ev = family.evaluation
+    shared: dict[str, Any] = {}
+    if family.task is TaskKind.regression:
+        shared["dimension_names"] = list(family.dimensions or ())
+    if family.task is TaskKind.classification:
+        shared["out_of_scope_label"] = ev.out_of_scope_label
+    if family.task is TaskKind.chat_sft:
+        shared["sources"] = load_sources(ev.sources_file)
+    if ev.script:
+        shared["script"] = ev.script
+    return shared
+
+
+def _inputs(eval_set: EvalSet, shared: dict[str, Any]) -> Inputs:
+    examples = eval_set.examples
+    per_example: dict[str, list[Any]] = {}
+    if any(e.query_type is not None for e in examples):
+        per_example["query_types"] = [e.query_type for e in examples]
+    if any(e.citation_expected is not None for e in examples):
+        per_example["citation_expected"] = [bool(e.citation_expected) for e in examples]
+    return Inputs([e.reference for e in examples], per_example, dict(shared))
+
+
+def _outputs(p: Predictions, threshold: float | None) -> SystemOutputs:
+    per_example: dict[str, list[Any]] = {"latencies": p.latencies}
+    shared: dict[str, Any] = {}
+    if threshold is not None and p.scores is not None:
+        per_example["scores"] = p.scores
+        shared["threshold"] = threshold
+    return SystemOutputs(p.outputs, per_example, shared)
+
+
+def _as_judged(family: FamilyConfig, system: SystemOutputs) -> list[Any]:
+    """The answers as the metrics judged them: below the out-of-scope threshold, the OOS label."""
+    scores, threshold = system.per_example.get("scores"), system.shared.get("threshold")
+    if scores is None or threshold is None:
+        return system.predictions
+    from pulse_pipeline.core.evaluation.metrics.classification import apply_threshold
+
+    return apply_threshold(system.predictions, scores, threshold, family.evaluation.out_of_scope_label)
+
+
+def _right(
+    family: FamilyConfig, profile: str, modules: list[Any], examples: list[EvalExample],
+    system: SystemOutputs, inputs: Inputs, answers: list[Any],
+) -> list[bool]:  # fmt: skip
+    """Whether each answer is right, for the list of flipped examples."""
+    if profile == "classification":
+        return [a == ex.reference for a, ex in zip(answers, examples, strict=True)]
+    if profile == "regression":
+        lo, hi = family.score_range
+        return [
+            sum(abs(a - b) for a, b in zip(pred, ex.reference, strict=True)) / len(pred) <= 0.1 * (hi - lo)
+            for pred, ex in zip(answers, examples, strict=True)
+        ]  # within a tenth of the scale on average
+    key = "field_accuracy" if profile == "chat_structured" else "answer_accuracy"
+    return [score(modules, system, inputs, [i]).get(key) == 1.0 for i in range(len(examples))]
+
+
+def _task_extras(family: FamilyConfig, results: dict, cand: dict, base: dict) -> None:
+    if family.task is TaskKind.classification and "confusion_matrix" in cand:
+        results["confusion"] = cand["confusion_matrix"]
+    if family.task is TaskKind.regression:
+        results["per_dimension"] = {
+            d: {"candidate_mae": cand.get(f"mae_{d}"), "baseline_mae": base.get(f"mae_{d}")}
+            for d in family.dimensions or ()
+        }
+
+
+def _by_category(eval_set: EvalSet, modules: list[Any], system: SystemOutputs, inputs: Inputs) -> dict:
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(eval_set.examples):
+        if ex.category:
+            groups.setdefault(ex.category, []).append(i)
+    return {
+        cat: {"examples": len(idx), **metrics.scalar_metrics(score(modules, system, inputs, idx))}
+        for cat, idx in sorted(groups.items())
+    }
+
+
+def _judge(results: dict, eval_set: EvalSet, answers: list[str], log: Callable[[str], None]) -> None:
+    """The optional LLM judge (PULSE_JUDGE_URL) on the candidate's answers: relevance,
+    correctness and completeness join the set's metrics; when it cannot run, the report says why."""
+    from pulse_pipeline.core.evaluation.judge import (
+        JudgeItem,
+        JudgeSettings,
+        JudgeUnavailable,
+        judge_answers,
+        skip_reason,
+    )
+
+    settings = JudgeSettings.from_env()
+    if settings is None:
+        note = {"what": "llm_judge", "reason": skip_reason() or "not configured"}
+        if note not in results["skipped"]:
+            results["skipped"].append(note)
+        return
+    items = [
+        JudgeItem(ex.id, ex.prompt_text, str(ex.reference), answer)
+        for ex, answer in zip(eval_set.examples, answers, strict=True)
+    ]
+    try:
+        judged = judge_answers(items, settings)
+    except JudgeUnavailable as exc:
+        results["skipped"].append({"what": f"llm_judge on {eval_set.name}", "reason": str(exc)})
+        return
+    log(f"{eval_set.name}: LLM judge {judged.model}: {judged.judged} judged, {judged.unparsed} unparsed")
+    results["metrics"][eval_set.name]["candidate"].update(judged.to_metrics())
+    results.setdefault("judge", {})[eval_set.name] = judged.to_report()
+
+
+def _training_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "dataset_version", "epochs", "best_epoch", "training_loss", "best_validation_loss",
+        "loss_history", "epoch_history", "base_model", "samples_used", "trained_at",
+    )  # fmt: skip
+    return {k: meta.get(k) for k in keys if k in meta}
+
+
+def _publish(
+    family: FamilyConfig,
+    artifacts: ArtifactStore,
+    version: str,
+    results: dict[str, Any],
+    meta: dict[str, Any],
+    tracking_uri: str | None,
+) -> Evaluation:
+    """eval/results.json, report.md and report.html into the version folder; metrics to MLflow."""
+    from pulse_pipeline.core.evaluation.reports import render_markdown, write_reports
+
+    prefix = f"{adapters.prefix(family.name, version)}/{EVAL_FOLDER}"
+    with tempfile.TemporaryDirectory() as tmp:
+        written = write_reports(results, Path(tmp))
+        for path in written.values():
+            artifacts.write_bytes(f"{prefix}/{path.name}", path.read_bytes())
+        run_id = (meta.get("mlflow") or {}).get("run_id")
+        if tracking_uri and run_id:
+            from pulse_pipeline.core.training.tracking import log_evaluation
+
+            flat = {
+                f"eval.{set_name}.{metric}": value
+                for set_name, systems in results["metrics"].items()
+                for metric, value in systems["candidate"].items()
+            }
+            log_evaluation(
+                tracking_uri,
+                run_id,
+                flat,
+                {"pulse.decision": results["gate"]["decision"], "pulse.baseline": _baseline_tag(results)},
+                list(written.values()),
+            )
+    return Evaluation(results, artifacts.uri(f"{prefix}/report.html"), render_markdown(results))
+
+
+def _baseline_tag(results: dict[str, Any]) -> str:
+    b = results["baseline"]
+    return b["version"] if b["kind"] == "production" else "base_model"

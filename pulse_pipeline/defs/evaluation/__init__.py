@@ -1,0 +1,1 @@
+"""Evaluation: the eval report and the promotion gate."""

@@ -1,0 +1,154 @@
+"""The gate end to end on real adapters: CLINC150 intents on `minilm-l6`, an adapter trained on
+shuffled labels against a good production adapter (FAIL, naming the metric), the good one
+against the shuffled one (DEPLOY), the first version against the base model, the same inputs
+giving the same intervals, and the reports written next to the adapter."""
+
+import json
+import random
+
+import orjson
+import pytest
+from mlflow import MlflowClient
+
+from pulse_pipeline.core import adapters, registry
+from pulse_pipeline.core.artifacts import LocalArtifactStore
+from pulse_pipeline.core.evaluation.runner import evaluate_version
+from pulse_pipeline.core.examples import build_examples
+from pulse_pipeline.core.families import parse_config
+from pulse_pipeline.core.ingestion import ingest_file
+from pulse_pipeline.core.snapshots import read_split, write_snapshot
+from pulse_pipeline.core.store import Store
+from pulse_pipeline.core.training.base_models import resolve_base_model
+from pulse_pipeline.core.training.config import resolve_training_config
+from pulse_pipeline.core.training.recipe import TrainingJob, train
+from pulse_pipeline.core.training.tracking import MlflowRun
+from pulse_pipeline_tests.conftest import CLINC150
+
+INTENTS = ("balance", "transfer", "freeze_account", "book_flight", "weather", "timer", "oos")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, model_cache):
+    if not (CLINC150 / "data_full.json").is_file():
+        pytest.skip(f"CLINC150 not found at {CLINC150}")
+    tmp = tmp_path_factory.mktemp("gate")
+    config = parse_config(
+        {
+            "families": {
+                "intents": {
+                    "task": "classification",
+                    "annotation_kinds": ["intent_label"],
+                    "base_model": "minilm-l6",
+                    "labels": list(INTENTS),
+                    "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+                    "evaluation": {"gate": {"absolute": {"accuracy": {"fail_below": 0.5}}}},
+                }
+            }
+        }
+    )
+    family = config.family("intents")
+    data = json.loads((CLINC150 / "data_full.json").read_text())
+    per_label: dict[str, int] = {}
+    lines = []
+    for text, label in data["train"] + data["oos_train"]:
+        if label in INTENTS and per_label.get(label, 0) < 30:
+            per_label[label] = per_label.get(label, 0) + 1
+            lines.append(
+                {
+                    "kind": "intent_label",
+                    "family": "intents",
+                    "text": text,
+                    "label": label,
+                    "annotator": "crowd",
+                }
+            )
+    (tmp / "records.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+    with Store(f"sqlite:///{tmp / 'pulse.db'}") as store:
+        ingest_file(store, tmp / "records.jsonl", config)
+        table, stats = build_examples(store, family)
+    artifacts = LocalArtifactStore(tmp / "artifacts")
+    dataset = write_snapshot(artifacts, family, table, stats).version
+    return config, family, artifacts, dataset, tmp, model_cache
+
+
+def _publish(world, *, shuffled: bool) -> str:
+    config, family, artifacts, dataset, tmp, model_cache = world
+    train_set = read_split(artifacts, family, dataset, "train")
+    if shuffled:
+        labels = [e["label"] for e in train_set]
+        random.Random(0).shuffle(labels)
+        train_set = [{**e, "label": label} for e, label in zip(train_set, labels, strict=True)]
+    settings = resolve_training_config("classification", family.training, {"epochs": 1})
+    base = resolve_base_model(family.base_model, model_cache)
+    val_set = read_split(artifacts, family, dataset, "val")
+    job = TrainingJob(family, settings, dataset, train_set, val_set, base, tmp / "work" / str(shuffled))
+    run = MlflowRun(
+        f"sqlite:///{tmp / 'mlflow.db'}", "intents", run_name="t", artifact_root=tmp / "ml", tags={}
+    )
+    result = train(job)
+    run.finish(ok=True)
+    meta = {**result.metadata, "mlflow": {"run_id": run.run_id}}
+    return adapters.publish(artifacts, family.name, result.folder, meta)
+
+
+def _point_current(artifacts, version):
+    artifacts.write_bytes(registry.current_key("intents"), orjson.dumps({"version": version}))
+
+
+def _evaluate(world, version):
+    config, family, artifacts, _, tmp, _ = world
+    return evaluate_version(
+        family,
+        config,
+        artifacts,
+        home=tmp / "home",
+        version=version,
+        tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+    )
+
+
+@pytest.mark.slow
+def test_shuffled_labels_fail_against_a_good_adapter_and_a_good_one_deploys(world):
+    artifacts = world[2]
+    good = _publish(world, shuffled=False)
+
+    first = _evaluate(world, good)  # no production yet: judged against the base model
+    assert first.results["baseline"]["kind"] == "base_model"
+    assert first.decision == "DEPLOY", first.results["gate"]
+
+    bad = _publish(world, shuffled=True)
+    _point_current(artifacts, good)
+    judged = _evaluate(world, bad)
+    r = judged.results
+    assert r["baseline"] == {"kind": "production", "version": good}
+    assert judged.decision == "FAIL"
+    assert any(reason.startswith("accuracy") and "FAIL" in reason for reason in r["gate"]["reasons"])
+    acc = next(row for row in r["comparison"]["test"] if row["metric"] == "accuracy")
+    assert acc["delta"] < -0.3 and acc["ci_high"] < 0
+    assert r["flipped"] and all(f["candidate"] != f["reference"] for f in r["flipped"])
+    assert r["threshold"]["chosen_on"] == "val" and "in_scope_accuracy" in r["metrics"]["test"]["candidate"]
+
+    _point_current(artifacts, bad)
+    better = _evaluate(world, good)
+    assert better.decision == "DEPLOY" and better.results["gate"]["reasons"] == []
+    again = _evaluate(world, good)
+
+    def quality(evaluation):  # latency is measured anew each time; every other row must repeat exactly
+        return [
+            row for row in evaluation.results["comparison"]["test"] if not row["metric"].startswith("latency")
+        ]
+
+    assert quality(again) == quality(better) and len(quality(better)) >= 4  # same inputs, same intervals
+
+    folder = artifacts.local_path(adapters.prefix("intents", good)) / "eval"
+    assert {p.name for p in folder.iterdir()} == {"results.json", "report.md", "report.html"}
+    assert json.loads((folder / "results.json").read_text())["gate"]["decision"] == "DEPLOY"
+    assert "DEPLOY" in (folder / "report.md").read_text()
+
+    client = MlflowClient(f"sqlite:///{world[4] / 'mlflow.db'}")
+    run_id = adapters.read_metadata(artifacts, "intents", bad)["mlflow"]["run_id"]
+    logged = client.get_run(run_id)
+    assert logged.data.tags["pulse.decision"] == "FAIL" and "eval.test.accuracy" in logged.data.metrics
+    assert {a.path for a in client.list_artifacts(run_id, "eval")} == {
+        "eval/results.json", "eval/report.md", "eval/report.html",
+    }  # fmt: skip
