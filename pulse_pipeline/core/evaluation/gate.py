@@ -21,6 +21,8 @@ def show(metric: str, value: float) -> str:
     """A value as a person reads it: rates in percent, the rest with 3 significant digits."""
     if metric.endswith(_RATES) and "error" not in metric:
         return f"{100 * value:.1f}%"
+    if metric.endswith("_seconds"):
+        return f"{value:.3g} s"
     return f"{value:.3g}"
 
 

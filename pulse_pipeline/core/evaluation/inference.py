@@ -96,8 +96,8 @@ class AdapterPredictor:
         head = self.loaded.head
         latencies = []
         raw = []
-        for start in range(0, len(texts), 256):
-            chunk = texts[start : start + 256]
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
             began = time.perf_counter()
             raw.append(
                 self.loaded.predict(chunk, max_length=self.max_length, batch_size=self.batch_size, raw=True)

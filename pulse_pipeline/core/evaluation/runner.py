@@ -69,62 +69,31 @@ def evaluate_version(
     log: Callable[[str], None] = lambda _: None,
 ) -> Evaluation:
     """Judge `version` (default: the newest) against production, or the base model."""
-    from pulse_pipeline.core.training.models import load_adapter
-
     version = version or _newest(artifacts, family)
     meta = adapters.read_metadata(artifacts, family.name, version)
-    current = registry.read_current(artifacts, family.name)
-    production = current["version"] if current and current.get("version") != version else None
+    dataset = meta["dataset_version"]
     ev = family.evaluation
     profile = profile_of(family.task.value, tuple(family.annotation_kinds))
     names = list(ev.metrics or DEFAULT_METRICS[profile])
     if ev.script and "script_consistency" not in names:
         names.append("script_consistency")
-    modules = [metrics.load(n) for n in names]
-    combined = metrics.combine(names)
-
-    sets = [from_snapshot(family, artifacts, meta["dataset_version"], "test")]
-    if ev.golden_file is not None:
-        sets.append(from_records_file(family, config, ev.golden_file, "golden"))
-    sets += [from_records_file(family, config, Path(f), Path(f).stem) for f in eval_files]
-    sets = [s for s in sets if s.examples]
+    sets = _evaluation_sets(family, config, artifacts, dataset, eval_files)
     if not sets:
         raise EvaluationError(
             f"{family.name} {version}: no evaluation examples (empty test split, no golden file)"
         )
-
-    cache = home / "cache" / "adapters"
-    log(f"loading {version}")
-    candidate = _predictor(
-        family, load_adapter(adapters.local_folder(artifacts, family.name, version, cache))
+    systems = _load_systems(family, artifacts, home, version, dataset, log)
+    evaluator = _SetEvaluator(
+        family, profile, [metrics.load(n) for n in names], metrics.combine(names), systems
     )
-    if production:
-        log(f"baseline: production version {production}")
-        baseline = _predictor(
-            family, load_adapter(adapters.local_folder(artifacts, family.name, production, cache))
-        )
-        baseline_info: dict[str, Any] = {"kind": "production", "version": production}
-        base_switch = True
-    else:
-        baseline, base_switch = candidate, False
-        baseline_info = {"kind": "base_model", "version": None, "description": _base_description(family)}
-        if family.task is not TaskKind.chat_sft:
-            train = from_snapshot(family, artifacts, meta["dataset_version"], "train").examples
-            candidate.fit_base_head(train)
-        log(f"baseline: {baseline_info['description']}")
 
-    def run(predictor: AdapterPredictor, is_baseline: bool, examples: list[EvalExample]) -> Predictions:
-        return predictor.predict(examples, use_adapter=base_switch or not is_baseline)
-
-    thresholds = _oos_thresholds(family, artifacts, meta["dataset_version"], candidate, baseline, run)
-    shared = _shared_inputs(family)
     results: dict[str, Any] = {
         "family": family.name,
         "task": family.task.value,
         "version": version,
-        "dataset_version": meta["dataset_version"],
+        "dataset_version": dataset,
         "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "baseline": baseline_info,
+        "baseline": systems.baseline_info,
         "metric_modules": names,
         "sets": [],
         "metrics": {},
@@ -133,27 +102,116 @@ def evaluate_version(
         "skipped": [],
         "training": _training_summary(meta),
     }
-    if thresholds:
+    if systems.thresholds:
         results["threshold"] = {
             "out_of_scope_label": ev.out_of_scope_label,
-            "value": thresholds["candidate"],
-            "baseline_value": thresholds["baseline"],
+            "value": systems.thresholds["candidate"],
+            "baseline_value": systems.thresholds["baseline"],
             "chosen_on": "val",
         }
-    change = ev.gate.change
     for eval_set in sets:
         log(f"{eval_set.name}: {len(eval_set)} examples")
-        inputs = _inputs(eval_set, shared)
-        cand_pred = run(candidate, False, eval_set.examples)
-        base_pred = run(baseline, True, eval_set.examples)
-        cand = _outputs(cand_pred, thresholds.get("candidate"))
-        base = _outputs(base_pred, thresholds.get("baseline"))
-        kwargs = {**inputs.per_example, **inputs.shared}
-        cand_metrics = combined.compute(
-            predictions=cand.predictions, references=inputs.references,
-            **kwargs, **cand.per_example, **cand.shared,
+        evaluator.evaluate_set(eval_set, results, log)
+    results["gate"] = decide(
+        ev.gate,
+        {s: v["candidate"] for s, v in results["metrics"].items()},
+        results["comparison"],
+        MAIN_METRICS[profile],
+    )
+    return _publish(family, artifacts, version, finite(results), meta, tracking_uri)
+
+
+@dataclass
+class _Systems:
+    """The candidate and its baseline, ready to answer; `thresholds`: each one's out-of-scope
+    threshold (classification with an OOS label)."""
+
+    candidate: AdapterPredictor
+    baseline: AdapterPredictor  # the candidate itself when the baseline is its base model
+    baseline_is_adapter: bool  # production: its adapter on; base model: the candidate's off
+    baseline_info: dict[str, Any]
+    thresholds: dict[str, float]
+
+    def answer(self, examples: list[EvalExample], *, baseline: bool) -> Predictions:
+        if baseline:
+            return self.baseline.predict(examples, use_adapter=self.baseline_is_adapter)
+        return self.candidate.predict(examples)
+
+
+def _evaluation_sets(
+    family: FamilyConfig,
+    config: PulseConfig,
+    artifacts: ArtifactStore,
+    dataset: str,
+    eval_files: tuple[Path, ...],
+) -> list[EvalSet]:
+    sets = [from_snapshot(family, artifacts, dataset, "test")]
+    if family.evaluation.golden_file is not None:
+        sets.append(from_records_file(family, config, family.evaluation.golden_file, "golden"))
+    sets += [from_records_file(family, config, Path(f), Path(f).stem) for f in eval_files]
+    return [s for s in sets if s.examples]
+
+
+def _load_systems(
+    family: FamilyConfig, artifacts: ArtifactStore, home: Path, version: str, dataset: str,
+    log: Callable[[str], None],
+) -> _Systems:  # fmt: skip
+    from pulse_pipeline.core.training.models import load_adapter
+
+    current = registry.read_current(artifacts, family.name)
+    production = current["version"] if current and current.get("version") != version else None
+    cache = home / "cache" / "adapters"
+    log(f"loading {version}")
+    candidate = _predictor(
+        family, load_adapter(adapters.local_folder(artifacts, family.name, version, cache))
+    )
+    if production:
+        log(f"baseline: production version {production}")
+        folder = adapters.local_folder(artifacts, family.name, production, cache)
+        systems = _Systems(
+            candidate, _predictor(family, load_adapter(folder)), True,
+            {"kind": "production", "version": production}, {},
         )  # fmt: skip
-        base_metrics = score(modules, base, inputs)
+    else:
+        description = _base_description(family)
+        log(f"baseline: {description}")
+        if family.task is not TaskKind.chat_sft:
+            candidate.fit_base_head(from_snapshot(family, artifacts, dataset, "train").examples)
+        systems = _Systems(
+            candidate,
+            candidate,
+            False,
+            {"kind": "base_model", "version": None, "description": description},
+            {},
+        )
+    systems.thresholds = _oos_thresholds(family, artifacts, dataset, systems)
+    return systems
+
+
+@dataclass
+class _SetEvaluator:
+    """Runs one evaluation set through both systems, the metrics, the bootstrap and the flips."""
+
+    family: FamilyConfig
+    profile: str
+    modules: list[Any]  # the metric modules, called directly on bootstrap resamples
+    combined: Any  # the same modules as one `evaluate.combine`, for the full-set figures
+    systems: _Systems
+
+    def evaluate_set(self, eval_set: EvalSet, results: dict[str, Any], log: Callable[[str], None]) -> None:
+        family, ev = self.family, self.family.evaluation
+        inputs = _inputs(eval_set, _shared_inputs(family))
+        cand = _outputs(
+            self.systems.answer(eval_set.examples, baseline=False), self.systems.thresholds.get("candidate")
+        )
+        base = _outputs(
+            self.systems.answer(eval_set.examples, baseline=True), self.systems.thresholds.get("baseline")
+        )
+        cand_metrics = self.combined.compute(
+            predictions=cand.predictions, references=inputs.references,
+            **inputs.per_example, **inputs.shared, **cand.per_example, **cand.shared,
+        )  # fmt: skip
+        base_metrics = score(self.modules, base, inputs)
         results["sets"].append(
             {
                 "name": eval_set.name,
@@ -166,37 +224,25 @@ def evaluate_version(
             "candidate": metrics.scalar_metrics(cand_metrics),
             "baseline": metrics.scalar_metrics(base_metrics),
         }
+        change = ev.gate.change
         results["comparison"][eval_set.name] = paired_bootstrap(
-            modules,
-            cand,
-            base,
-            inputs,
-            resamples=change.resamples,
-            confidence=change.confidence,
-            seed=change.seed,
-        )
+            self.modules, cand, base, inputs,
+            resamples=change.resamples, confidence=change.confidence, seed=change.seed,
+        )  # fmt: skip
         shown_c, shown_b = _as_judged(family, cand), _as_judged(family, base)
-        right_c = _right(family, profile, modules, eval_set.examples, cand, inputs, shown_c)
-        right_b = _right(family, profile, modules, eval_set.examples, base, inputs, shown_b)
+        right_c = _right(family, self.profile, self.modules, eval_set.examples, cand, inputs, shown_c)
+        right_b = _right(family, self.profile, self.modules, eval_set.examples, base, inputs, shown_b)
         results["flipped"] += flipped(
             eval_set.examples, inputs.references, right_c, right_b, shown_c, shown_b,
             set_name=eval_set.name, limit=ev.max_flipped,
         )  # fmt: skip
         if eval_set.name == "test":
             _task_extras(family, results, cand_metrics, base_metrics)
-        by_category = _by_category(eval_set, modules, cand, inputs)
+        by_category = _by_category(eval_set, self.modules, cand, inputs)
         if by_category:
             results.setdefault("by_category", {})[eval_set.name] = by_category
         if family.task is TaskKind.chat_sft:
-            _judge(results, eval_set, cand.predictions, log)
-    results["gate"] = decide(
-        ev.gate,
-        {s: v["candidate"] for s, v in results["metrics"].items()},
-        results["comparison"],
-        MAIN_METRICS[profile],
-    )
-    results = finite(results)
-    return _publish(family, artifacts, version, results, meta, tracking_uri)
+            _llm_judge(results, eval_set, cand.predictions, log)
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -227,26 +273,21 @@ def _base_description(family: FamilyConfig) -> str:
 
 
 def _oos_thresholds(
-    family: FamilyConfig,
-    artifacts: ArtifactStore,
-    dataset_version: str,
-    candidate: Any,
-    baseline: Any,
-    run: Any,
+    family: FamilyConfig, artifacts: ArtifactStore, dataset: str, systems: _Systems
 ) -> dict[str, float]:
     """Classification with an out-of-scope label: each system's threshold, chosen on val."""
     label = family.evaluation.out_of_scope_label
     if family.task is not TaskKind.classification or label not in family.label_set:
         return {}
-    val = from_snapshot(family, artifacts, dataset_version, "val").examples
+    val = from_snapshot(family, artifacts, dataset, "val").examples
     if not val:
         return {}
     from pulse_pipeline.core.evaluation.metrics.classification import choose_threshold
 
     refs = [e.reference for e in val]
     out = {}
-    for name, predictor in (("candidate", candidate), ("baseline", baseline)):
-        p = run(predictor, name == "baseline", val)
+    for name in ("candidate", "baseline"):
+        p = systems.answer(val, baseline=name == "baseline")
         out[name] = float(choose_threshold(p.scores, p.outputs, refs, out_of_scope_label=label))
     return out
 
@@ -332,7 +373,7 @@ def _by_category(eval_set: EvalSet, modules: list[Any], system: SystemOutputs, i
     }
 
 
-def _judge(results: dict, eval_set: EvalSet, answers: list[str], log: Callable[[str], None]) -> None:
+def _llm_judge(results: dict, eval_set: EvalSet, answers: list[str], log: Callable[[str], None]) -> None:
     """The optional LLM judge (PULSE_JUDGE_URL) on the candidate's answers: relevance,
     correctness and completeness join the set's metrics; when it cannot run, the report says why."""
     from pulse_pipeline.core.evaluation.judge import (

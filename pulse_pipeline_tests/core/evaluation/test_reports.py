@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pulse_pipeline.core.evaluation.report_plots import confusion_subset
+from pulse_pipeline.core.evaluation.report_view import format_delta, format_value
 from pulse_pipeline.core.evaluation.reports import (
-    confusion_subset,
-    format_delta,
-    format_value,
     make_plots,
     md_escape,
     render_html,
@@ -369,7 +368,7 @@ def test_markdown_shows_decision_checks_and_percentages() -> None:
     )
     assert "### golden (24 examples, golden/intent-router.jsonl)" in markdown
     assert "oos\\_recall | n/a | n/a" in markdown  # a metric with no applicable example
-    assert "14.2 for label oos (chosen on val)" in markdown
+    assert "top-label score below 14.2 means oos (chosen on val)" in markdown
     assert "- **llm\\_judge**: PULSE\\_JUDGE\\_URL is not set" in markdown
     assert "**Best validation loss:** 0.52" in markdown
     assert "<" not in markdown.replace("\\<", "")  # no HTML, only escaped text
@@ -471,7 +470,7 @@ def test_html_has_the_badge_plots_and_escaped_text(classification_plots: dict[st
     assert len(page.images) == len(classification_plots) == 3
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
     assert "http://" not in html and "https://" not in html
-    assert "91.0%" in html and "14.2 for label oos" in html
+    assert "91.0%" in html and "top-label score below 14.2 means oos" in html
 
 
 # --- plots ------------------------------------------------------------------------------------------
@@ -557,6 +556,14 @@ def test_html_report_renders_in_chromium(tmp_path: Path, classification_plots: d
             assert badge.inner_text() == "DEPLOY"
             assert badge.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(26, 127, 55)"
             screenshot = page.screenshot(full_page=True)
+            for decision, background in (("FAIL", "rgb(198, 40, 40)"), ("REVIEW", "rgb(179, 89, 0)")):
+                failed = classification_results()
+                failed["gate"]["decision"] = decision
+                page.goto(write_reports(failed, tmp_path / decision, plots={})["html"].as_uri())
+                colours = page.locator(".badge").evaluate(
+                    "e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]"
+                )
+                assert colours == ["rgb(255, 255, 255)", background]  # white text, never red on red
         finally:
             browser.close()
     pixels = np.asarray(Image.open(io.BytesIO(screenshot)).convert("RGB"))
@@ -565,3 +572,18 @@ def test_html_report_renders_in_chromium(tmp_path: Path, classification_plots: d
     assert non_white > 0.05, f"only {non_white:.1%} of the page is drawn"
     colours = np.unique(pixels.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.uint32))
     assert len(colours) > 200  # text, the green badge, the plots' colours
+
+
+def test_golden_categories_get_their_own_table_in_both_reports() -> None:
+    results = classification_results()
+    results["by_category"] = {
+        "golden": {
+            "banking": {"examples": 6, "accuracy": 0.5, "macro_f1": 0.4},
+            "out_of_scope": {"examples": 3, "accuracy": 1.0},
+        }
+    }
+    markdown = render_markdown(results)
+    assert "## By category (golden, candidate)" in markdown
+    assert "| banking | 6 | 50.0% |" in markdown and "| out\\_of\\_scope | 3 | 100.0% |" in markdown
+    html = render_html(results, {})
+    assert "By category (golden, candidate)" in html and "<td>banking</td>" in html
