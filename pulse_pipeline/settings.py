@@ -41,7 +41,17 @@ class Settings(BaseSettings):
         None, description="Dagster instance folder; default $PULSE_HOME/dagster."
     )
     pulse_vllm_url: str | None = Field(
-        None, description="vLLM server base URL; unset: serving is not configured."
+        None, description="vLLM server base URL; unset: serving is not configured (core/serving.py)."
+    )
+    pulse_vllm_api_key: SecretStr = Field(
+        SecretStr(""), description="The vLLM server's API key, if it has one."
+    )
+    pulse_judge_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint of the optional LLM judge (core/evaluation/judge.py)."
+    )
+    pulse_judge_api_key: SecretStr = Field(SecretStr(""), description="The judge endpoint's API key.")
+    pulse_judge_model: str | None = Field(
+        None, description="The judge's model; default: the endpoint's first."
     )
 
     @model_validator(mode="after")

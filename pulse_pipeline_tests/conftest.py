@@ -13,6 +13,7 @@ from pulse_pipeline.core.store import Store
 from pulse_pipeline.settings import get_settings
 from pulse_pipeline_tests.postgres_server import PostgresServer
 from pulse_pipeline_tests.s3_server import S3Server
+from pulse_pipeline_tests.vllm_server import TEST_API_KEY, VllmTestServer, serve_exe
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLINC150 = PROJECT.parent / "shared" / "data" / "clinc150"
@@ -36,6 +37,10 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         "PULSE_S3_SECRET_KEY",
         "MLFLOW_TRACKING_URI",
         "PULSE_VLLM_URL",
+        "PULSE_VLLM_API_KEY",
+        "PULSE_JUDGE_URL",
+        "PULSE_JUDGE_API_KEY",
+        "PULSE_JUDGE_MODEL",
     ):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()
@@ -95,3 +100,20 @@ def artifacts(request: pytest.FixtureRequest, tmp_path: Path):
         access_key=server.access_key,
         secret_key=server.secret_key,
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct as a local checkpoint (converted once per session)."""
+    from pulse_pipeline.core.training.base_models import resolve_base_model
+
+    return resolve_base_model("smollm2-135m", model_cache).path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(request: pytest.FixtureRequest) -> Iterator[VllmTestServer]:
+    """A real vLLM server (CPU build, float32, runtime LoRA loading, API key) on SmolLM2-135M,
+    started once per session; skips when scripts/install-vllm.sh has not run."""
+    serve_exe()  # skips before the model is converted
+    with VllmTestServer(request.getfixturevalue("smollm2"), api_key=TEST_API_KEY) as server:
+        yield server

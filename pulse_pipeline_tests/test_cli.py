@@ -1,5 +1,6 @@
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,11 +93,20 @@ def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
     assert result.exit_code == 0, result.output
     assert "3 quarantined" in result.stdout and "materialized 4 annotation assets" in result.stdout
     assert (pulse_env / "dagster" / "dagster.yaml").is_file()
+    # Each family ends with the gate's decision and its report.
+    gates = dict(re.findall(r"^gate +(\S+) +(DEPLOY|REVIEW|FAIL) ", result.stdout, flags=re.M))
+    assert set(gates) == {"call-analysis", "intent-router", "article-scorer", "access-qa"}
+    reports = re.findall(r"^gate .* (\S+/eval/report\.html)$", result.stdout, flags=re.M)
+    assert len(reports) == 4 and all(Path(r).is_file() for r in reports)
     with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 19 and all(
-            r.status == dg.DagsterRunStatus.SUCCESS for r in runs
-        )  # 14 days + snapshots + a retrain per family
+        assert len(runs) == 19  # 14 days + snapshots + a retrain per family
+        for run in runs:
+            family = run.tags.get("pulse/family")
+            # A retrain run stops at the blocking promotion_gate check when the gate says FAIL.
+            failed_gate = run.job_name.startswith("retrain_") and gates.get(family) == "FAIL"
+            expected = dg.DagsterRunStatus.FAILURE if failed_gate else dg.DagsterRunStatus.SUCCESS
+            assert run.status == expected, (run.job_name, run.status)
         key = dg.AssetKey(["intent-router", "annotations"])
         assert len(instance.get_materialized_partitions(key)) == 14
     # a second demo adds no annotations (same seed, same records) and still succeeds

@@ -7,7 +7,8 @@ model is the frozen encoder with a head fitted in closed form on the snapshot's 
 nearest label centroid by cosine (classification) or ridge regression (regression).
 
 Latency is each example's share of its batch's wall time on this machine (throughput
-latency); a serving target is better measured on the serving engine.
+latency). With `PULSE_VLLM_URL` set, chat families answer through the vLLM server instead
+(`VllmPredictor`), and latency is each request's own wall time there.
 """
 
 from __future__ import annotations
@@ -165,3 +166,30 @@ class AdapterPredictor:
             outputs, scores = (lo + (hi - lo) * np.clip(y, 0, 1)).tolist(), None
         share = (time.perf_counter() - began) / len(texts)
         return Predictions(outputs, [share] * len(texts), scores)
+
+
+class VllmPredictor:
+    """Chat answers through a vLLM server (`PULSE_VLLM_URL`): the version is loaded under its
+    immutable serving name `<family>@<version>`; the base model is the server's own. Each call
+    sends one model's requests and waits for them all: vLLM's CPU build can hand a base-model
+    request an adapter's output when both share a batch, so the two never run at once."""
+
+    task = "chat_sft"
+
+    def __init__(self, server: Any, name: str, folder: Any, *, max_new_tokens: int, concurrency: int = 4):
+        self.server = server  # core.serving.VllmServer
+        self.name = name
+        self.folder = folder
+        self.max_new_tokens = max_new_tokens
+        self.concurrency = concurrency
+
+    def predict(self, examples: list[EvalExample], *, use_adapter: bool = True) -> Predictions:
+        if use_adapter:
+            self.server.load_adapter(self.name, self.folder)
+            model = self.name
+        else:
+            model = self.server.base_model()
+        answers = self.server.chat_many(
+            model, [e.input for e in examples], max_tokens=self.max_new_tokens, concurrency=self.concurrency
+        )
+        return Predictions([text.strip() for text, _ in answers], [seconds for _, seconds in answers])

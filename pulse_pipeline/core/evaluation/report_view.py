@@ -239,6 +239,8 @@ def _facts(results: dict) -> list[tuple[str, str]]:
     ]
     facts = [(label, str(value)) for label, value in facts if value not in (None, "")]
     facts.append(("Baseline", _baseline_text(as_dict(results.get("baseline")))))
+    if results.get("inference"):
+        facts.append(("Answers from", str(results["inference"])))
     threshold = as_dict(results.get("threshold"))
     if threshold:
         value, label = threshold.get("value"), threshold.get("out_of_scope_label", "?")

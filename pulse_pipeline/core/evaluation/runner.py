@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +94,13 @@ def evaluate_version(
         "dataset_version": dataset,
         "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "baseline": systems.baseline_info,
+        "inference": systems.inference,
         "metric_modules": names,
         "sets": [],
         "metrics": {},
         "comparison": {},
         "flipped": [],
-        "skipped": [],
+        "skipped": list(systems.notes),
         "training": _training_summary(meta),
     }
     if systems.thresholds:
@@ -126,11 +127,13 @@ class _Systems:
     """The candidate and its baseline, ready to answer; `thresholds`: each one's out-of-scope
     threshold (classification with an OOS label)."""
 
-    candidate: AdapterPredictor
-    baseline: AdapterPredictor  # the candidate itself when the baseline is its base model
+    candidate: Any  # AdapterPredictor, or VllmPredictor for chat families with PULSE_VLLM_URL
+    baseline: Any  # the candidate itself when the baseline is its base model
     baseline_is_adapter: bool  # production: its adapter on; base model: the candidate's off
     baseline_info: dict[str, Any]
-    thresholds: dict[str, float]
+    thresholds: dict[str, float] = field(default_factory=dict)
+    inference: str = ""  # how the answers were made, for the report
+    notes: list[dict[str, str]] = field(default_factory=list)  # what was not done as configured, and why
 
     def answer(self, examples: list[EvalExample], *, baseline: bool) -> Predictions:
         if baseline:
@@ -156,36 +159,68 @@ def _load_systems(
     family: FamilyConfig, artifacts: ArtifactStore, home: Path, version: str, dataset: str,
     log: Callable[[str], None],
 ) -> _Systems:  # fmt: skip
-    from pulse_pipeline.core.training.models import load_adapter
-
     current = registry.read_current(artifacts, family.name)
     production = current["version"] if current and current.get("version") != version else None
     cache = home / "cache" / "adapters"
-    log(f"loading {version}")
-    candidate = _predictor(
-        family, load_adapter(adapters.local_folder(artifacts, family.name, version, cache))
-    )
+    folders = {v: adapters.local_folder(artifacts, family.name, v, cache) for v in (version, production) if v}
+    server, note = _vllm_server(family, folders[version])
+    if server is not None:
+        from pulse_pipeline.core.evaluation.inference import VllmPredictor
+        from pulse_pipeline.core.serving import served_name
+
+        def load(v: str) -> Any:
+            return VllmPredictor(
+                server,
+                served_name(family.name, v),
+                folders[v],
+                max_new_tokens=family.evaluation.max_new_tokens,
+            )
+
+        inference = f"vLLM server at {server.url}"
+    else:
+        from pulse_pipeline.core.training.models import load_adapter
+
+        def load(v: str) -> Any:
+            return _predictor(family, load_adapter(folders[v]))
+
+        inference = "peft on this machine"
+    log(f"loading {version} ({inference})")
+    candidate = load(version)
     if production:
         log(f"baseline: production version {production}")
-        folder = adapters.local_folder(artifacts, family.name, production, cache)
-        systems = _Systems(
-            candidate, _predictor(family, load_adapter(folder)), True,
-            {"kind": "production", "version": production}, {},
-        )  # fmt: skip
+        systems = _Systems(candidate, load(production), True, {"kind": "production", "version": production})
     else:
         description = _base_description(family)
         log(f"baseline: {description}")
         if family.task is not TaskKind.chat_sft:
             candidate.fit_base_head(from_snapshot(family, artifacts, dataset, "train").examples)
-        systems = _Systems(
-            candidate,
-            candidate,
-            False,
-            {"kind": "base_model", "version": None, "description": description},
-            {},
-        )
+        info = {"kind": "base_model", "version": None, "description": description}
+        systems = _Systems(candidate, candidate, False, info)
+    systems.inference = inference
+    systems.notes = [note] if note else []
     systems.thresholds = _oos_thresholds(family, artifacts, dataset, systems)
     return systems
+
+
+def _vllm_server(family: FamilyConfig, folder: Path) -> tuple[Any, dict[str, str] | None]:
+    """The vLLM server chat answers go through (PULSE_VLLM_URL), when it serves this adapter's
+    base model; else None, and a note saying why peft answered instead."""
+    import json
+
+    from pulse_pipeline.core import serving
+
+    server = serving.from_env() if family.task is TaskKind.chat_sft else None
+    if server is None:
+        return None, None
+    try:
+        base = server.base_model()
+    except serving.ServingError as exc:
+        return None, {"what": "vllm", "reason": f"{exc}; answered through peft instead"}
+    ours = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if Path(base).name != Path(ours).name:  # vLLM would load the adapter and silently ignore it
+        reason = f"the server at {server.url} serves {base}, this adapter is for {ours}; answered through peft instead"
+        return None, {"what": "vllm", "reason": reason}
+    return server, None
 
 
 @dataclass
