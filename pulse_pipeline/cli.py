@@ -542,7 +542,9 @@ def evaluate(
         typer.echo(f"{set_name}:")
         for metric, value in values.items():
             other = base.get(metric)
-            typer.echo(f"  {metric:<28} {value:>10.4f}" + (f"   baseline {other:.4f}" if other is not None else ""))
+            typer.echo(
+                f"  {metric:<28} {value:>10.4f}" + (f"   baseline {other:.4f}" if other is not None else "")
+            )
     typer.echo(f"report {outcome.report}")
 
 

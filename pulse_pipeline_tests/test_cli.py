@@ -246,7 +246,15 @@ def test_train_runs_the_retrain_job_then_needs_new_annotations(demo_loaded, puls
         assert run.job_name == "retrain_access_qa" and run.status == dg.DagsterRunStatus.FAILURE
 
     judged = runner.invoke(
-        app, ["evaluate", "--family", "access-qa", "--eval-file", str(PROJECT / "golden" / "access-qa.jsonl"), "--json"]
+        app,
+        [
+            "evaluate",
+            "--family",
+            "access-qa",
+            "--eval-file",
+            str(PROJECT / "golden" / "access-qa.jsonl"),
+            "--json",
+        ],
     )
     assert judged.exit_code == 0, judged.output
     out = json.loads(judged.stdout)

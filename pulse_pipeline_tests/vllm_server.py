@@ -27,8 +27,8 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-
 TEST_API_KEY = "sk-pulse-test-key"  # test servers require it, so tests go through vLLM's auth
+
 
 def vllm_venv() -> Path:
     return Path(os.environ.get("VLLM_VENV") or PROJECT / ".venv-vllm")

@@ -31,9 +31,13 @@ class Threshold(_Strict):
     higher is better, `*_above` where lower is better."""
 
     fail_below: float | None = Field(None, description="FAIL when the metric is below this.")
-    review_below: float | None = Field(None, description="REVIEW when below this (and not failing).")
+    review_below: float | None = Field(
+        None, description="REVIEW when below this (DEPLOY needs at least this)."
+    )
     fail_above: float | None = Field(None, description="FAIL when the metric is above this.")
-    review_above: float | None = Field(None, description="REVIEW when above this (and not failing).")
+    review_above: float | None = Field(
+        None, description="REVIEW at or above this (DEPLOY needs a value below it: MAE < 1.0)."
+    )
     set: str = Field("test", description="The evaluation set the bound applies to (test, golden, ...).")
     required: bool = Field(
         False, description="FAIL when the metric is missing (no applicable example) instead of skipping."

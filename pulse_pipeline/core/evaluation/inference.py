@@ -71,6 +71,7 @@ class AdapterPredictor:
         outputs: list[str] = [""] * len(prompts)
         latencies = [0.0] * len(prompts)
         tok.padding_side = "left"
+        tok.truncation_side = "left"  # as in training: a long prompt loses its start, never the question
         switch = contextlib.nullcontext() if use_adapter else model.disable_adapter()
         with torch.no_grad(), switch:
             for start in range(0, len(order), self.batch_size):

@@ -165,6 +165,15 @@ HTML_TEMPLATE = """<!DOCTYPE html>
 </table>
 {%- endfor %}
 
+{%- if v.unknown_sources %}
+<h2>Citations of unknown sources (not in the source registry)</h2>
+<ul>
+{%- for set_name, ids in v.unknown_sources %}
+  <li><strong>{{ set_name }}</strong>: {{ ids }}</li>
+{%- endfor %}
+</ul>
+{%- endif %}
+
 {%- if v.training or plots.loss_curve %}
 <h2>Training</h2>
 <dl class="facts">

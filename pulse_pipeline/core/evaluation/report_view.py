@@ -43,8 +43,10 @@ def metric_kind(metric: str) -> str:
 
 
 def lower_is_better(metric: str) -> bool:
-    """The default direction when a comparison row does not say: errors and latencies go down."""
-    return metric_kind(metric) in {"error", "seconds"}
+    """The default direction when a comparison row does not say: the metric modules' own."""
+    from pulse_pipeline.core.evaluation.metrics import higher_is_better
+
+    return not higher_is_better(metric)
 
 
 def as_number(value: Any) -> float | None:
@@ -190,6 +192,11 @@ def build_view(results: dict) -> dict[str, Any]:
         "confusions": _top_confusions(as_dict(results.get("confusion"))),
         "dimensions": _dimension_rows(as_dict(results.get("per_dimension"))),
         "categories": _category_tables(as_dict(results.get("by_category"))),
+        "unknown_sources": [
+            (str(set_name), ", ".join(str(i) for i in as_list(ids)))
+            for set_name, ids in as_dict(results.get("unknown_sources")).items()
+            if as_list(ids)
+        ],
         "training": _training_facts(as_dict(results.get("training"))),
         "skipped": _skipped(as_list(results.get("skipped"))),
     }

@@ -85,6 +85,7 @@ def render_markdown(results: dict) -> str:
         _md_confusions,
         _md_dimensions,
         _md_categories,
+        _md_unknown_sources,
         _md_training,
         _md_skipped,
     ):
@@ -154,6 +155,15 @@ def _md_categories(view: dict[str, Any]) -> list[str]:
         headers = ("category", "examples", *table["columns"])
         lines += [*_md_table(headers, table["rows"], right=tuple(range(1, len(headers)))), ""]
     return lines[:-1]
+
+
+def _md_unknown_sources(view: dict[str, Any]) -> list[str]:
+    if not view["unknown_sources"]:
+        return []
+    lines = ["## Citations of unknown sources (not in the source registry)", ""]
+    return lines + [
+        f"- **{md_escape(set_name)}:** {md_escape(ids)}" for set_name, ids in view["unknown_sources"]
+    ]
 
 
 def _md_training(view: dict[str, Any]) -> list[str]:

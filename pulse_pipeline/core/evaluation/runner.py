@@ -65,12 +65,37 @@ def evaluate_version(
     names = list(ev.metrics or DEFAULT_METRICS[profile])
     if ev.script and "script_consistency" not in names:
         names.append("script_consistency")
-    sets = _evaluation_sets(family, config, artifacts, dataset, eval_files)
+    sets, empty = _evaluation_sets(family, config, artifacts, dataset, eval_files)
     if not sets:
         raise EvaluationError(
             f"{family.name} {version}: no evaluation examples (empty test split, no golden file)"
         )
-    systems = _load_systems(family, artifacts, home, version, dataset, log)
+    systems = _load_systems(family, artifacts, home, version, dataset, meta, log)
+    try:
+        results = _score_sets(family, profile, names, version, meta, sets, systems, log)
+    finally:
+        systems.close()
+    for eval_set in empty:
+        why = ", ".join(f"{n} {reason}" for reason, n in eval_set.not_used.items()) or "no records"
+        results["skipped"].append(
+            {"what": f"evaluation set {eval_set.name}", "reason": f"no examples ({why})"}
+        )
+    results["gate"] = decide(
+        ev.gate,
+        {s: v["candidate"] for s, v in results["metrics"].items()},
+        results["comparison"],
+        MAIN_METRICS[profile],
+    )
+    return _publish(family, artifacts, version, finite(results), meta, tracking_uri)
+
+
+def _score_sets(
+    family: FamilyConfig, profile: str, names: list[str], version: str, meta: dict[str, Any],
+    sets: list[EvalSet], systems: Systems, log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """Every set through both systems and the metrics: the results, before the gate."""
+    ev = family.evaluation
+    dataset = meta["dataset_version"]
     evaluator = SetScorer(family, profile, [metrics.load(n) for n in names], metrics.combine(names), systems)
 
     results: dict[str, Any] = {
@@ -99,13 +124,7 @@ def evaluate_version(
     for eval_set in sets:
         log(f"{eval_set.name}: {len(eval_set)} examples")
         evaluator.score_set(eval_set, results, log)
-    results["gate"] = decide(
-        ev.gate,
-        {s: v["candidate"] for s, v in results["metrics"].items()},
-        results["comparison"],
-        MAIN_METRICS[profile],
-    )
-    return _publish(family, artifacts, version, finite(results), meta, tracking_uri)
+    return results
 
 
 @dataclass
@@ -120,6 +139,11 @@ class Systems:
     thresholds: dict[str, float] = field(default_factory=dict)
     inference: str = ""  # how the answers were made, for the report
     notes: list[dict[str, str]] = field(default_factory=list)  # what was not done as configured, and why
+    server: Any = None  # the vLLM client, closed with `close()`
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def answer(self, examples: list[EvalExample], *, baseline: bool) -> Predictions:
         if baseline:
@@ -133,17 +157,18 @@ def _evaluation_sets(
     artifacts: ArtifactStore,
     dataset: str,
     eval_files: tuple[Path, ...],
-) -> list[EvalSet]:
+) -> tuple[list[EvalSet], list[EvalSet]]:
+    """The sets with examples, and those without (reported, not silently dropped)."""
     sets = [from_snapshot(family, artifacts, dataset, "test")]
     if family.evaluation.golden_file is not None:
         sets.append(from_records_file(family, config, family.evaluation.golden_file, "golden"))
     sets += [from_records_file(family, config, Path(f), Path(f).stem) for f in eval_files]
-    return [s for s in sets if s.examples]
+    return [s for s in sets if s.examples], [s for s in sets if not s.examples]
 
 
 def _load_systems(
     family: FamilyConfig, artifacts: ArtifactStore, home: Path, version: str, dataset: str,
-    log: Callable[[str], None],
+    meta: dict[str, Any], log: Callable[[str], None],
 ) -> Systems:  # fmt: skip
     current = registry.read_current(artifacts, family.name)
     production = current["version"] if current and current.get("version") != version else None
@@ -166,8 +191,11 @@ def _load_systems(
     else:
         from pulse_pipeline.core.training.models import load_adapter
 
+        # Prompts as long as the training's (a longer one loses its start, as in training).
+        max_length = (meta.get("resolved_config") or {}).get("max_length") or 512
+
         def load(v: str) -> Any:
-            return _predictor(family, load_adapter(folders[v]))
+            return _predictor(family, load_adapter(folders[v]), max_length)
 
         inference = "peft on this machine"
     log(f"loading {version} ({inference})")
@@ -184,6 +212,7 @@ def _load_systems(
         systems = Systems(candidate, candidate, False, info)
     systems.inference = inference
     systems.notes = [note] if note else []
+    systems.server = server
     systems.thresholds = _oos_thresholds(family, artifacts, dataset, systems)
     return systems
 
@@ -201,9 +230,11 @@ def _vllm_server(family: FamilyConfig, folder: Path) -> tuple[Any, dict[str, str
     try:
         base = server.base_model()
     except serving.ServingError as exc:
+        server.close()
         return None, {"what": "vllm", "reason": f"{exc}; answered through peft instead"}
     ours = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
     if Path(base).name != Path(ours).name:  # vLLM would load the adapter and silently ignore it
+        server.close()
         reason = f"the server at {server.url} serves {base}, this adapter is for {ours}; answered through peft instead"
         return None, {"what": "vllm", "reason": reason}
     return server, None
@@ -221,9 +252,8 @@ def _newest(artifacts: ArtifactStore, family: FamilyConfig) -> str:
     return found[-1]
 
 
-def _predictor(family: FamilyConfig, loaded: Any) -> AdapterPredictor:
+def _predictor(family: FamilyConfig, loaded: Any, max_length: int) -> AdapterPredictor:
     ev = family.evaluation
-    max_length = 512 if family.task is TaskKind.chat_sft else 256
     return AdapterPredictor(
         loaded, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, max_length=max_length
     )
@@ -284,11 +314,7 @@ def _publish(
         if tracking_uri and run_id:
             from pulse_pipeline.core.training.tracking import log_evaluation
 
-            flat = {
-                f"eval.{set_name}.{metric}": value
-                for set_name, systems in results["metrics"].items()
-                for metric, value in systems["candidate"].items()
-            }
+            flat = _flat_metrics(results)
             log_evaluation(
                 tracking_uri,
                 run_id,
@@ -297,6 +323,23 @@ def _publish(
                 list(written.values()),
             )
     return Evaluation(results, artifacts.uri(f"{prefix}/report.html"), render_markdown(results))
+
+
+def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """For MLflow: eval.<set>.<metric> (the candidate), eval.<set>.baseline.<metric>, and
+    eval.<set>.delta.<metric> with .ci_low / .ci_high."""
+    flat: dict[str, float] = {}
+    for set_name, systems in results["metrics"].items():
+        for metric, value in systems["candidate"].items():
+            flat[f"eval.{set_name}.{metric}"] = value
+        for metric, value in systems["baseline"].items():
+            flat[f"eval.{set_name}.baseline.{metric}"] = value
+    for set_name, rows in results["comparison"].items():
+        for row in rows:
+            for key, name in (("delta", ""), ("ci_low", ".ci_low"), ("ci_high", ".ci_high")):
+                if row[key] is not None:
+                    flat[f"eval.{set_name}.delta.{row['metric']}{name}"] = row[key]
+    return flat
 
 
 def _baseline_tag(results: dict[str, Any]) -> str:

@@ -62,6 +62,8 @@ class SetScorer:
             eval_set.examples, inputs.references, right_c, right_b, shown_c, shown_b,
             set_name=eval_set.name, limit=ev.max_flipped,
         )  # fmt: skip
+        if cand_metrics.get("unknown_sources"):
+            results.setdefault("unknown_sources", {})[eval_set.name] = cand_metrics["unknown_sources"]
         if eval_set.name == "test":
             _task_extras(family, results, cand_metrics, base_metrics)
         by_category = _by_category(eval_set, self.modules, cand, inputs)
@@ -79,7 +81,8 @@ def _shared_inputs(family: FamilyConfig) -> dict[str, Any]:
     if family.task is TaskKind.classification:
         shared["out_of_scope_label"] = ev.out_of_scope_label
     if family.task is TaskKind.chat_sft:
-        shared["sources"] = load_sources(ev.sources_file)
+        # No registry: validity and unknown ids are n/a, not "every citation is invalid".
+        shared["sources"] = load_sources(ev.sources_file) if ev.sources_file else None
     if ev.script:
         shared["script"] = ev.script
     return shared

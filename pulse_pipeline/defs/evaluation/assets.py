@@ -78,7 +78,9 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
                 "version": r["version"],
                 "baseline": r["baseline"]["version"] or r["baseline"]["kind"],
                 "report": dg.MetadataValue.md(evaluation.markdown),
-                "report_html": dg.MetadataValue.path(evaluation.report_uri),
+                "report_html": dg.MetadataValue.url(evaluation.report_uri)
+                if "://" in evaluation.report_uri
+                else dg.MetadataValue.path(evaluation.report_uri),
                 **_numeric(r),
             },
             check_results=[
@@ -106,6 +108,10 @@ def _adapter_version(context: dg.AssetExecutionContext, adapter_key: dg.AssetKey
 
 
 def _numeric(results: dict) -> dict[str, dg.MetadataValue]:
-    """Every test-set metric of the candidate as numeric metadata, so the UI plots its history."""
-    test = results["metrics"].get("test", {}).get("candidate", {})
-    return {f"test/{k}": dg.MetadataValue.float(float(v)) for k, v in sorted(test.items())}
+    """Every metric of the candidate as numeric metadata (`<set>/<metric>`: test, golden, extra
+    files), so the UI plots its history across materializations."""
+    return {
+        f"{set_name}/{metric}": dg.MetadataValue.float(float(value))
+        for set_name, systems in results["metrics"].items()
+        for metric, value in sorted(systems["candidate"].items())
+    }

@@ -18,7 +18,9 @@ def _row(metric, candidate, baseline, low, high, higher_is_better):
     }  # fmt: skip
 
 
-@pytest.mark.parametrize(("mae", "decision"), [(0.8, "DEPLOY"), (1.1, "REVIEW"), (1.3, "FAIL")])
+@pytest.mark.parametrize(
+    ("mae", "decision"), [(0.8, "DEPLOY"), (1.0, "REVIEW"), (1.1, "REVIEW"), (1.2, "REVIEW"), (1.3, "FAIL")]
+)  # the bands: < 1.0 DEPLOY, 1.0-1.2 REVIEW, > 1.2 FAIL
 def test_scorer_mae_bands(mae, decision):
     out = decide(SCORER, {"test": {"mae": mae}}, {}, MAIN)
     assert out["decision"] == decision
@@ -39,7 +41,7 @@ def test_regression_beyond_tolerance_fails_only_when_the_interval_excludes_zero(
     assert decide(gate, {}, {"test": [noisy]}, ("accuracy",))["decision"] == "DEPLOY"
     assert decide(gate, {}, {"test": [small]}, ("accuracy",))["decision"] == "DEPLOY"
     reason = decide(gate, {}, {"test": [real]}, ("accuracy",))["reasons"][0]
-    assert reason.startswith("accuracy fell from 90.0% to 80.0% on test") and "FAIL" in reason
+    assert reason.startswith("accuracy worsened from 90.0% to 80.0% on test (-10.0 pp") and "FAIL" in reason
 
 
 def test_lower_is_better_metrics_regress_upwards_and_review_can_replace_fail():
@@ -59,7 +61,12 @@ def test_worst_outcome_wins_and_missing_metrics_are_skipped_unless_required():
         }
     )
     out = decide(gate, {"test": {"accuracy": 0.97, "citation_presence": 0.5}}, {}, ())
-    assert out["decision"] == "REVIEW" and len(out["checks"]) == 2  # refusal_accuracy: no value, skipped
+    assert out["decision"] == "REVIEW" and [c["outcome"] for c in out["checks"]] == [
+        "pass",
+        "review",
+        "skipped",
+    ]
+    assert out["checks"][2]["reason"] == "refusal_accuracy: no value on test (no applicable example)"
     required = GateConfig(absolute={"refusal_accuracy": Threshold(fail_below=0.9, required=True)})
     assert decide(required, {"test": {}}, {}, ())["decision"] == "FAIL"
 
@@ -69,3 +76,29 @@ def test_thresholds_must_be_ordered_and_name_a_bound():
         Threshold()
     with pytest.raises(ValidationError, match="fail_below must not exceed review_below"):
         Threshold(fail_below=0.9, review_below=0.8)
+
+
+def test_a_gate_with_nothing_to_check_asks_a_person_and_nan_is_no_value():
+    gate = GateConfig(absolute={"accuracy": Threshold(fail_below=0.9, set="golden")})
+    out = decide(gate, {"test": {"accuracy": 0.99}}, {}, ("accuracy",))  # no golden set, no comparison
+    assert out["decision"] == "REVIEW" and out["checks"][0]["outcome"] == "skipped"
+    assert out["reasons"] == [
+        "no gate check could run (no thresholds, or no values for them): a person decides"
+    ]
+    nan = decide(SCORER, {"test": {"mae": float("nan")}}, {}, MAIN)
+    assert nan["decision"] == "REVIEW" and nan["checks"][0]["value"] is None
+
+
+def test_a_change_without_an_interval_is_skipped_not_passed():
+    gate = GateConfig(change=ChangeThresholds(tolerance=0.02))
+    lone = _row("accuracy", 0.0, 1.0, None, None, True)  # one example: no bootstrap interval
+    out = decide(gate, {}, {"test": [lone]}, ("accuracy",))
+    assert out["checks"][0]["outcome"] == "skipped" and "no interval" in out["checks"][0]["reason"]
+    assert out["decision"] == "REVIEW"
+
+
+def test_lower_is_better_regressions_read_as_worsening():
+    gate = GateConfig(change=ChangeThresholds(tolerances={"mae": 0.05}, confidence=0.9))
+    out = decide(gate, {}, {"test": [_row("mae", 1.0, 0.8, 0.1, 0.3, False)]}, MAIN)
+    assert out["reasons"][0].startswith("mae worsened from 0.800 to 1.000 on test (+0.200")
+    assert "90% interval" in out["reasons"][0]

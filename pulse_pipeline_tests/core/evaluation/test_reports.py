@@ -587,3 +587,12 @@ def test_golden_categories_get_their_own_table_in_both_reports() -> None:
     assert "| banking | 6 | 50.0% |" in markdown and "| out\\_of\\_scope | 3 | 100.0% |" in markdown
     html = render_html(results, {})
     assert "By category (golden, candidate)" in html and "<td>banking</td>" in html
+
+
+def test_unknown_citation_ids_are_listed_in_both_reports() -> None:
+    results = classification_results()
+    results["unknown_sources"] = {"test": ["compute-resources:frontera", "software:nope"]}
+    markdown = render_markdown(results)
+    assert "## Citations of unknown sources (not in the source registry)" in markdown
+    assert "- **test:** compute-resources:frontera, software:nope" in markdown
+    assert "compute-resources:frontera, software:nope" in render_html(results, {})

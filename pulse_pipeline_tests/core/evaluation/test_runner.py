@@ -149,6 +149,12 @@ def test_shuffled_labels_fail_against_a_good_adapter_and_a_good_one_deploys(worl
     run_id = adapters.read_metadata(artifacts, "intents", bad)["mlflow"]["run_id"]
     logged = client.get_run(run_id)
     assert logged.data.tags["pulse.decision"] == "FAIL" and "eval.test.accuracy" in logged.data.metrics
+    assert {
+        "eval.test.baseline.accuracy",
+        "eval.test.delta.accuracy",
+        "eval.test.delta.accuracy.ci_high",
+    } <= set(logged.data.metrics)
+    assert logged.data.metrics["eval.test.delta.accuracy"] == pytest.approx(acc["delta"])
     assert {a.path for a in client.list_artifacts(run_id, "eval")} == {
         "eval/results.json", "eval/report.md", "eval/report.html",
     }  # fmt: skip

@@ -1,0 +1,35 @@
+"""The vLLM client without a server: settings from the environment, and a server that is down
+fails fast with one line that names it and never the key (test_serving.py runs the real one)."""
+
+import time
+
+import pytest
+
+from pulse_pipeline.core.serving import ServingUnavailable, VllmServer, from_env
+from pulse_pipeline_tests.vllm_server import _free_port
+
+COUNT = [{"role": "user", "content": "Count to 0"}]
+
+
+def test_unreachable_server_raises_quickly() -> None:
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    start = time.monotonic()
+    with VllmServer(url, api_key="sk-secret-key") as down:
+        assert down.health() is False
+        with pytest.raises(ServingUnavailable, match=rf"^vLLM server at {url} unreachable: ") as err:
+            down.load_adapter("support@1", "/nowhere")
+        with pytest.raises(ServingUnavailable):
+            down.chat("x", COUNT, max_tokens=1)
+        assert "sk-secret-key" not in str(err.value) and "sk-secret-key" not in repr(down)
+    assert time.monotonic() - start < 5
+
+
+def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert from_env() is None  # PULSE_VLLM_URL is cleared for every test
+    monkeypatch.setenv("PULSE_VLLM_URL", "http://vllm.internal:8000/v1")
+    monkeypatch.setenv("PULSE_VLLM_API_KEY", "sk-x")
+    server = from_env()
+    assert server is not None and server.url == "http://vllm.internal:8000"
+    server.close()
+    with pytest.raises(ValueError, match="http"):
+        VllmServer("vllm.internal:8000")
