@@ -392,14 +392,17 @@ def status(
     names = [config.family(family).name] if family else list(config.families)
     artifacts = settings.artifact_store()
     out: dict[str, Any] = {}
+    from pulse_pipeline.core.registry import read_current
+
     with Store(settings.database_url) as store:
         for name in names:
             fam = config.family(name)
             manifest = latest_manifest(artifacts, name)
+            lock = _live_lock(store, name, settings.pulse_training_lock_stale_hours)
             out[name] = {
-                "is_training": False,
-                "lock_acquired_at": None,
-                "current_version": None,
+                "is_training": lock is not None,
+                "lock_acquired_at": lock["acquired_at"].isoformat() if lock else None,
+                "current_version": read_current(artifacts, name),
                 "available_versions": adapter_versions(artifacts, name),
                 "dataset_version": manifest["dataset_version"] if manifest else None,
                 "new_annotations_count": new_annotations_since_training(store, artifacts, fam),
@@ -418,10 +421,24 @@ def status(
         )
 
 
+def _live_lock(store: Store, family: str, stale_hours: float) -> dict[str, Any] | None:
+    """The family's training lock, unless it is stale (its holder crashed)."""
+    lock = store.training_lock(family)
+    if lock is None or dt.datetime.now(dt.UTC) - lock["heartbeat_at"] > dt.timedelta(hours=stale_hours):
+        return None
+    return lock
+
+
 class NotEnoughAnnotations(UserError):
     """Exit 4: too few new annotations to train without --force."""
 
     exit_code = 4
+
+
+class TrainingInProgress(UserError):
+    """Exit 3: another training of the family holds the lock."""
+
+    exit_code = 3
 
 
 @app.command()
@@ -441,7 +458,12 @@ def train(
     fam = config.family(family)
     artifacts = settings.artifact_store()
     with Store(settings.database_url) as store:
+        lock = _live_lock(store, family, settings.pulse_training_lock_stale_hours)
         new = new_annotations_since_training(store, artifacts, fam)
+    if lock is not None:
+        raise TrainingInProgress(
+            f"{family}: training already in progress since {lock['acquired_at']:%Y-%m-%d %H:%M:%S} UTC ({lock['holder']})"
+        )
     if new < fam.min_new_annotations and not force:
         raise NotEnoughAnnotations(
             f"{family}: {new} new annotations of the {fam.min_new_annotations} required to train; --force trains anyway"
@@ -645,7 +667,10 @@ def _run_retrain(
             instance=instance, raise_on_error=False, run_config=run_config, tags={"pulse/created_by": "cli"}
         )
     if not result.success and not _only_gate_failed(result):
-        raise UserError(f"retrain run {result.run_id[:8]} failed: {_failure_reason(result)}")
+        reason = _failure_reason(result)
+        if "training already in progress" in reason:  # another training took the lock first
+            raise TrainingInProgress(f"{family}: {reason[reason.index('training already in progress') :]}")
+        raise UserError(f"retrain run {result.run_id[:8]} failed: {reason}")
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         if materialization and materialization.asset_key == dg.AssetKey([family, "adapter"]):

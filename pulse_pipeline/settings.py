@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     pulse_vllm_url: str | None = Field(
         None, description="vLLM server base URL; unset: serving is not configured (core/serving.py)."
     )
+    pulse_training_lock_stale_hours: float = Field(
+        4.0, gt=0, description="A training lock without a heartbeat for this long was left by a crash."
+    )
     pulse_vllm_api_key: SecretStr = Field(
         SecretStr(""), description="The vLLM server's API key, if it has one."
     )

@@ -3,6 +3,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -71,9 +72,9 @@ def test_unreachable_database_exits_1(hostile, monkeypatch):
 
 def test_db_upgrade_and_quarantine_listing(hostile):
     first = runner.invoke(app, ["db", "upgrade", "--json"])
-    assert json.loads(first.stdout) == {"from_revision": None, "revision": "0001"}
+    assert json.loads(first.stdout) == {"from_revision": None, "revision": "0002"}
     again = runner.invoke(app, ["db", "upgrade"])
-    assert again.stdout.strip() == "annotation store at revision 0001"
+    assert again.stdout.strip() == "annotation store at revision 0002"
     runner.invoke(app, ["ingest", str(hostile)])
     listing = json.loads(runner.invoke(app, ["quarantine", "--json", "--limit", "3"]).stdout)["quarantined"]
     assert len(listing) == 3 and all(item["reason"].startswith("line ") for item in listing)
@@ -307,3 +308,49 @@ def test_the_cli_starts_without_ml_libraries():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT
     )
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_one_training_at_a_time_and_a_stale_lock_is_taken_over(demo_loaded, pulse_env):
+    from pulse_pipeline.core.store import Store
+    from pulse_pipeline.settings import get_settings
+
+    assert runner.invoke(app, ["snapshot", "--family", "call-analysis"]).exit_code == 0
+    cmd = [sys.executable, "-m", "pulse_pipeline.core.training", "--family", "call-analysis", "--no-tracking"]
+    slow_one = subprocess.Popen(
+        [*cmd, "--epochs", "2", "--json"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = get_settings().database_url
+    with Store(url) as store:
+        deadline = time.monotonic() + 120
+        while store.training_lock("call-analysis") is None:  # the first training holds the lock
+            assert slow_one.poll() is None and time.monotonic() < deadline, slow_one.stderr.read()[-2000:]
+            time.sleep(0.2)
+        since = store.training_lock("call-analysis")["acquired_at"]
+        st = json.loads(runner.invoke(app, ["status", "--family", "call-analysis", "--json"]).stdout)
+        assert st["is_training"] is True and st["lock_acquired_at"] == since.isoformat()
+        second = subprocess.run(
+            [*cmd, "--force", "--epochs", "1"], cwd=PROJECT, capture_output=True, text=True
+        )
+        refused = runner.invoke(app, ["train", "--family", "call-analysis", "--force"])
+    assert second.returncode == 3
+    assert f"training already in progress since {since:%Y-%m-%d %H:%M:%S} UTC" in second.stderr
+    assert refused.exit_code == 3 and "training already in progress since" in refused.stderr
+    stdout, stderr = slow_one.communicate(timeout=300)
+    assert slow_one.returncode == 0, stderr[-2000:]
+
+    with Store(url) as store:  # a crashed holder: its heartbeat stopped five hours ago
+        assert store.training_lock("call-analysis") is None  # released at the end
+        old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=5)
+        assert store.acquire_training_lock("call-analysis", "crashed (pid 1)", now=old).acquired
+    st = json.loads(runner.invoke(app, ["status", "--family", "call-analysis", "--json"]).stdout)
+    assert st["is_training"] is False and st["lock_acquired_at"] is None  # stale: not training
+    out = subprocess.run(
+        [*cmd, "--force", "--epochs", "1", "--max-samples", "8"], cwd=PROJECT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "warning: call-analysis: took over a stale training lock held by crashed (pid 1)" in out.stderr

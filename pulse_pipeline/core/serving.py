@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -290,3 +291,55 @@ def _error_detail(response: httpx.Response) -> tuple[str, str]:
 def _one_line(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+
+
+# -- keeping a family's served adapters in step with the registry ------------------------------------
+
+
+@dataclass
+class ServingSync:
+    """What a promotion did on the server: `status` is "updated", "not configured" or
+    "not updated: <why>" (the registry change stands either way; a retry is `pulse promote` again)."""
+
+    status: str
+    loaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+
+
+def sync_family(
+    server: VllmServer | None,
+    family: str,
+    *,
+    serve: dict[str, str],
+    keep: set[str],
+    order: list[str],
+    max_loaded: int,
+) -> ServingSync:
+    """Load every version in `serve` (version -> adapter folder as the server sees it) under its
+    immutable name, then unload this family's other served versions, oldest first, until at most
+    `max_loaded` are loaded; versions in `keep` (production, previous, a canary) are never unloaded.
+    `order` lists the family's versions oldest first."""
+    if server is None:
+        return ServingSync("not configured")
+    try:
+        loaded = []
+        for version, folder in serve.items():
+            server.load_adapter(served_name(family, version), folder)
+            loaded.append(served_name(family, version))
+        ours = [name for name in server.adapters() if name.startswith(f"{family}@")]
+        rank = {served_name(family, v): i for i, v in enumerate(order)}
+        protected = {served_name(family, v) for v in keep | set(serve)}
+        spare = sorted((n for n in ours if n not in protected), key=lambda n: rank.get(n, -1))
+        unloaded = []
+        while len(ours) - len(unloaded) > max_loaded and spare:
+            name = spare.pop(0)
+            server.unload_adapter(name)
+            unloaded.append(name)
+        missing = [n for n in loaded if n not in server.adapters()]
+        if missing:
+            return ServingSync(
+                f"not updated: {', '.join(missing)} not listed by GET /v1/models", loaded, unloaded
+            )
+        return ServingSync("updated", loaded, unloaded)
+    except ServingError as exc:
+        return ServingSync(f"not updated: {exc}")

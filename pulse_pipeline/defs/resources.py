@@ -55,6 +55,7 @@ class TrainingEnvironment(dg.ConfigurableResource):
 
     home: str  # PULSE_HOME: models/ (base-model cache) and work/ (checkpoints) live under it
     mlflow_tracking_uri: str = ""  # empty: not tracked
+    lock_stale_hours: float = 4.0  # a training lock without a heartbeat this long is taken over
 
     @property
     def home_path(self) -> Path:
@@ -82,5 +83,6 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "training": TrainingEnvironment(
             home=str(settings.pulse_home),
             mlflow_tracking_uri=_from_env("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+            lock_stale_hours=settings.pulse_training_lock_stale_hours,
         ),
     }

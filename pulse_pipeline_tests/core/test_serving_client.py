@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from pulse_pipeline.core.serving import ServingUnavailable, VllmServer, from_env
+from pulse_pipeline.core.serving import ServingUnavailable, VllmServer, from_env, sync_family
 from pulse_pipeline_tests.vllm_server import _free_port
 
 COUNT = [{"role": "user", "content": "Count to 0"}]
@@ -33,3 +33,15 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     server.close()
     with pytest.raises(ValueError, match="http"):
         VllmServer("vllm.internal:8000")
+
+
+def test_sync_without_a_server_or_with_a_dead_one_leaves_the_registry_change_standing() -> None:
+    assert sync_family(
+        None, "f", serve={"f-20260101-0000": "/x"}, keep=set(), order=[], max_loaded=4
+    ).status == ("not configured")
+    with VllmServer(f"http://127.0.0.1:{_free_port()}") as down:
+        done = sync_family(down, "f", serve={"f-20260101-0000": "/x"}, keep=set(), order=[], max_loaded=4)
+    assert (
+        done.status.startswith("not updated: vLLM server at http://127.0.0.1:")
+        and "unreachable" in done.status
+    )

@@ -2,6 +2,8 @@
 
 `Store(url)` connects and applies the Alembic migrations on first use; the queries the
 pipeline needs (counts since a watermark, one family's day, the audit of a day) live here.
+Adapter version records, the deployments audit trail and the training lock are Store methods
+too, written in `registry_records.py`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,37 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pulse_pipeline.core.store.schema import annotations, ingestion_tallies, ingestions, metadata, quarantine
+from pulse_pipeline.core.store.registry_records import (
+    ACTIONS,
+    DECISIONS,
+    DEFAULT_STALE_LOCK,
+    STATUSES,
+    LockAttempt,
+    RegistryRecords,
+)
+from pulse_pipeline.core.store.schema import (
+    adapter_versions,
+    annotations,
+    deployments,
+    ingestion_tallies,
+    ingestions,
+    metadata,
+    quarantine,
+    training_locks,
+)
 
 __all__ = [
     "Store",
     "StoreError",
     "DayAudit",
+    "LockAttempt",
+    "DEFAULT_STALE_LOCK",
+    "STATUSES",
+    "DECISIONS",
+    "ACTIONS",
+    "adapter_versions",
+    "deployments",
+    "training_locks",
     "annotations",
     "ingestions",
     "ingestion_tallies",
@@ -63,7 +90,7 @@ def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=1)
 
 
-class Store:
+class Store(RegistryRecords):
     def __init__(self, url: str, *, upgrade: bool = True, echo: bool = False):
         self.url = url
         self.engine: Engine = _make_engine(url, echo=echo)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -32,6 +34,8 @@ metadata = MetaData(
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 Seq = BigInteger().with_variant(Integer(), "sqlite")
 Payload = JSON().with_variant(JSONB(), "postgresql")
+# The same, but Python None is SQL NULL rather than the JSON literal `null` (for optional payloads).
+OptionalPayload = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 UtcTime = DateTime(timezone=True)
 
 ingestions = Table(
@@ -103,4 +107,82 @@ ingestion_tallies = Table(
     Column("duplicates", Integer, nullable=False, default=0),
     Column("quarantined", Integer, nullable=False, default=0),
     Index(None, "family", "day"),
+)
+
+# -- registry: adapter versions, the deployment audit trail, the training lock (migration 0002) ------
+
+# One row per adapter version: what it was trained from and on, how it scored, where it stands.
+adapter_versions = Table(
+    "adapter_versions",
+    metadata,
+    Column("family", String(64), primary_key=True),
+    Column("version", String(128), primary_key=True),
+    Column(
+        "base_model", Text, nullable=False, comment="The base model id or path the adapter was trained on."
+    ),
+    Column("dataset_version", String(64), nullable=False),
+    Column("training_config", Payload, nullable=False, comment="The resolved training config."),
+    Column("metrics", OptionalPayload, nullable=True, comment="Eval metrics per evaluation set."),
+    Column("decision", String(8), nullable=True, comment="The promotion gate: DEPLOY, REVIEW or FAIL."),
+    Column(
+        "status",
+        String(16),
+        nullable=False,
+        comment="candidate, deployed, archived, failed or rolled_back.",
+    ),
+    Column("created_at", UtcTime, nullable=False),
+    Column(
+        "created_by",
+        String(256),
+        nullable=False,
+        comment="A user, sensor:<name>, schedule:<name>, cli or run:<id>.",
+    ),
+    Column("traffic_share", Float, nullable=False, comment="Share of traffic served; 0 when not served."),
+    Column("semantic_version", String(32), nullable=False, comment="e.g. 1.2.0 (major: new base model)."),
+    Column("removed_at", UtcTime, nullable=True, comment="When cleanup deleted the version's files."),
+)
+
+# The audit trail of promotions, canaries, rollbacks and cleanups; rows are never updated.
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", Seq, primary_key=True, autoincrement=True),
+    Column("family", String(64), nullable=False),
+    Column("at", UtcTime, nullable=False),
+    Column(
+        "by",
+        String(256),
+        nullable=False,
+        comment="Who: a user, sensor:<name>, schedule:<name>, cli, run:<id>.",
+    ),
+    Column(
+        "action",
+        String(16),
+        nullable=False,
+        comment="promote, canary, rollback, cleanup or force_promote.",
+    ),
+    Column("from_version", String(128), nullable=True),
+    Column("to_version", String(128), nullable=True),
+    Column("traffic_share", Float, nullable=True, comment="The new version's share, for promote and canary."),
+    Column("reason", Text, nullable=False),
+    Column("forced", Boolean, nullable=False, comment="A gate FAIL was overridden."),
+    Column(
+        "serving",
+        String(32),
+        nullable=True,
+        comment="updated, not configured, or not updated: <why> (cut to fit).",
+    ),
+    Index(None, "family", "at"),
+)
+
+# One row per family currently training; the primary key makes acquiring it race-free.
+training_locks = Table(
+    "training_locks",
+    metadata,
+    Column("family", String(64), primary_key=True),
+    Column("holder", String(256), nullable=False, comment="e.g. cli pid 1234 on host x, or run:<id>."),
+    Column("acquired_at", UtcTime, nullable=False),
+    Column(
+        "heartbeat_at", UtcTime, nullable=False, comment="Refreshed while training; stale after a timeout."
+    ),
 )

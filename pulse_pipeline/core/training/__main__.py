@@ -9,6 +9,7 @@ in the UI; this entry point is for debugging the recipe and for machines without
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 
@@ -29,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pulse_pipeline.core.families import ConfigError, load_config
+    from pulse_pipeline.core.store import Store
     from pulse_pipeline.core.training.base_models import BaseModelError
     from pulse_pipeline.core.training.config import TrainingConfigError
+    from pulse_pipeline.core.training.lock import TrainingLocked
     from pulse_pipeline.core.training.progress import ProgressBar
     from pulse_pipeline.core.training.recipe import TrainingError
     from pulse_pipeline.core.training.runner import train_family
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     progress = ProgressBar()
 
+    store = Store(settings.database_url)  # the family's training lock lives there
     try:
         family = load_config(settings.pulse_config).family(args.family)
         trained = train_family(
@@ -50,12 +54,20 @@ def main(argv: list[str] | None = None) -> int:
             dataset_version=args.dataset_version,
             force=args.force,
             on_progress=progress,
+            created_by="cli",
+            store=store,
+            stale_after=dt.timedelta(hours=settings.pulse_training_lock_stale_hours),
+            warn=lambda message: print(f"pulse training: warning: {message}", file=sys.stderr),
         )
+    except TrainingLocked as exc:
+        print(f"pulse training: {args.family}: {exc}", file=sys.stderr)
+        return TrainingLocked.exit_code
     except (ConfigError, TrainingConfigError, TrainingError, BaseModelError) as exc:
         print(f"pulse training: {exc}", file=sys.stderr)
         return 1
     finally:
         progress.close()
+        store.dispose()
     m = trained.metadata
     report = {
         "family": trained.family,

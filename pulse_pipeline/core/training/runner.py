@@ -44,14 +44,18 @@ def train_family(
     on_progress: Callable[[Progress], None] | None = None,
     force: bool = False,
     created_by: str = "cli",
+    store: Any | None = None,
+    stale_after: dt.timedelta = dt.timedelta(hours=4),
+    warn: Callable[[str], None] = lambda _: None,
 ) -> TrainedAdapter:
     """Train `family` on a snapshot (default: its newest) and publish the adapter.
 
     `home` holds the base-model cache (`models/`) and the work folders with checkpoints
     (`work/`); `tracking_uri` is MLflow's (None: no tracking). Without `force`, a version
     already trained on this snapshot with the same resolved settings is returned as it is.
+    With `store`, the family's training lock is held while it trains (`TrainingLocked` when
+    another training holds it; a lock older than `stale_after` is taken over, with `warn`).
     """
-    from pulse_pipeline.core.training.base_models import resolve_base_model
     from pulse_pipeline.core.training.config import resolve_training_config
 
     if dataset_version is None:
@@ -69,6 +73,30 @@ def train_family(
         run_id = (done.get("mlflow") or {}).get("run_id")
         uri = artifacts.uri(adapters.prefix(family.name, done["version"]))
         return TrainedAdapter(family.name, done["version"], uri, done, run_id, None, reused=True)
+    if store is None:
+        return _train(family, config, dataset_version, train_split, val_split, artifacts,
+                      home=home, tracking_uri=tracking_uri, on_progress=on_progress, created_by=created_by)  # fmt: skip
+    from pulse_pipeline.core.training.lock import holder_name, training_lock
+
+    with training_lock(store, family.name, holder_name(created_by), stale_after=stale_after, warn=warn) as beat:
+
+        def progress(p: Progress) -> None:
+            beat()
+            if on_progress is not None:
+                on_progress(p)
+
+        return _train(family, config, dataset_version, train_split, val_split, artifacts,
+                      home=home, tracking_uri=tracking_uri, on_progress=progress, created_by=created_by)  # fmt: skip
+
+
+def _train(
+    family: FamilyConfig, config: Any, dataset_version: str, train_split: list[dict[str, Any]],
+    val_split: list[dict[str, Any]], artifacts: ArtifactStore, *, home: Path, tracking_uri: str | None,
+    on_progress: Callable[[Progress], None] | None, created_by: str,
+) -> TrainedAdapter:  # fmt: skip
+    """The recipe inside an MLflow run, then the published version."""
+    from pulse_pipeline.core.training.base_models import resolve_base_model
+
     base = resolve_base_model(family.base_model, home / "models")
     job = TrainingJob(family, config, dataset_version, train_split, val_split, base, home / "work")
 

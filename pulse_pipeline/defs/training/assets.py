@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig
-from pulse_pipeline.defs.resources import ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 
 TRAINING_POOL = "training"
 
@@ -43,8 +43,11 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext,
         config: AdapterRunConfig,
         artifact_storage: ArtifactStorage,
+        annotation_store: AnnotationStore,
         training: TrainingEnvironment,
     ) -> dg.MaterializeResult:
+        import datetime as dt
+
         from pulse_pipeline.core.training.runner import train_family
 
         report = _ProgressReport(context, config.progress_bar)
@@ -58,6 +61,9 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 force=config.force,
                 on_progress=report,
                 created_by=created_by(context.run.tags, context.run.run_id),
+                store=annotation_store.store,
+                stale_after=dt.timedelta(hours=training.lock_stale_hours),
+                warn=context.log.warning,
             )
         finally:
             report.close()
