@@ -691,6 +691,130 @@ def _failure_reason(result: Any) -> str:
     return "open the Dagster UI for its logs"
 
 
+@app.command()
+@_fail_cleanly
+def promote(
+    family: FamilyOpt,
+    version: Annotated[str | None, typer.Option(help="The version to make production.")] = None,
+    previous: Annotated[
+        bool, typer.Option("--previous", help="Roll back to the previous production version.")
+    ] = False,
+    traffic_share: Annotated[
+        float, typer.Option(help="Below 1.0: serve it as a canary beside production with this share.")
+    ] = 1.0,
+    force: Annotated[
+        bool, typer.Option(help="Promote even a version the gate judged FAIL (recorded).")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Make a version production (or a canary), or roll back, through the promote_adapter job."""
+    config = _config()
+    config.family(family)
+    if (version is None) == (not previous):
+        raise UserError("give --version V or --previous")
+    out = _run_op_job(
+        config,
+        "promote_adapter",
+        "promote_version",
+        {
+            "family": family, "version": version, "previous": previous, "traffic_share": traffic_share,
+            "force": force, "reason": reason, "requested_by": _user(),
+        },
+    )  # fmt: skip
+    report = {k: out[k] for k in ("family", "action", "version", "previous_version", "challenger", "traffic")}
+    report.update(serving=out["serving"], mlflow_aliases=out["mlflow"], changed=out["changed"])
+    if as_json:
+        _emit(report)
+        return
+    if not out["changed"]:
+        typer.echo(f"{family}: {out['version']} is already production; serving and aliases re-synced")
+    for key, value in report.items():
+        typer.echo(f"{key:<18} {value if value is not None else '-'}")
+
+
+@app.command()
+@_fail_cleanly
+def cleanup(
+    family: FamilyOpt,
+    keep: Annotated[
+        int, typer.Option(help="Versions to keep besides production, previous and a canary.")
+    ] = 5,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove a family's old adapter versions through the cleanup_adapters job."""
+    config = _config()
+    config.family(family)
+    if keep < 1:
+        raise UserError("--keep must be at least 1")
+    out = _run_op_job(config, "cleanup_adapters", "cleanup_versions", {"family": family, "keep": keep})
+    if as_json:
+        _emit({"removed": out["removed"], "kept": out["kept"]})
+        return
+    typer.echo(f"removed {', '.join(out['removed']) or 'nothing'}")
+    typer.echo(f"kept    {', '.join(out['kept'])}")
+
+
+@app.command()
+@_fail_cleanly
+def merge(
+    family: FamilyOpt,
+    version: Annotated[str, typer.Option(help="The version to merge into its base model.")],
+    out: Annotated[Path, typer.Option(help="An empty or new folder for the merged model.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Write the base model with the adapter merged in, for engines without LoRA support."""
+    from pulse_pipeline.core import adapters
+    from pulse_pipeline.core.merging import MergeError, merge_adapter
+
+    settings = get_settings()
+    config = _config()
+    config.family(family)
+    artifacts = settings.artifact_store()
+    if not adapters.is_version_of(family, version) or version not in adapters.versions(artifacts, family):
+        raise UserError(f"{family} has no complete version {version!r}")
+    folder = adapters.local_folder(artifacts, family, version, settings.pulse_home / "cache" / "adapters")
+    try:
+        merged = merge_adapter(folder, out)
+    except MergeError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        _emit({"family": family, "version": version, "out": str(merged)})
+        return
+    typer.echo(f"merged {version} into its base model: {merged}")
+
+
+def _user() -> str:
+    """Who runs the command, for the audit trail."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except OSError:
+        return "cli"
+
+
+def _run_op_job(
+    config: PulseConfig, job_name: str, op_name: str, op_config: dict[str, Any]
+) -> dict[str, Any]:
+    """Run an op job in this process, recorded at DAGSTER_HOME; the op's output, or its one-line error."""
+    import dagster as dg
+
+    from pulse_pipeline.definitions import build_definitions
+
+    settings = get_settings()
+    _prepare_dagster_home(settings.dagster_home, settings.pulse_config.parent)
+    job = build_definitions(config).resolve_job_def(job_name)
+    run_config = {**QUIET_RUN, "ops": {op_name: {"config": op_config}}}
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config, tags={"pulse/created_by": "cli"}
+        )
+    if not result.success:
+        raise UserError(_failure_reason(result))
+    return result.output_for_node(op_name)
+
+
 review_app = typer.Typer(help="The review queue, with Label Studio as the review UI.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 

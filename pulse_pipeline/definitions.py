@@ -14,6 +14,7 @@ from pulse_pipeline.defs.datasets.assets import (
     review_queue_asset,
 )
 from pulse_pipeline.defs.evaluation.assets import eval_report_asset
+from pulse_pipeline.defs.registry.assets import cleanup_adapters, deployment_asset, promote_adapter
 from pulse_pipeline.defs.resources import default_resources
 from pulse_pipeline.defs.training.assets import adapter_asset
 from pulse_pipeline.settings import get_settings
@@ -45,13 +46,14 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
         dataset_assets += these
         adapter = adapter_asset(family)
         report = eval_report_asset(family, config)
-        training_assets += [adapter, report]
+        deployment = deployment_asset(family)
+        training_assets += [adapter, report, deployment]
         retrain_jobs.append(
             dg.define_asset_job(
                 retrain_job_name(family),
-                selection=dg.AssetSelection.assets(*these, adapter, report),
+                selection=dg.AssetSelection.assets(*these, adapter, report, deployment),
                 description=f"{family.name}: examples and snapshot from the annotations, train an adapter, "
-                "judge it against production.",
+                "judge it against production, promote it when the gate says DEPLOY.",
                 tags={"pulse/family": family.name},
             )
         )
@@ -67,7 +69,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=[*assets, *dataset_assets, *training_assets],
-        jobs=[annotations_daily, snapshots, *retrain_jobs],
+        jobs=[annotations_daily, snapshots, *retrain_jobs, promote_adapter, cleanup_adapters],
         resources=default_resources(),
     )
 

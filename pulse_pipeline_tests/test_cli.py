@@ -354,3 +354,38 @@ def test_one_training_at_a_time_and_a_stale_lock_is_taken_over(demo_loaded, puls
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "warning: call-analysis: took over a stale training lock held by crashed (pid 1)" in out.stderr
+
+
+def test_promote_rollback_cleanup_and_status_through_the_jobs(pulse_env, tmp_path):
+    from pulse_pipeline.core.artifacts import LocalArtifactStore
+    from pulse_pipeline_tests.core.test_registry import FAMILY, _publish
+
+    artifacts = LocalArtifactStore(pulse_env / "artifacts")
+    a, b, c = (_publish(artifacts, tmp_path, m, "DEPLOY") for m in range(3))
+    bad = _publish(artifacts, tmp_path, 3, "FAIL")
+
+    first = runner.invoke(app, ["promote", "--family", FAMILY, "--version", a, "--json"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout) | {} == json.loads(first.stdout)  # one JSON object, nothing else
+    out = json.loads(first.stdout)
+    assert (out["version"], out["previous_version"], out["serving"]) == (a, None, "not configured")
+    second = json.loads(runner.invoke(app, ["promote", "--family", FAMILY, "--version", b, "--json"]).stdout)
+    assert (second["version"], second["previous_version"]) == (b, a)
+    refused = runner.invoke(app, ["promote", "--family", FAMILY, "--version", bad])
+    assert refused.exit_code == 1 and "judged FAIL" in refused.stderr and "--force" in refused.stderr
+    back = json.loads(runner.invoke(app, ["promote", "--family", FAMILY, "--previous", "--json"]).stdout)
+    assert (back["version"], back["previous_version"], back["action"]) == (a, b, "rollback")
+    evil = runner.invoke(app, ["promote", "--family", FAMILY, "--version", "../../etc"])
+    assert evil.exit_code == 1 and "not a version name" in evil.stderr
+
+    st = json.loads(runner.invoke(app, ["status", "--family", FAMILY, "--json"]).stdout)
+    assert set(st) >= {
+        "is_training", "lock_acquired_at", "current_version", "available_versions",
+        "new_annotations_count", "min_annotations_required",
+    }  # fmt: skip
+    assert st["current_version"]["version"] == a and st["available_versions"] == [a, b, c, bad]
+
+    gone = json.loads(runner.invoke(app, ["cleanup", "--family", FAMILY, "--keep", "1", "--json"]).stdout)
+    assert gone == {"removed": [c], "kept": [a, b, bad]}  # production, previous, the newest
+    with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
+        assert {r.job_name for r in instance.get_runs()} == {"promote_adapter", "cleanup_adapters"}

@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
@@ -44,6 +45,12 @@ class ArtifactStore(ABC):
         something already lives there. Locally the folder is copied to a hidden temporary name
         and renamed into place; on S3, where objects cannot be renamed, the file named `last`
         is uploaded after all others, so a prefix without it is unfinished."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str, *, first: str | None = None) -> None:
+        """Delete everything under `prefix` (nothing there is fine). Locally the folder is renamed
+        to a hidden name, then removed, so a half-deleted folder never shows under its name; on
+        S3 the key `first` (the file that marks the prefix complete) goes before all others."""
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))
@@ -115,6 +122,47 @@ class LocalArtifactStore(ArtifactStore):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return True
+
+    def delete_prefix(self, prefix: str, *, first: str | None = None) -> None:
+        path = self._entry(prefix)
+        if path.is_symlink():
+            raise ArtifactError(f"artifact key {prefix!r} is a link, not a folder: not deleted")
+        if not path.exists():
+            return
+        hidden = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
+        os.rename(path, hidden)  # one step: the name is gone whole
+        if hidden.is_dir():
+            shutil.rmtree(hidden)
+        else:
+            hidden.unlink()
+
+    def replace_symlink(self, key: str, target: str) -> None:
+        """Point the link at `key` to `target` (a name relative to the link's folder, so the tree
+        can move), atomically: a temporary link beside it is renamed over the old one, and
+        readers see the old target or the new one, never no link."""
+        if not target or target.startswith("/") or "/" in target or target in (".", ".."):
+            raise ArtifactError(f"link target {target!r} must be a name in the link's own folder")
+        link = self._entry(key)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}.tmp")
+        os.symlink(target, tmp)
+        try:
+            os.replace(tmp, link)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def read_symlink(self, key: str) -> str | None:
+        """The target the link at `key` names, None when there is no link."""
+        link = self._entry(key)
+        return os.readlink(link) if link.is_symlink() else None
+
+    def _entry(self, key: str) -> Path:
+        """The path of `key` itself, its last part not followed (a link stays a link)."""
+        parent_key, _, name = key.strip("/").rpartition("/")
+        if name in ("", ".", ".."):
+            raise ArtifactError(f"artifact key {key!r} does not name an entry in the store")
+        return self._path(parent_key) / name if parent_key else self.root / name
 
     def local_path(self, key: str) -> Path:
         """The file or folder of a key, for readers that need a path (peft, vLLM)."""
@@ -190,6 +238,21 @@ class S3ArtifactStore(ArtifactStore):
                 self.bucket, self._key(f"{prefix}/{path.relative_to(folder).as_posix()}"), str(path)
             )
         return True
+
+    def delete_prefix(self, prefix: str, *, first: str | None = None) -> None:
+        from minio.deleteobjects import DeleteObject
+
+        keys = self.list(prefix)
+        if first in keys:
+            self.client.remove_object(self.bucket, self._key(first))
+            keys.remove(first)
+        if not keys:
+            return
+        errors = list(self.client.remove_objects(self.bucket, [DeleteObject(self._key(k)) for k in keys]))
+        if errors:
+            raise ArtifactError(
+                f"could not delete {len(errors)} object(s) under {self.uri(prefix)}: {errors[0]}"
+            )
 
 
 def open_artifact_store(

@@ -1,6 +1,8 @@
 """Dagster resources: how assets reach the annotation store and the artifact store."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,31 @@ class TrainingEnvironment(dg.ConfigurableResource):
         return Path(self.home)
 
 
+class ServingEnvironment(dg.ConfigurableResource):
+    """The vLLM server that serves the adapters (PULSE_VLLM_URL; empty: serving not configured)."""
+
+    vllm_url: str = ""
+    vllm_api_key: str = ""  # PULSE_VLLM_API_KEY, an EnvVar so the UI never shows it
+    max_loras: int = 4  # adapters of one family kept loaded (the server's --max-loras)
+
+    @contextmanager
+    def open(self) -> Iterator[Any]:
+        """The server client for the block (None when not configured)."""
+        if not self.vllm_url:
+            yield None
+            return
+        from pulse_pipeline.core.serving import VllmServer
+
+        with VllmServer(self.vllm_url, api_key=self.vllm_api_key or None) as server:
+            yield server
+
+    def targets(self, store: Store, tracking_uri: str, server: Any) -> Any:
+        """Where a promotion is reflected besides the registry."""
+        from pulse_pipeline.core.promotion import Targets
+
+        return Targets(store, tracking_uri or None, server, self.max_loras)
+
+
 def _from_env(name: str, default: str | None) -> Any:
     """A value set in the environment stays an EnvVar, so the UI never shows a secret in it."""
     return dg.EnvVar(name) if os.environ.get(name) else default
@@ -84,5 +111,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             home=str(settings.pulse_home),
             mlflow_tracking_uri=_from_env("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
             lock_stale_hours=settings.pulse_training_lock_stale_hours,
+        ),
+        "serving": ServingEnvironment(
+            vllm_url=_from_env("PULSE_VLLM_URL", ""), vllm_api_key=_from_env("PULSE_VLLM_API_KEY", "")
         ),
     }

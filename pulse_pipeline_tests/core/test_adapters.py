@@ -10,6 +10,8 @@ from pulse_pipeline.core.adapters import (
     prefix,
     publish,
     read_metadata,
+    remove,
+    verify,
     versions,
 )
 
@@ -77,3 +79,95 @@ def test_local_publish_is_one_rename(tmp_path):
     assert not store.publish_folder(folder, "adapters/f/v1", last="adapter_config.json")  # taken
     assert [p.name for p in (tmp_path / "root" / "adapters" / "f").iterdir()] == ["v1"]  # no temporaries
     assert json.loads((tmp_path / "root/adapters/f/v1/adapter_config.json").read_text()) == {}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _delete_object(artifacts, key):
+    """Take one file away behind the store's back (a damaged or half-copied version)."""
+    from pulse_pipeline.core.artifacts import LocalArtifactStore
+
+    if isinstance(artifacts, LocalArtifactStore):
+        artifacts.local_path(key).unlink()
+    else:
+        artifacts.client.remove_object(artifacts.bucket, artifacts._key(key))
+
+
+def test_publish_records_a_sha256_per_file_and_verify_checks_them(artifacts, tmp_path):
+    version = publish(artifacts, "fam", _folder(tmp_path), {"dataset_version": "d1"}, now=NOW)
+    meta = read_metadata(artifacts, "fam", version)
+    assert meta["files"] == {
+        "adapter_config.json": _sha256(b"{}"),
+        "adapter_model.safetensors": _sha256(b"\0" * 1024),
+        "sub/x.txt": _sha256(b"nested"),
+    }
+    check = verify(artifacts, "fam", version)
+    assert (check.hashes_recorded, check.files, check.note) == (True, sorted(meta["files"]), "")
+    artifacts.write_bytes(f"adapters/fam/{version}/eval/results.json", b"{}")  # written later: not listed
+    assert verify(artifacts, "fam", version).hashes_recorded
+
+
+def test_verify_names_a_tampered_file(artifacts, tmp_path):
+    version = publish(artifacts, "fam", _folder(tmp_path), {}, now=NOW)
+    artifacts.write_bytes(f"adapters/fam/{version}/sub/x.txt", b"changed")
+    with pytest.raises(AdapterError, match=rf"fam {version}: sub/x.txt does not match its recorded sha256"):
+        verify(artifacts, "fam", version)
+
+
+def test_verify_names_a_missing_file_and_missing_metadata(artifacts, tmp_path):
+    version = publish(artifacts, "fam", _folder(tmp_path), {}, now=NOW)
+    _delete_object(artifacts, f"adapters/fam/{version}/adapter_model.safetensors")
+    with pytest.raises(
+        AdapterError, match="adapter_model.safetensors is listed in training_metadata.json but missing"
+    ):
+        verify(artifacts, "fam", version)
+    _delete_object(artifacts, f"adapters/fam/{version}/training_metadata.json")
+    with pytest.raises(AdapterError, match=rf"fam {version}: training_metadata.json is missing"):
+        verify(artifacts, "fam", version)
+
+
+def test_verify_refuses_listed_files_outside_the_version(artifacts):
+    key = "adapters/fam/fam-20261122-1405"
+    artifacts.write_bytes(f"{key}/training_metadata.json", json.dumps({"files": {"../x/y": "0"}}).encode())
+    with pytest.raises(AdapterError, match="lists a file outside the version: '../x/y'"):
+        verify(artifacts, "fam", "fam-20261122-1405")
+
+
+def test_versions_without_hashes_are_checked_for_presence(artifacts):
+    key = "adapters/fam/fam-20261122-1405"
+    artifacts.write_bytes(f"{key}/adapter_config.json", b"{}")
+    artifacts.write_bytes(f"{key}/training_metadata.json", b'{"version": "fam-20261122-1405"}')
+    with pytest.raises(AdapterError, match="fam fam-20261122-1405: adapter_model.safetensors is missing"):
+        verify(artifacts, "fam", "fam-20261122-1405")
+    artifacts.write_bytes(f"{key}/adapter_model.safetensors", b"w")
+    check = verify(artifacts, "fam", "fam-20261122-1405")
+    assert not check.hashes_recorded and "hashes were not recorded" in check.note
+
+
+def test_remove_takes_a_version_away_whole(artifacts, tmp_path):
+    first = publish(artifacts, "fam", _folder(tmp_path, "a"), {}, now=NOW)
+    second = publish(artifacts, "fam", _folder(tmp_path, "b"), {}, now=NOW)
+    remove(artifacts, "fam", first)
+    assert versions(artifacts, "fam") == [second]
+    assert artifacts.list(f"adapters/fam/{first}") == []
+    remove(artifacts, "fam", first)  # already gone: nothing to do
+    with pytest.raises(AdapterError, match="is not a version name"):
+        remove(artifacts, "fam", "../fam")
+
+
+@pytest.mark.parametrize("artifacts", ["s3"], indirect=True)
+def test_s3_removal_takes_the_metadata_first(artifacts, tmp_path, monkeypatch):
+    version = publish(artifacts, "fam", _folder(tmp_path), {}, now=NOW)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash after the metadata went")
+
+    monkeypatch.setattr(artifacts.client, "remove_objects", crash)
+    with pytest.raises(RuntimeError, match="crash after the metadata went"):
+        remove(artifacts, "fam", version)
+    assert versions(artifacts, "fam") == []  # no longer complete, so never served half-deleted
+    assert f"adapters/fam/{version}/adapter_model.safetensors" in artifacts.list(f"adapters/fam/{version}")

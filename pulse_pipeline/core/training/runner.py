@@ -164,13 +164,16 @@ def new_annotations_since_training(store: Any, artifacts: ArtifactStore, family:
     from pulse_pipeline.core.triage import TRAINABLE, triage
 
     watermark = 0
-    trained = adapters.versions(artifacts, family.name)
-    if trained:
-        dataset = adapters.read_metadata(artifacts, family.name, trained[-1])["dataset_version"]
-        manifest = orjson.loads(
-            artifacts.read_bytes(f"{snapshots.prefix(family.name, dataset)}/manifest.json")
-        )
+    for version in reversed(adapters.versions(artifacts, family.name)):  # newest with its snapshot kept
+        dataset = adapters.read_metadata(artifacts, family.name, version).get("dataset_version")
+        try:
+            manifest = orjson.loads(
+                artifacts.read_bytes(f"{snapshots.prefix(family.name, dataset)}/manifest.json")
+            )
+        except KeyError:
+            continue
         watermark = manifest["watermark"]["seq"]
+        break
     return sum(
         1
         for row in store.iter_family(family.name, after=watermark)

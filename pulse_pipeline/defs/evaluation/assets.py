@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
-from pulse_pipeline.defs.resources import ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline.defs.training.assets import TRAINING_POOL
 
 GATE_CHECK = "promotion_gate"
@@ -51,6 +51,7 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         context: dg.AssetExecutionContext,
         config: EvalRunConfig,
         artifact_storage: ArtifactStorage,
+        annotation_store: AnnotationStore,
         training: TrainingEnvironment,
     ) -> dg.MaterializeResult:
         """The newest adapter against production (or the base model) on the test split and golden set."""
@@ -71,6 +72,9 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         )
         r = evaluation.results
         gate = r["gate"]
+        from pulse_pipeline.core.promotion import record_evaluation
+
+        record_evaluation(annotation_store.store, family.name, r["version"], r)
         context.log.info(f"{family.name} {r['version']}: {gate['decision']} ({evaluation.report_uri})")
         return dg.MaterializeResult(
             metadata={

@@ -67,6 +67,10 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
             )
         finally:
             report.close()
+        if not trained.reused or annotation_store.store.version_record(family.name, trained.version) is None:
+            from pulse_pipeline.core.promotion import record_trained
+
+            record_trained(annotation_store.store, artifact_storage.open(), family.name, trained.version)
         m = trained.metadata
         verb = "reused" if trained.reused else "trained"
         context.log.info(f"{family.name}: {verb} {trained.version} on dataset {m['dataset_version']}")

@@ -1,0 +1,256 @@
+"""Promotion, rollback and cleanup end to end: the registry pointer first, then the serving
+engine, the version records and audit trail, and the MLflow aliases.
+
+The pointer (`current.json`, written atomically by `registry`) is the source of truth and moves
+first; everything after it follows it and reports, without undoing it, when it could not:
+a vLLM server that is down leaves serving "not updated: ..." and a retry is the same command
+again (promoting the current version re-syncs serving, the records and the aliases).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pulse_pipeline.core import adapters, registry
+from pulse_pipeline.core.artifacts import ArtifactStore
+
+
+@dataclass
+class Outcome:
+    """What a promotion, rollback or cleanup did, for the CLI and the Dagster metadata."""
+
+    family: str
+    action: str  # promote, canary, force_promote, rollback, cleanup
+    version: str | None  # production after the change
+    previous_version: str | None
+    challenger: str | None = None  # a canary's challenger
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    changed: bool = True
+    serving: str = "not configured"
+    mlflow: str = "not configured"
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Targets:
+    """Where a change is reflected besides the registry: the store (records, audit), MLflow and vLLM."""
+
+    store: Any  # core.store.Store
+    tracking_uri: str | None = None
+    server: Any = None  # core.serving.VllmServer, or None: serving not configured
+    max_loaded: int = 4  # adapters of a family kept loaded on the server
+    adapter_path: Callable[[str], str] | None = None  # version -> its folder as the server sees it
+
+
+def promote(
+    artifacts: ArtifactStore, family: str, version: str, targets: Targets, *, by: str, reason: str = "",
+    traffic_share: float = 1.0, force: bool = False,
+) -> Outcome:  # fmt: skip
+    """Make `version` production (`traffic_share` 1.0) or start a canary with it (< 1.0)."""
+    done = registry.promote(
+        artifacts, family, version, by=by, reason=reason, traffic_share=traffic_share, force=force
+    )
+    action = "force_promote" if done.forced else "canary" if done.action == "canary" else "promote"
+    return _follow(artifacts, family, done.current, targets, action, by, reason, done.changed, done.forced)
+
+
+def rollback(
+    artifacts: ArtifactStore, family: str, targets: Targets, *, by: str, reason: str = ""
+) -> Outcome:
+    """Make the previous production version current again (a second rollback rolls forward)."""
+    done = registry.rollback(artifacts, family, by=by, reason=reason)
+    return _follow(artifacts, family, done.current, targets, "rollback", by, reason, True, False)
+
+
+def cleanup(artifacts: ArtifactStore, family: str, targets: Targets, *, keep: int, by: str) -> Outcome:
+    """Remove all but the newest `keep` versions (never production, previous or a canary)."""
+    result = registry.cleanup(artifacts, family, keep=keep)
+    current = registry.read_current(artifacts, family) or {}
+    out = Outcome(family, "cleanup", current.get("version"), current.get("previous_version"))
+    out.removed, out.kept, out.changed = list(result.removed), list(result.kept), bool(result.removed)
+    now = dt.datetime.now(dt.UTC)
+    for version in result.removed:
+        targets.store.update_version(family, version, removed_at=now, traffic_share=0.0)
+    if targets.server is not None:
+        from pulse_pipeline.core.serving import ServingError, served_name
+
+        try:
+            for version in result.removed:
+                targets.server.unload_adapter(served_name(family, version))
+            out.serving = "updated"
+        except ServingError as exc:
+            out.serving = f"not updated: {exc}"
+    out.mlflow = _mlflow(artifacts, targets, family, current, forget=result.removed)
+    if result.removed:
+        targets.store.record_deployment(
+            family, "cleanup", by=by, reason=f"removed {', '.join(result.removed)}", serving=out.serving
+        )
+    return out
+
+
+def _follow(
+    artifacts: ArtifactStore, family: str, current: dict[str, Any], targets: Targets, action: str,
+    by: str, reason: str, changed: bool, forced: bool,
+) -> Outcome:  # fmt: skip
+    """Serving, records, audit and aliases after the pointer moved to `current`."""
+    traffic = list(current.get("traffic") or [{"version": current["version"], "share": 1.0}])
+    challenger = next((t["version"] for t in traffic if t["version"] != current["version"]), None)
+    out = Outcome(
+        family, action, current["version"], current.get("previous_version"), challenger, traffic, changed
+    )
+    out.serving = _serve(artifacts, family, current, challenger, targets)
+    _records(artifacts, family, current, traffic, targets.store, action)
+    if changed or action == "rollback":
+        share = next((t["share"] for t in traffic if t["version"] == (challenger or current["version"])), 1.0)
+        targets.store.record_deployment(
+            family, action, by=by, reason=reason, forced=forced, serving=out.serving[:32],
+            from_version=current.get("previous_version") if not challenger else current["version"],
+            to_version=challenger or current["version"], traffic_share=share,
+        )  # fmt: skip
+    out.mlflow = _mlflow(artifacts, targets, family, current)
+    return out
+
+
+def _serve(
+    artifacts: ArtifactStore, family: str, current: dict[str, Any], challenger: str | None, targets: Targets
+) -> str:
+    from pulse_pipeline.core.serving import sync_family
+
+    if targets.server is None:
+        return "not configured"
+    path = targets.adapter_path or (lambda v: str(artifacts.uri(adapters.prefix(family, v))))
+    serve = {v: path(v) for v in (current["version"], challenger) if v}
+    keep = {v for v in (current["version"], current.get("previous_version"), challenger) if v}
+    done = sync_family(
+        targets.server, family, serve=serve, keep=keep, order=adapters.versions(artifacts, family),
+        max_loaded=targets.max_loaded,
+    )  # fmt: skip
+    return done.status
+
+
+def _records(
+    artifacts: ArtifactStore, family: str, current: dict[str, Any], traffic: list[dict[str, Any]], store: Any,
+    action: str,
+) -> None:  # fmt: skip
+    """Statuses and traffic shares of every recorded version of the family, from the pointer."""
+    shares = {t["version"]: float(t["share"]) for t in traffic}
+    for row in store.version_records(family):
+        v = row["version"]
+        if v in shares:
+            status = "deployed"
+        elif row["status"] == "deployed":
+            status = (
+                "rolled_back" if action == "rollback" and v == current.get("previous_version") else "archived"
+            )
+        else:
+            status = row["status"]
+        if status != row["status"] or shares.get(v, 0.0) != row["traffic_share"]:
+            store.update_version(family, v, status=status, traffic_share=shares.get(v, 0.0))
+    for v in shares:  # a version promoted before it was recorded (e.g. trained elsewhere)
+        if store.version_record(family, v) is None:
+            record_trained(store, artifacts, family, v, created_by="unknown")
+            store.update_version(family, v, status="deployed", traffic_share=shares[v])
+
+
+def _mlflow(
+    artifacts: ArtifactStore, targets: Targets, family: str, current: dict[str, Any], forget: list[str] = ()
+) -> str:
+    """Champion = production, challenger = a canary's challenger, else the newest candidate."""
+    if not targets.tracking_uri:
+        return "not configured"
+    from pulse_pipeline.core import model_registry
+
+    try:
+        for version in forget:
+            model_registry.forget_version(targets.tracking_uri, family, version)
+        rows = [r for r in targets.store.version_records(family) if r["removed_at"] is None]
+        for row in rows:
+            _register(artifacts, targets, family, row)
+        production = current.get("version")
+        traffic = current.get("traffic") or []
+        challenger = next((t["version"] for t in traffic if t["version"] != production), None)
+        if challenger is None:
+            candidates = [r["version"] for r in rows if r["status"] == "candidate"]
+            challenger = candidates[-1] if candidates else None
+        model_registry.sync_aliases(targets.tracking_uri, family, champion=production, challenger=challenger)
+        return "updated"
+    except model_registry.ModelRegistryError as exc:
+        return f"not updated: {exc}"
+
+
+def _register(artifacts: ArtifactStore, targets: Targets, family: str, row: dict[str, Any]) -> None:
+    """The version in the family's registered model; its source is the version's folder in the store."""
+    from pulse_pipeline.core import model_registry
+
+    version = row["version"]
+    run_id = (adapters.read_metadata(artifacts, family, version).get("mlflow") or {}).get("run_id")
+    model_registry.register_version(
+        targets.tracking_uri, family, version, source=artifacts.uri(adapters.prefix(family, version)),
+        run_id=run_id, tags={"pulse.dataset_version": row["dataset_version"]},
+    )  # fmt: skip
+
+
+def record_trained(
+    store: Any, artifacts: ArtifactStore, family: str, version: str, *, created_by: str | None = None
+) -> dict[str, Any]:
+    """The version's record from its metadata: base model, dataset, config, who, and its
+    semantic version (major: new base model; minor: over 10 % new examples; patch otherwise)."""
+    meta = adapters.read_metadata(artifacts, family, version)
+    older = [r for r in store.version_records(family) if r["version"] != version]
+    previous = older[-1] if older else None
+    previous_meta = (
+        {"base_model": previous["base_model"], "semantic_version": previous["semantic_version"]}
+        if previous
+        else None
+    )
+    share = _new_example_share(artifacts, family, previous["dataset_version"] if previous else None, meta)
+    row = {
+        "family": family,
+        "version": version,
+        "base_model": meta.get("base_model", ""),
+        "dataset_version": meta.get("dataset_version", ""),
+        "training_config": meta.get("resolved_config") or {},
+        "created_by": created_by or meta.get("created_by") or "unknown",
+        "semantic_version": registry.semantic_label(previous_meta, meta, share),
+    }
+    store.record_version(row)
+    return row
+
+
+def record_evaluation(store: Any, family: str, version: str, results: dict[str, Any]) -> None:
+    """Metrics and the gate's decision on the version's record; a FAIL marks it failed."""
+    decision = results["gate"]["decision"]
+    fields: dict[str, Any] = {
+        "metrics": {name: systems["candidate"] for name, systems in results["metrics"].items()},
+        "decision": decision,
+    }
+    record = store.version_record(family, version)
+    if decision == "FAIL" and record is not None and record["status"] == "candidate":
+        fields["status"] = "failed"
+    store.update_version(family, version, **fields)
+
+
+def _new_example_share(
+    artifacts: ArtifactStore, family: str, previous_dataset: str | None, meta: dict[str, Any]
+) -> float:
+    """Share of this version's training examples that the previous version's snapshot lacked."""
+    import orjson
+
+    from pulse_pipeline.core import snapshots
+
+    def ids(dataset: str) -> set[str]:
+        manifest = orjson.loads(artifacts.read_bytes(f"{snapshots.prefix(family, dataset)}/manifest.json"))
+        return {i for split_ids in (manifest.get("example_ids") or {}).values() for i in split_ids}
+
+    dataset = meta.get("dataset_version")
+    if not previous_dataset or not dataset:
+        return 1.0
+    try:
+        new, old = ids(dataset), ids(previous_dataset)
+    except KeyError:
+        return 1.0
+    return len(new - old) / len(new) if new else 0.0

@@ -1,0 +1,1 @@
+"""Registry: the production pointer per family, promotion, rollback and cleanup jobs, serving."""
