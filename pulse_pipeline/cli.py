@@ -193,6 +193,7 @@ def demo(
             f"snapshot {name:<15} {m['dataset_version']}  train {c['train']:>5}  val {c['val']:>4}  test {c['test']:>4}"
         )
     from pulse_pipeline.core.adapters import read_metadata
+    from pulse_pipeline.core.registry import read_current
 
     for name in config.families:
         outcome = _run_retrain(config, name, epochs=None, max_samples=None, force=False, progress_bar=True)
@@ -205,6 +206,8 @@ def demo(
         typer.echo(f"gate     {name:<15} {outcome.decision}  {outcome.report}")
         for reason in outcome.reasons:
             typer.echo(f"         {'':<15} {reason}")
+        current = read_current(artifacts, name)
+        typer.echo(f"current  {name:<15} {current['version'] if current else 'none (nothing promoted yet)'}")
     typer.echo("")
     typer.echo(f"PULSE_HOME    {home}")
     typer.echo(f"store         {settings.database_url}")

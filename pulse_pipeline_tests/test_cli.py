@@ -99,6 +99,10 @@ def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
     assert set(gates) == {"call-analysis", "intent-router", "article-scorer", "access-qa"}
     reports = re.findall(r"^gate .* (\S+/eval/report\.html)$", result.stdout, flags=re.M)
     assert len(reports) == 4 and all(Path(r).is_file() for r in reports)
+    # A DEPLOY is promoted by the retrain run itself; the others wait (REVIEW) or stop (FAIL).
+    current = dict(re.findall(r"^current +(\S+) +(\S+)", result.stdout, flags=re.M))
+    for family, decision in gates.items():
+        assert current[family].startswith(f"{family}-") == (decision == "DEPLOY"), (family, decision)
     with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
         runs = instance.get_runs()
         assert len(runs) == 19  # 14 days + snapshots + a retrain per family
