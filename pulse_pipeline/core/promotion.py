@@ -221,6 +221,12 @@ def record_trained(
     return row
 
 
+def announce_candidate(artifacts: ArtifactStore, family: str, targets: Targets) -> str:
+    """After a training: register the new version in MLflow and point `challenger` at it (the
+    newest candidate); `champion` stays on production. Returns what MLflow did."""
+    return _mlflow(artifacts, targets, family, registry.read_current(artifacts, family) or {})
+
+
 def record_evaluation(store: Any, family: str, version: str, results: dict[str, Any]) -> None:
     """Metrics and the gate's decision on the version's record; a FAIL marks it failed."""
     decision = results["gate"]["decision"]

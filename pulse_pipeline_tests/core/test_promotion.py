@@ -97,3 +97,15 @@ def test_a_fail_judged_version_needs_force_and_the_force_is_recorded(world, tmp_
     assert orjson.loads(artifacts.read_bytes(registry.current_key(FAMILY)))["forced"] is True
     assert store.version_record(FAMILY, bad)["status"] == "deployed"
     assert isinstance(store.deployments(FAMILY)[0]["at"], dt.datetime)
+
+
+def test_a_new_candidate_is_registered_and_becomes_the_challenger(world, tmp_path):
+    artifacts, store, targets = world
+    first = _trained(artifacts, store, tmp_path, 0)
+    assert promotion.announce_candidate(artifacts, FAMILY, targets) == "updated"
+    assert model_registry.aliases(targets.tracking_uri, FAMILY) == {"challenger": first}
+    promotion.promote(artifacts, FAMILY, first, targets, by="alice")
+    second = _trained(artifacts, store, tmp_path, 1)
+    promotion.announce_candidate(artifacts, FAMILY, targets)
+    assert model_registry.aliases(targets.tracking_uri, FAMILY) == {"champion": first, "challenger": second}
+    assert set(model_registry.registered_versions(targets.tracking_uri, FAMILY)) == {first, second}

@@ -68,9 +68,12 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         finally:
             report.close()
         if not trained.reused or annotation_store.store.version_record(family.name, trained.version) is None:
-            from pulse_pipeline.core.promotion import record_trained
+            from pulse_pipeline.core.promotion import Targets, announce_candidate, record_trained
 
-            record_trained(annotation_store.store, artifact_storage.open(), family.name, trained.version)
+            artifacts = artifact_storage.open()
+            record_trained(annotation_store.store, artifacts, family.name, trained.version)
+            targets = Targets(annotation_store.store, training.mlflow_tracking_uri or None)
+            context.log.info(f"MLflow registry: {announce_candidate(artifacts, family.name, targets)}")
         m = trained.metadata
         verb = "reused" if trained.reused else "trained"
         context.log.info(f"{family.name}: {verb} {trained.version} on dataset {m['dataset_version']}")
