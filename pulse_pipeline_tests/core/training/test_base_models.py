@@ -1,4 +1,5 @@
 import hashlib
+import json
 
 import pytest
 
@@ -58,6 +59,28 @@ def test_tiny_loads_generates_and_masks_assistant_tokens(tmp_path):
         "down_proj",
     } <= names  # LoRA targets
     assert torch.isfinite(model(**prompt).logits).all()
+
+
+VLLM_CPU_HEAD_DIMS = {32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512}  # vLLM 0.32 CPU attention
+
+
+def test_tiny_v3_has_a_head_dim_vllm_serves_and_stays_tiny(model_cache):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_base_model("tiny", model_cache).path
+    assert path.name == "tiny-v3"  # a recipe change is a new cache folder: no stale v2 build is reused
+    assert json.loads((path / "pulse_base_model.json").read_text()) == {
+        "name": "tiny",
+        "recipe": "3",
+        "seed": 0,
+    }
+    config = json.loads((path / "config.json").read_text())
+    assert config["head_dim"] == config["hidden_size"] // config["num_attention_heads"] == 32
+    assert config["head_dim"] in VLLM_CPU_HEAD_DIMS  # v2's 16 crashed vLLM on the first request
+    assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (2, 64, 2)
+    assert config["num_key_value_heads"] == 1 and config["max_position_embeddings"] == 1024
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert sum(p.numel() for p in model.parameters()) < 250_000  # as small (and fast to train) as v2
 
 
 def test_minilm_comes_from_its_package():
