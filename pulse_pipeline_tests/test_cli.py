@@ -89,6 +89,7 @@ def test_installed_entry_point_runs(hostile, pulse_env):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # four trainings, evaluations and promotions: ~2 min idle, more on a busy machine
 def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
     result = runner.invoke(app, ["demo", "--scale", "0.2"])
     assert result.exit_code == 0, result.output
@@ -315,6 +316,7 @@ def test_the_cli_starts_without_ml_libraries():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_one_training_at_a_time_and_a_stale_lock_is_taken_over(demo_loaded, pulse_env):
     from pulse_pipeline.core.store import Store
     from pulse_pipeline.settings import get_settings
