@@ -15,9 +15,11 @@ from typing import Annotated, Any
 
 import typer
 
+from pulse_pipeline.core.adapters import AdapterError
 from pulse_pipeline.core.artifacts import ArtifactError
 from pulse_pipeline.core.families import ConfigError, PulseConfig, load_config
 from pulse_pipeline.core.ingestion import IngestError, IngestResult, ingest_file
+from pulse_pipeline.core.registry import RegistryError
 from pulse_pipeline.core.snapshots import latest_manifest
 from pulse_pipeline.core.store import Store, StoreError
 from pulse_pipeline.core.training.runner import new_annotations_since_training
@@ -45,7 +47,15 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (UserError, ConfigError, StoreError, IngestError, ArtifactError) as exc:
+        except (
+            UserError,
+            ConfigError,
+            StoreError,
+            IngestError,
+            ArtifactError,
+            AdapterError,
+            RegistryError,
+        ) as exc:
             typer.echo(f"pulse: {exc}".replace("\n", "; "), err=True)
             raise typer.Exit(getattr(exc, "exit_code", 1)) from None
 

@@ -10,7 +10,6 @@ again (promoting the current version re-syncs serving, the records and the alias
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ class Outcome:
     mlflow: str = "not configured"
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the registry wants the user to know
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Targets:
     tracking_uri: str | None = None
     server: Any = None  # core.serving.VllmServer, or None: serving not configured
     max_loaded: int = 4  # adapters of a family kept loaded on the server
-    adapter_path: Callable[[str], str] | None = None  # version -> its folder as the server sees it
+    adapter_root: str | None = None  # the artifact store's root as the vLLM server sees it (default: ours)
 
 
 def promote(
@@ -51,19 +51,27 @@ def promote(
     traffic_share: float = 1.0, force: bool = False,
 ) -> Outcome:  # fmt: skip
     """Make `version` production (`traffic_share` 1.0) or start a canary with it (< 1.0)."""
+    before = registry.read_current(artifacts, family)
     done = registry.promote(
         artifacts, family, version, by=by, reason=reason, traffic_share=traffic_share, force=force
     )
     action = "force_promote" if done.forced else "canary" if done.action == "canary" else "promote"
-    return _follow(artifacts, family, done.current, targets, action, by, reason, done.changed, done.forced)
+    out = _follow(
+        artifacts, family, before, done.current, targets, action, by, reason, done.changed, done.forced
+    )
+    out.notes = list(done.notes)
+    return out
 
 
 def rollback(
     artifacts: ArtifactStore, family: str, targets: Targets, *, by: str, reason: str = ""
 ) -> Outcome:
     """Make the previous production version current again (a second rollback rolls forward)."""
+    before = registry.read_current(artifacts, family)
     done = registry.rollback(artifacts, family, by=by, reason=reason)
-    return _follow(artifacts, family, done.current, targets, "rollback", by, reason, True, False)
+    out = _follow(artifacts, family, before, done.current, targets, "rollback", by, reason, True, False)
+    out.notes = list(done.notes)
+    return out
 
 
 def cleanup(artifacts: ArtifactStore, family: str, targets: Targets, *, keep: int, by: str) -> Outcome:
@@ -78,12 +86,13 @@ def cleanup(artifacts: ArtifactStore, family: str, targets: Targets, *, keep: in
     if targets.server is not None:
         from pulse_pipeline.core.serving import ServingError, served_name
 
-        try:
-            for version in result.removed:
+        failed = []
+        for version in result.removed:  # each on its own: one failure does not keep the others loaded
+            try:
                 targets.server.unload_adapter(served_name(family, version))
-            out.serving = "updated"
-        except ServingError as exc:
-            out.serving = f"not updated: {exc}"
+            except ServingError as exc:
+                failed.append(f"{version}: {exc}")
+        out.serving = f"not updated: {'; '.join(failed)}" if failed else "updated"
     out.mlflow = _mlflow(artifacts, targets, family, current, forget=result.removed)
     if result.removed:
         targets.store.record_deployment(
@@ -93,26 +102,44 @@ def cleanup(artifacts: ArtifactStore, family: str, targets: Targets, *, keep: in
 
 
 def _follow(
-    artifacts: ArtifactStore, family: str, current: dict[str, Any], targets: Targets, action: str,
-    by: str, reason: str, changed: bool, forced: bool,
+    artifacts: ArtifactStore, family: str, before: dict[str, Any] | None, current: dict[str, Any],
+    targets: Targets, action: str, by: str, reason: str, changed: bool, forced: bool,
 ) -> Outcome:  # fmt: skip
-    """Serving, records, audit and aliases after the pointer moved to `current`."""
+    """Serving, records, audit and aliases after the pointer moved from `before` to `current`."""
     traffic = list(current.get("traffic") or [{"version": current["version"], "share": 1.0}])
-    challenger = next((t["version"] for t in traffic if t["version"] != current["version"]), None)
+    challenger = _challenger(current)
     out = Outcome(
         family, action, current["version"], current.get("previous_version"), challenger, traffic, changed
     )
     out.serving = _serve(artifacts, family, current, challenger, targets)
-    _records(artifacts, family, current, traffic, targets.store, action)
-    if changed or action == "rollback":
-        share = next((t["share"] for t in traffic if t["version"] == (challenger or current["version"])), 1.0)
+    source, target = _moved(before, current)
+    _records(artifacts, family, traffic, targets.store, rolled_back=source if action == "rollback" else None)
+    if changed:
+        share = next((t["share"] for t in traffic if t["version"] == target), 1.0)
         targets.store.record_deployment(
             family, action, by=by, reason=reason, forced=forced, serving=out.serving[:32],
-            from_version=current.get("previous_version") if not challenger else current["version"],
-            to_version=challenger or current["version"], traffic_share=share,
+            from_version=source, to_version=target, traffic_share=share,
         )  # fmt: skip
     out.mlflow = _mlflow(artifacts, targets, family, current)
     return out
+
+
+def _challenger(pointer: dict[str, Any] | None) -> str | None:
+    """A canary's challenger in a current.json, if any."""
+    traffic = (pointer or {}).get("traffic") or []
+    return next((t["version"] for t in traffic if t["version"] != pointer["version"]), None)
+
+
+def _moved(before: dict[str, Any] | None, after: dict[str, Any]) -> tuple[str | None, str]:
+    """(from, to) of a pointer change, for the audit trail: a canary goes from the champion to
+    the challenger; ending a canary (rollback or promoting the champion) goes from the dropped
+    challenger back to the champion; otherwise from the old production version to the new."""
+    old_challenger, new_challenger = _challenger(before), _challenger(after)
+    if new_challenger:
+        return after["version"], new_challenger
+    if before and old_challenger and before["version"] == after["version"]:
+        return old_challenger, after["version"]
+    return (before or {}).get("version"), after["version"]
 
 
 def _serve(
@@ -122,7 +149,18 @@ def _serve(
 
     if targets.server is None:
         return "not configured"
-    path = targets.adapter_path or (lambda v: str(artifacts.uri(adapters.prefix(family, v))))
+
+    def path(version: str) -> str:
+        if targets.adapter_root:
+            return f"{targets.adapter_root.rstrip('/')}/{adapters.prefix(family, version)}"
+        return str(artifacts.uri(adapters.prefix(family, version)))
+
+    if "://" in path(current["version"]):
+        return (
+            "not updated: vLLM loads adapters from its own file system, not "
+            f"{path(current['version']).split('://')[0]}://; set PULSE_VLLM_ADAPTER_ROOT to where the "
+            "server sees the artifact store"
+        )
     serve = {v: path(v) for v in (current["version"], challenger) if v}
     keep = {v for v in (current["version"], current.get("previous_version"), challenger) if v}
     done = sync_family(
@@ -133,26 +171,25 @@ def _serve(
 
 
 def _records(
-    artifacts: ArtifactStore, family: str, current: dict[str, Any], traffic: list[dict[str, Any]], store: Any,
-    action: str,
-) -> None:  # fmt: skip
+    artifacts: ArtifactStore, family: str, traffic: list[dict[str, Any]], store: Any, rolled_back: str | None
+) -> None:
     """Statuses and traffic shares of every recorded version of the family, from the pointer."""
     shares = {t["version"]: float(t["share"]) for t in traffic}
     for row in store.version_records(family):
         v = row["version"]
         if v in shares:
             status = "deployed"
+        elif v == rolled_back:
+            status = "rolled_back"
         elif row["status"] == "deployed":
-            status = (
-                "rolled_back" if action == "rollback" and v == current.get("previous_version") else "archived"
-            )
+            status = "archived"
         else:
             status = row["status"]
         if status != row["status"] or shares.get(v, 0.0) != row["traffic_share"]:
             store.update_version(family, v, status=status, traffic_share=shares.get(v, 0.0))
     for v in shares:  # a version promoted before it was recorded (e.g. trained elsewhere)
         if store.version_record(family, v) is None:
-            record_trained(store, artifacts, family, v, created_by="unknown")
+            record_trained(store, artifacts, family, v)
             store.update_version(family, v, status="deployed", traffic_share=shares[v])
 
 
@@ -167,18 +204,24 @@ def _mlflow(
     try:
         for version in forget:
             model_registry.forget_version(targets.tracking_uri, family, version)
+        present = set(adapters.versions(artifacts, family))
         rows = [r for r in targets.store.version_records(family) if r["removed_at"] is None]
+        rows = [r for r in rows if r["version"] in present]  # files gone (removed by hand): not registered
         for row in rows:
             _register(artifacts, targets, family, row)
         production = current.get("version")
-        traffic = current.get("traffic") or []
-        challenger = next((t["version"] for t in traffic if t["version"] != production), None)
-        if challenger is None:
-            candidates = [r["version"] for r in rows if r["status"] == "candidate"]
+        challenger = _challenger(current)
+        if challenger is None:  # the newest candidate trained after production, not a failed one
+            since = next((r["created_at"] for r in rows if r["version"] == production), None)
+            candidates = [
+                r["version"]
+                for r in rows
+                if r["status"] == "candidate" and (since is None or r["created_at"] > since)
+            ]
             challenger = candidates[-1] if candidates else None
         model_registry.sync_aliases(targets.tracking_uri, family, champion=production, challenger=challenger)
         return "updated"
-    except model_registry.ModelRegistryError as exc:
+    except (model_registry.ModelRegistryError, adapters.AdapterError) as exc:
         return f"not updated: {exc}"
 
 

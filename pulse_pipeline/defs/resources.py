@@ -70,6 +70,7 @@ class ServingEnvironment(dg.ConfigurableResource):
     vllm_url: str = ""
     vllm_api_key: str = ""  # PULSE_VLLM_API_KEY, an EnvVar so the UI never shows it
     max_loras: int = 4  # adapters of one family kept loaded (the server's --max-loras)
+    adapter_root: str = ""  # PULSE_VLLM_ADAPTER_ROOT: the artifact store's root as the server sees it
 
     @contextmanager
     def open(self) -> Iterator[Any]:
@@ -86,7 +87,7 @@ class ServingEnvironment(dg.ConfigurableResource):
         """Where a promotion is reflected besides the registry."""
         from pulse_pipeline.core.promotion import Targets
 
-        return Targets(store, tracking_uri or None, server, self.max_loras)
+        return Targets(store, tracking_uri or None, server, self.max_loras, self.adapter_root or None)
 
 
 def _from_env(name: str, default: str | None) -> Any:
@@ -113,6 +114,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             lock_stale_hours=settings.pulse_training_lock_stale_hours,
         ),
         "serving": ServingEnvironment(
-            vllm_url=_from_env("PULSE_VLLM_URL", ""), vllm_api_key=_from_env("PULSE_VLLM_API_KEY", "")
+            vllm_url=_from_env("PULSE_VLLM_URL", ""),
+            vllm_api_key=_from_env("PULSE_VLLM_API_KEY", ""),
+            adapter_root=os.environ.get("PULSE_VLLM_ADAPTER_ROOT", ""),
         ),
     }

@@ -109,3 +109,16 @@ def test_a_new_candidate_is_registered_and_becomes_the_challenger(world, tmp_pat
     promotion.announce_candidate(artifacts, FAMILY, targets)
     assert model_registry.aliases(targets.tracking_uri, FAMILY) == {"champion": first, "challenger": second}
     assert set(model_registry.registered_versions(targets.tracking_uri, FAMILY)) == {first, second}
+
+
+def test_rolling_back_a_canary_drops_the_challenger_in_the_audit_and_records(world, tmp_path):
+    artifacts, store, targets = world
+    a, b = (_trained(artifacts, store, tmp_path, m) for m in range(2))
+    promotion.promote(artifacts, FAMILY, a, targets, by="alice")
+    promotion.promote(artifacts, FAMILY, b, targets, by="alice", traffic_share=0.2)
+    back = promotion.rollback(artifacts, FAMILY, targets, by="bob", reason="canary errors")
+    assert (back.version, back.challenger, back.traffic) == (a, None, [{"version": a, "share": 1.0}])
+    row = store.deployments(FAMILY)[0]
+    assert (row["action"], row["from_version"], row["to_version"]) == ("rollback", b, a)
+    assert store.version_record(FAMILY, b)["status"] == "rolled_back"
+    assert store.version_record(FAMILY, a)["traffic_share"] == 1.0

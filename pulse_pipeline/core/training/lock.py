@@ -56,7 +56,11 @@ def training_lock(
     def beat() -> None:
         nonlocal last
         if time.monotonic() - last >= 60:
-            store.heartbeat_training_lock(family, holder)
+            if not store.heartbeat_training_lock(family, holder):
+                raise TrainingLocked(
+                    f"the training lock of {family} was taken over by another training (this one went "
+                    f"{_hours(stale_after)} without a heartbeat); stopping so that two do not run at once"
+                )
             last = time.monotonic()
 
     try:

@@ -72,9 +72,12 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         )
         r = evaluation.results
         gate = r["gate"]
-        from pulse_pipeline.core.promotion import record_evaluation
+        from pulse_pipeline.core.promotion import Targets, announce_candidate, record_evaluation
 
         record_evaluation(annotation_store.store, family.name, r["version"], r)
+        if training.mlflow_tracking_uri:  # a FAIL is no longer the challenger
+            targets = Targets(annotation_store.store, training.mlflow_tracking_uri)
+            context.log.info(f"MLflow aliases: {announce_candidate(artifact_storage.open(), family.name, targets)}")
         context.log.info(f"{family.name} {r['version']}: {gate['decision']} ({evaluation.report_uri})")
         return dg.MaterializeResult(
             metadata={

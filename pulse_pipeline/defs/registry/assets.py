@@ -40,13 +40,15 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         from pulse_pipeline.core import promotion, registry
 
         event = context.instance.get_latest_materialization_event(report_key)
-        meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        if event is None or event.run_id != context.run_id or event.asset_materialization is None:
+            event = None  # only this run's own evaluation may promote
+        meta = event.asset_materialization.metadata if event else {}
         version = getattr(meta.get("version"), "value", None)
         decision = getattr(meta.get("decision"), "value", None)
         artifacts = artifact_storage.open()
         if version is None or decision != "DEPLOY":
             current = registry.read_current(artifacts, family.name) or {}
-            why = f"{version} was judged {decision}" if version else "no evaluation yet"
+            why = f"{version} was judged {decision}" if version else "no evaluation in this run"
             context.log.info(f"{family.name}: not promoted ({why}); `pulse promote` decides")
             return _metadata(current.get("version"), f"not promoted: {why}", "-", "-")
         with serving.open() as server:
