@@ -3,8 +3,8 @@ engine, the version records and audit trail, and the MLflow aliases.
 
 The pointer (`current.json`, written atomically by `registry`) is the source of truth and moves
 first; everything after it follows it and reports, without undoing it, when it could not:
-a vLLM server that is down leaves serving "not updated: ..." and a retry is the same command
-again (promoting the current version re-syncs serving, the records and the aliases).
+a vLLM server that is down leaves serving "not updated: ...", and promoting the current
+version again (a no-op for the registry) retries serving, the records and the aliases.
 """
 
 from __future__ import annotations

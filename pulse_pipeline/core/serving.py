@@ -299,7 +299,8 @@ def _one_line(text: str) -> str:
 @dataclass
 class ServingSync:
     """What a promotion did on the server: `status` is "updated", "not configured" or
-    "not updated: <why>" (the registry change stands either way; a retry is `pulse promote` again)."""
+    "not updated: <why>" (the registry change stands either way; promoting the current version
+    again retries)."""
 
     status: str
     loaded: list[str] = field(default_factory=list)
