@@ -7,6 +7,7 @@ import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig, load_config
 from pulse_pipeline.defs.annotations.assets import annotations_asset
+from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
 from pulse_pipeline.defs.datasets.assets import (
     dataset_snapshot_asset,
     examples_asset,
@@ -40,6 +41,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
     dataset_assets = []
     training_assets = []
     retrain_jobs = []
+    sensors = []
     for family in config.families.values():
         these = [review_queue_asset(family)] if has_review_queue(family) else []
         these += [examples_asset(family), dataset_snapshot_asset(family)]
@@ -57,6 +59,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
                 tags={"pulse/family": family.name},
             )
         )
+        sensors.append(new_annotations_sensor(family, retrain_job_name(family)))
     annotations_daily = dg.define_asset_job(
         ANNOTATIONS_JOB,
         selection=dg.AssetSelection.assets(*assets),
@@ -70,6 +73,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
     return dg.Definitions(
         assets=[*assets, *dataset_assets, *training_assets],
         jobs=[annotations_daily, snapshots, *retrain_jobs, promote_adapter, cleanup_adapters],
+        sensors=sensors,
         resources=default_resources(),
     )
 

@@ -1,0 +1,60 @@
+"""When a family has enough new human judgment to retrain: counting trainable annotations newer
+than the newest snapshot's watermark, incrementally.
+
+`NewAnnotations` is the sensor's cursor: the snapshot watermark it counts from, the newest store
+sequence number it has read, and the count so far. Each tick reads only what arrived since the
+last one, so its work follows what is new, not the size of the table; a new snapshot (a new
+watermark) starts the count again from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.core.triage import TRAINABLE, triage
+
+
+@dataclass(frozen=True)
+class NewAnnotations:
+    watermark: int  # store seq of the newest snapshot's last annotation (0: no snapshot yet)
+    read_up_to: int  # newest store seq counted
+    count: int  # trainable (accepted and approved) annotations in (watermark, read_up_to]
+
+    def to_cursor(self) -> str:
+        return orjson.dumps(asdict(self)).decode()
+
+    @classmethod
+    def from_cursor(cls, cursor: str | None) -> NewAnnotations | None:
+        if not cursor:
+            return None
+        try:
+            return cls(**orjson.loads(cursor))
+        except (orjson.JSONDecodeError, TypeError):
+            return None  # an old or foreign cursor: count again from the watermark
+
+
+def count_new(
+    store: Any, family: FamilyConfig, watermark: int, previous: NewAnnotations | None = None
+) -> NewAnnotations:
+    """Trainable annotations of `family` newer than `watermark`, continuing `previous` when it
+    counted from the same watermark."""
+    if previous is None or previous.watermark != watermark:
+        previous = NewAnnotations(watermark, watermark, 0)
+    count, newest = previous.count, previous.read_up_to
+    for row in store.iter_family(family.name, after=previous.read_up_to):
+        newest = row.seq
+        if triage(row.kind, row.payload, family.triage) in TRAINABLE:
+            count += 1
+    return NewAnnotations(watermark, newest, count)
+
+
+def snapshot_watermark(artifacts: Any, family: str) -> int:
+    """The store seq the family's newest snapshot was built up to (0 before the first)."""
+    from pulse_pipeline.core.snapshots import latest_manifest
+
+    manifest = latest_manifest(artifacts, family)
+    return int(manifest["watermark"]["seq"]) if manifest else 0

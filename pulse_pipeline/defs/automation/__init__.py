@@ -1,0 +1,1 @@
+"""Automation: sensors and schedules that start the retrain jobs."""
