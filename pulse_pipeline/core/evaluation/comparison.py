@@ -9,7 +9,6 @@ got wrong.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,14 +122,3 @@ def _show(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in value) + "]"
     return str(value)
-
-
-def finite(value: Any) -> Any:
-    """NaN and infinities to None, recursively (results are JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value

@@ -10,11 +10,10 @@ could run at all asks for REVIEW rather than waving the version through.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from pulse_pipeline.core.evaluation.config import ChangeThresholds, Decision, GateConfig, Threshold
-from pulse_pipeline.core.evaluation.report_view import format_delta, format_value
+from pulse_pipeline.core.evaluation.report_view import as_number, format_delta, format_value
 
 _RANK = {"pass": 0, "skipped": 0, "review": 1, "fail": 2}
 _DECISION = {0: Decision.DEPLOY, 1: Decision.REVIEW, 2: Decision.FAIL}
@@ -42,17 +41,11 @@ def decide(
     return {"decision": _DECISION[worst].value, "reasons": reasons, "checks": checks}
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def absolute_check(metric: str, t: Threshold, values: dict[str, Any] | None) -> dict[str, Any]:
     """REVIEW at or above `review_above` (DEPLOY needs a value below it), FAIL above `fail_above`;
     REVIEW below `review_below`, FAIL below `fail_below`."""
     bounds = _describe_bounds(metric, t)
-    v = _finite((values or {}).get(metric))
+    v = as_number((values or {}).get(metric))
     row = {"metric": metric, "set": t.set, "kind": "absolute", "value": v, "threshold": bounds}
     if v is None:
         where = f"no {t.set} set" if values is None else f"no value on {t.set} (no applicable example)"
@@ -104,7 +97,7 @@ def change_check(row: dict[str, Any], set_name: str, change: ChangeThresholds) -
         "threshold": f"worsens by <= {tolerance:g} (or the {level} interval includes 0)",
     }
     low, high = row["ci_low"], row["ci_high"]
-    if _finite(delta) is None or _finite(low) is None or _finite(high) is None:
+    if as_number(delta) is None or as_number(low) is None or as_number(high) is None:
         return {
             **base,
             "outcome": "skipped",

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import numbers
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -206,20 +204,6 @@ def to_json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it into place: readers see all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_reports(results: dict, folder: Path, *, plots: dict[str, bytes] | None = None) -> dict[str, Path]:
     """Write results.json, report.md and report.html into `folder` (created if needed).
 
@@ -233,10 +217,9 @@ def write_reports(results: dict, folder: Path, *, plots: dict[str, bytes] | None
         "markdown": render_markdown(safe),
         "html": render_html(safe, make_plots(safe) if plots is None else plots),
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    from pulse_pipeline.core.artifacts import LocalArtifactStore
+
+    store = LocalArtifactStore(folder)  # its write_bytes is the atomic temp-file-and-rename
     for key, name in REPORT_FILES.items():
-        paths[key] = folder / name
-        _write_atomic(paths[key], texts[key])
-    return paths
+        store.write_bytes(name, texts[key].encode("utf-8"))
+    return {key: store.local_path(name) for key, name in REPORT_FILES.items()}

@@ -19,10 +19,10 @@ from typing import Any
 from pulse_pipeline.core import adapters, registry
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.evaluation import metrics
-from pulse_pipeline.core.evaluation.comparison import finite
 from pulse_pipeline.core.evaluation.config import DEFAULT_METRICS, MAIN_METRICS, profile_of
 from pulse_pipeline.core.evaluation.gate import decide
 from pulse_pipeline.core.evaluation.inference import AdapterPredictor, Predictions
+from pulse_pipeline.core.evaluation.reports import to_json_safe
 from pulse_pipeline.core.evaluation.scoring import SetScorer
 from pulse_pipeline.core.evaluation.sets import EvalExample, EvalSet, from_records_file, from_snapshot
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig, TaskKind
@@ -86,7 +86,7 @@ def evaluate_version(
         results["comparison"],
         MAIN_METRICS[profile],
     )
-    return _publish(family, artifacts, version, finite(results), meta, tracking_uri)
+    return _publish(family, artifacts, version, to_json_safe(results), meta, tracking_uri)
 
 
 def _score_sets(

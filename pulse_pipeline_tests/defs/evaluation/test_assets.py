@@ -32,19 +32,16 @@ def test_eval_report_judges_the_new_adapter_and_gates_it(config, resources, tmp_
     meta = result.asset_materializations_for_node("access_qa__eval_report")[0].metadata
     version = result.asset_materializations_for_node("access_qa__adapter")[0].metadata["version"].value
     assert meta["version"].value == version and meta["baseline"].value == "base_model"
-    decision = meta["decision"].value
-    assert decision in ("DEPLOY", "REVIEW", "FAIL")
+    # An untrained-for-long tiny model misses the QA thresholds: FAIL, and the reason names the metric.
+    assert meta["decision"].value == "FAIL"
     report = meta["report"].value
-    assert f"{version}" in report and decision in report and "| " in report  # readable Markdown tables
+    assert version in report and "FAIL" in report and "| answer\\_accuracy |" in report  # Markdown tables
     assert isinstance(meta["test/token_f1"], dg.FloatMetadataValue)  # numeric: the UI plots its history
     assert "test/citation_presence" in meta and "test/latency_p95_seconds" in meta
 
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == GATE_CHECK]
-    assert check.check_name == GATE_CHECK and check.passed == (decision == "DEPLOY")
-    if decision == "FAIL":
-        assert check.severity == dg.AssetCheckSeverity.ERROR and not result.success
-    # An untrained-for-long tiny model misses the QA thresholds: the reason names the metric.
-    assert decision == "FAIL" and "answer_accuracy" in check.description
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR and not result.success
+    assert "answer_accuracy" in check.description
 
     artifacts = LocalArtifactStore(tmp_path / "artifacts")
     folder = artifacts.local_path(adapters.prefix("access-qa", version)) / "eval"
