@@ -237,7 +237,12 @@ class VllmServer:
 
     def _request(self, method: str, path: str, json: dict[str, Any] | None = None) -> httpx.Response:
         try:
-            return self._client.request(method, path, json=json)
+            try:
+                return self._client.request(method, path, json=json)
+            except httpx.RemoteProtocolError:
+                # The server closed an idle keep-alive connection just as it was reused (uvicorn
+                # drops them after 5 s): the request never reached it, so send it once more.
+                return self._client.request(method, path, json=json)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServingUnavailable(
                 f"vLLM server at {self._shown} unreachable: {self._redact(_one_line(f'{type(exc).__name__}: {exc}'))}"

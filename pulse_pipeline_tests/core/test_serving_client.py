@@ -45,3 +45,35 @@ def test_sync_without_a_server_or_with_a_dead_one_leaves_the_registry_change_sta
         done.status.startswith("not updated: vLLM server at http://127.0.0.1:")
         and "unreachable" in done.status
     )
+
+
+def test_a_keep_alive_connection_closed_by_the_server_is_retried_once() -> None:
+    """uvicorn (vLLM's server) closes idle keep-alive connections after 5 s; reusing one raises
+    RemoteProtocolError before the request reaches the server."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    body = b'{"object": "list", "data": [{"id": "/models/base", "parent": null}]}'
+
+    def serve() -> None:
+        first, _ = listener.accept()  # accepts, then closes without answering: a stale connection
+        first.recv(65536)
+        first.close()
+        second, _ = listener.accept()
+        second.recv(65536)
+        second.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        second.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with VllmServer(f"http://127.0.0.1:{port}") as server:
+        assert server.base_model() == "/models/base"
+    thread.join(timeout=5)
+    listener.close()
