@@ -22,6 +22,7 @@ from pulse_pipeline.settings import get_settings
 
 ANNOTATIONS_JOB = "annotations_daily"
 SNAPSHOT_JOB = "dataset_snapshots"
+RETRAIN_JOB = "retrain"  # every family's retrain chain; schedules run it one family per run
 
 
 def annotation_partitions(config: PulseConfig) -> dg.DailyPartitionsDefinition:
@@ -41,6 +42,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
     dataset_assets = []
     training_assets = []
     retrain_jobs = []
+    retrain_selections: dict[str, dg.AssetSelection] = {}
     sensors = []
     for family in config.families.values():
         these = [review_queue_asset(family)] if has_review_queue(family) else []
@@ -50,10 +52,11 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
         report = eval_report_asset(family, config)
         deployment = deployment_asset(family)
         training_assets += [adapter, report, deployment]
+        retrain_selections[family.name] = dg.AssetSelection.assets(*these, adapter, report, deployment)
         retrain_jobs.append(
             dg.define_asset_job(
                 retrain_job_name(family),
-                selection=dg.AssetSelection.assets(*these, adapter, report, deployment),
+                selection=retrain_selections[family.name],
                 description=f"{family.name}: examples and snapshot from the annotations, train an adapter, "
                 "judge it against production, promote it when the gate says DEPLOY.",
                 tags={"pulse/family": family.name},
@@ -70,9 +73,15 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
         selection=dg.AssetSelection.assets(*dataset_assets),
         description="Review queue, examples and dataset snapshot for every family.",
     )
+    retrain_any = dg.define_asset_job(
+        RETRAIN_JOB,
+        selection=dg.AssetSelection.assets(*dataset_assets, *training_assets),
+        description="The retrain chain of any family; the schedules start it with one family's assets "
+        "selected per run (tag pulse/family).",
+    )
     return dg.Definitions(
         assets=[*assets, *dataset_assets, *training_assets],
-        jobs=[annotations_daily, snapshots, *retrain_jobs, promote_adapter, cleanup_adapters],
+        jobs=[annotations_daily, snapshots, *retrain_jobs, retrain_any, promote_adapter, cleanup_adapters],
         sensors=sensors,
         resources=default_resources(),
     )

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     pulse_vllm_api_key: SecretStr = Field(
         SecretStr(""), description="The vLLM server's API key, if it has one."
     )
+    pulse_alert_webhook: SecretStr = Field(
+        SecretStr(""),
+        description="Incoming-webhook URL (Slack-compatible) that run failures and live-accuracy "
+        "alerts are posted to; unset: alerts are only logged (core/alerts.py).",
+    )
     pulse_judge_url: str | None = Field(
         None, description="OpenAI-compatible endpoint of the optional LLM judge (core/evaluation/judge.py)."
     )

@@ -121,6 +121,54 @@ class SplitConfig(_Strict):
         return self
 
 
+class DriftConfig(_Strict):
+    """When the data has moved away from what the production adapter was trained on."""
+
+    enabled: bool = Field(True, description="Build `<family>/drift_report` and watch it with `drift_<family>`.")
+    window_days: int = Field(30, ge=1, description="Recent annotations: those created in the last N days.")
+    encoder: str = Field("minilm-l6", description="Sentence encoder whose embeddings are compared.")
+    threshold: float = Field(
+        0.75, gt=0.5, le=1, description="Drift score (domain-classifier AUC, 0.5 = no drift) that asks for a retrain."
+    )
+    distribution_threshold: float = Field(
+        0.2, gt=0, description="Label/score distribution drift (PSI) that asks for a retrain."
+    )
+    min_new_annotations: int = Field(
+        20, ge=1, description="New trainable annotations a drift-started retrain needs at least."
+    )
+    max_samples: int = Field(2000, ge=50, description="Per side: larger sides are sampled (seeded).")
+
+
+class ScheduleConfig(_Strict):
+    """Which scheduled retrains include this family."""
+
+    nightly: bool = Field(True, description="`nightly_retrain` (02:00 UTC) retrains when enough is new.")
+    weekly: bool = Field(True, description="`weekly_retrain` (Sunday 03:00 UTC) retrains on any new data.")
+    quarterly: bool = Field(
+        False, description="`quarterly_retrain` (first day of a quarter, 04:00 UTC) retrains even with nothing new."
+    )
+
+
+class ProductionWatchConfig(_Strict):
+    """Accuracy on live traffic (reviewed annotations carrying `model_version`) vs the test accuracy."""
+
+    margin: float = Field(0.05, gt=0, le=1, description="Alert when live accuracy falls this far below test.")
+    min_reviews: int = Field(30, ge=1, description="Reviewed outputs a version needs before it is judged.")
+    rollback: bool = Field(False, description="Also roll back to the previous version on an alert.")
+
+
+class AutomationConfig(_Strict):
+    """Sensors, schedules and run limits of one family."""
+
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift report and sensor.")
+    schedules: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Scheduled retrains.")
+    production_watch: ProductionWatchConfig = Field(
+        default_factory=ProductionWatchConfig, description="Live accuracy watch and optional rollback."
+    )
+    max_run_minutes: int = Field(90, ge=1, description="A retrain run is stopped after this long.")
+    keep_versions: int = Field(5, ge=1, description="Adapter versions `cleanup_adapters` keeps by default.")
+
+
 class FamilyConfig(_Strict):
     """One line of fine-tuned adapters: its data, base model, task kind and thresholds."""
 
@@ -158,6 +206,11 @@ class FamilyConfig(_Strict):
         default_factory=EvaluationConfig,
         description="Evaluation sets, metrics and the promotion gate "
         "(fields in pulse_pipeline/core/evaluation/config.py).",
+    )
+
+    automation: AutomationConfig = Field(
+        default_factory=AutomationConfig,
+        description="Drift watch, scheduled retrains, live accuracy watch, run time limit.",
     )
 
     @field_validator("name")
@@ -317,6 +370,15 @@ def _known_fields(loc: list[str]) -> list[str]:
             "split": SplitConfig,
             "evaluation": EvaluationConfig,
         }
+        automation = {
+            "drift": DriftConfig,
+            "schedules": ScheduleConfig,
+            "production_watch": ProductionWatchConfig,
+        }
+        if len(loc) >= 5 and loc[2] == "automation" and loc[3] in automation:
+            return list(automation[loc[3]].model_fields)
+        if len(loc) >= 4 and loc[2] == "automation":
+            return list(AutomationConfig.model_fields)
         if len(loc) >= 4 and loc[2] in sections:
             return list(sections[loc[2]].model_fields)
         return list(FamilyConfig.model_fields)

@@ -169,7 +169,12 @@ class Store(RegistryRecords):
 
     def iter_day(self, family: str, day: dt.date, *, batch: int = 1000) -> Iterator[sa.Row]:
         """The annotations of one family created on `day` (UTC), in arrival order, streamed."""
-        start, end = _day_bounds(day)
+        yield from self.iter_created(family, *_day_bounds(day), batch=batch)
+
+    def iter_created(
+        self, family: str, start: dt.datetime, end: dt.datetime, *, batch: int = 1000
+    ) -> Iterator[sa.Row]:
+        """The annotations of one family created in [start, end) (UTC), in arrival order, streamed."""
         q = (
             sa.select(annotations)
             .where(
