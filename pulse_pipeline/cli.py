@@ -18,7 +18,7 @@ import typer
 from pulse_pipeline.core.adapters import AdapterError
 from pulse_pipeline.core.artifacts import ArtifactError
 from pulse_pipeline.core.families import ConfigError, PulseConfig, load_config
-from pulse_pipeline.core.ingestion import IngestError, IngestResult, ingest_file
+from pulse_pipeline.core.ingestion import IngestError, IngestResult, ingest_file, replace_day
 from pulse_pipeline.core.registry import RegistryError
 from pulse_pipeline.core.snapshots import latest_manifest
 from pulse_pipeline.core.store import Store, StoreError
@@ -74,17 +74,37 @@ def _emit(obj: dict[str, Any]) -> None:
 @_fail_cleanly
 def ingest(
     file: Annotated[Path, typer.Argument(help="A JSON Lines file of annotation records.")],
+    replace: Annotated[
+        str | None,
+        typer.Option(
+            "--replace-day",
+            metavar="DAY",
+            help="The file corrects this UTC day (YYYY-MM-DD): the day's records of the families in "
+            "the file that it no longer holds are invalidated, the ones it repeats are restored. "
+            "Every record must be dated DAY.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Load annotation records; print accepted, duplicates, quarantined and lines."""
+    """Load annotation records; print accepted, duplicates, quarantined and lines
+    (with --replace-day also restored and invalidated)."""
     config = _config()
+    day = _day(replace, "--replace-day") if replace is not None else None
     with Store(get_settings().database_url) as store:
-        result = ingest_file(store, file, config)
+        if day is None:
+            result = ingest_file(store, file, config)
+        else:
+            result = replace_day(store, file, config, day, by=_user())
     if as_json:
-        _emit(_ingest_report(result))
+        _emit(_ingest_report(result) | ({"replaced_day": day.isoformat()} if day else {}))
         return
-    for key in ("accepted", "duplicates", "quarantined", "lines"):
+    keys = ["accepted", "duplicates", "quarantined", "lines"]
+    if day is not None:
+        keys[1:1] = ["restored", "invalidated"]
+    for key in keys:
         typer.echo(f"{key:<12} {getattr(result, key)}")
+    if day is not None:
+        typer.echo(f"next: backfill {day}: {_backfill_hint(config, result.replaced_families, day)}", err=True)
     if result.quarantined:
         typer.echo("", err=True)
         for reason in result.reasons[:10]:
@@ -100,6 +120,8 @@ def _ingest_report(result: IngestResult) -> dict[str, Any]:
         "accepted": result.accepted,
         "duplicates": result.duplicates,
         "quarantined": result.quarantined,
+        "restored": result.restored,
+        "invalidated": result.invalidated,
         "lines": result.lines,
         "blank_lines": result.blank_lines,
         "ingestion_id": result.ingestion_id,
@@ -135,6 +157,112 @@ def quarantine(
         return
     for item in items:
         typer.echo(f"{item['source']}:{item['line']}  {item['reason']}")
+
+
+def _day(value: str, option: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{option} {value!r} is not a day (YYYY-MM-DD)") from None
+
+
+def _backfill_hint(config: PulseConfig, families: list[str], day: dt.date) -> str:
+    names = families or list(config.families)
+    select = ",".join(f"{name}/annotations" for name in names)
+    snapshots = ", ".join(f"`pulse snapshot --family {name}`" for name in names)
+    return (
+        f"`dagster asset materialize -m pulse_pipeline.definitions --select '{select}' --partition {day}` "
+        f"(or that partition in the UI), then {snapshots}"
+    )
+
+
+annotations_app = typer.Typer(
+    help="Fix stored annotations: invalidate a bad day or bad records.", no_args_is_help=True
+)
+app.add_typer(annotations_app, name="annotations")
+
+
+@annotations_app.command("invalidate")
+@_fail_cleanly
+def annotations_invalidate(
+    family: Annotated[str, typer.Option("--family", "-f", help="A family declared in pulse.yaml.")],
+    day: Annotated[str, typer.Option("--day", metavar="DAY", help="The UTC day of created_at (YYYY-MM-DD).")],
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--ids", metavar="ID [ID ...]", help="Only these records (default: the whole day)."),
+    ] = None,
+    more_ids: Annotated[list[str] | None, typer.Argument(metavar="ID", hidden=True)] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "no reason given",
+    as_json: JsonFlag = False,
+) -> None:
+    """Exclude a day's records (or some of them) from training, counts and exports; they stay stored."""
+    from pulse_pipeline.core.store import InvalidationError
+
+    config = _config()
+    config.family(family)
+    when = _day(day, "--day")
+    wanted = [i for value in [*(ids or []), *(more_ids or [])] for i in value.split(",") if i.strip()]
+    if more_ids and not ids:
+        raise UserError(f"unexpected argument {more_ids[0]!r}; record ids go after --ids")
+    by = _user()
+    with Store(get_settings().database_url) as store:
+        try:
+            fix = store.invalidate(
+                family, day=when, ids=[i.strip() for i in wanted] or None, reason=reason, by=by
+            )
+        except InvalidationError as exc:
+            raise UserError(str(exc)) from None
+    report = {
+        "family": family,
+        "day": when.isoformat(),
+        "invalidated": fix.invalidated,
+        "already_invalidated": fix.already_invalidated,
+        "reason": reason,
+        "by": by,
+    }
+    if as_json:
+        _emit(report)
+        return
+    typer.echo(
+        f"invalidated {fix.invalidated} {family} annotations of {when}"
+        + (f" ({fix.already_invalidated} were invalidated already)" if fix.already_invalidated else "")
+    )
+    typer.echo(f"next: backfill {when}: {_backfill_hint(config, [family], when)}", err=True)
+
+
+sessions_app = typer.Typer(help="Review (dojo) sessions.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+
+
+@sessions_app.command("close")
+@_fail_cleanly
+def sessions_close(
+    session_id: Annotated[str, typer.Argument(help="The session_id its segment reviews carry.")],
+    by: Annotated[str | None, typer.Option(help="Who closes it (default: cli:<login>).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Record that a review session closed; its family's sensor then retrains on its new reviews."""
+    from pulse_pipeline.core.review_sessions import SessionError, close_session
+
+    config = _config()
+    with Store(get_settings().database_url) as store:
+        try:
+            closed = close_session(store, config, session_id, by=by or _user())
+        except SessionError as exc:
+            raise UserError(str(exc)) from None
+    report = {
+        "session_id": closed.session_id,
+        "family": closed.family,
+        "closed_at": closed.closed_at.isoformat(),
+        "closed_by": closed.closed_by,
+        "segment_reviews": closed.segment_reviews,
+    }
+    if as_json:
+        _emit(report)
+        return
+    typer.echo(
+        f"closed session {closed.session_id} of {closed.family}: {closed.segment_reviews} segment reviews"
+    )
 
 
 @db_app.command("upgrade")
@@ -357,7 +485,8 @@ def export(
         str, typer.Option("--format", help="jsonl (one example a line) or json (one list).")
     ] = "jsonl",
 ) -> None:
-    """Write training examples to stdout: from the newest snapshot, or built from the store."""
+    """Write training examples to stdout: from the newest snapshot, or built from the store.
+    Records invalidated since the snapshot was built are left out."""
     import itertools
 
     import orjson
@@ -375,8 +504,13 @@ def export(
     manifest = latest_manifest(settings.artifact_store(), family)
     if manifest is not None:
         artifacts = settings.artifact_store()
-        rows = itertools.chain.from_iterable(
-            read_split(artifacts, fam, manifest["dataset_version"], split) for split in SPLITS
+        with Store(settings.database_url) as store:
+            invalidated = store.invalidated_ids(family)  # fixed since the snapshot was built
+        rows = (
+            row
+            for split in SPLITS
+            for row in read_split(artifacts, fam, manifest["dataset_version"], split)
+            if row["id"] not in invalidated
         )
     else:
         with Store(settings.database_url) as store:

@@ -1,4 +1,8 @@
-"""The code location: one lineage per family in `pulse.yaml`.
+"""The code location: one lineage per family in `pulse.yaml`, and the automation that runs it.
+
+Per family: annotations (daily partitions) -> review queue -> examples -> dataset snapshot ->
+adapter -> eval report (blocking promotion gate) -> deployment, plus the watches beside the chain
+(daily_report, drift_report, production_accuracy). Sensors and schedules start the retrains.
 
 Loads fast on purpose: no torch, transformers, peft, datasets or mlflow at import.
 """
@@ -6,7 +10,14 @@ Loads fast on purpose: no torch, transformers, peft, datasets or mlflow at impor
 import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig, load_config
+from pulse_pipeline.core.review_sessions import takes_review_sessions
 from pulse_pipeline.defs.annotations.assets import annotations_asset
+from pulse_pipeline.defs.automation.daily_report import daily_report_asset
+from pulse_pipeline.defs.automation.drift import drift_report_asset, drift_sensor
+from pulse_pipeline.defs.automation.failures import run_failures_sensor
+from pulse_pipeline.defs.automation.production import production_accuracy_asset, production_accuracy_sensor
+from pulse_pipeline.defs.automation.review_sessions import closed_sessions_sensor
+from pulse_pipeline.defs.automation.schedules import build_schedules, run_limit_tags, watch_keys
 from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
 from pulse_pipeline.defs.datasets.assets import (
     dataset_snapshot_asset,
@@ -22,7 +33,8 @@ from pulse_pipeline.settings import get_settings
 
 ANNOTATIONS_JOB = "annotations_daily"
 SNAPSHOT_JOB = "dataset_snapshots"
-RETRAIN_JOB = "retrain"  # every family's retrain chain; schedules run it one family per run
+RETRAIN_JOB = "retrain"  # every family's retrain chain; the schedules run it one family per run
+WATCH_JOB = "daily_watch"  # drift reports and production accuracy of every family
 
 
 def annotation_partitions(config: PulseConfig) -> dg.DailyPartitionsDefinition:
@@ -38,50 +50,73 @@ def retrain_job_name(family: FamilyConfig) -> str:
 
 def build_definitions(config: PulseConfig) -> dg.Definitions:
     partitions = annotation_partitions(config)
-    assets = [annotations_asset(family, partitions) for family in config.families.values()]
-    dataset_assets = []
-    training_assets = []
+    families = list(config.families.values())
+    assets = [annotations_asset(family, partitions) for family in families]
+    chain_assets: list[dg.AssetsDefinition] = []  # review queue .. deployment, every family
+    chain_keys: dict[str, list[dg.AssetKey]] = {}
+    watch_assets: list[dg.AssetsDefinition] = []
     retrain_jobs = []
-    retrain_selections: dict[str, dg.AssetSelection] = {}
-    sensors = []
-    for family in config.families.values():
-        these = [review_queue_asset(family)] if has_review_queue(family) else []
-        these += [examples_asset(family), dataset_snapshot_asset(family)]
-        dataset_assets += these
-        adapter = adapter_asset(family)
-        report = eval_report_asset(family, config)
-        deployment = deployment_asset(family)
-        training_assets += [adapter, report, deployment]
-        retrain_selections[family.name] = dg.AssetSelection.assets(*these, adapter, report, deployment)
+    sensors: list[dg.SensorDefinition] = [run_failures_sensor()]
+    for family in families:
+        chain = [review_queue_asset(family)] if has_review_queue(family) else []
+        chain += [
+            examples_asset(family),
+            dataset_snapshot_asset(family),
+            adapter_asset(family),
+            eval_report_asset(family, config),
+            deployment_asset(family),
+        ]
+        chain_assets += chain
+        chain_keys[family.name] = [key for asset in chain for key in asset.keys]
         retrain_jobs.append(
             dg.define_asset_job(
                 retrain_job_name(family),
-                selection=retrain_selections[family.name],
+                selection=dg.AssetSelection.assets(*chain),
                 description=f"{family.name}: examples and snapshot from the annotations, train an adapter, "
                 "judge it against production, promote it when the gate says DEPLOY.",
-                tags={"pulse/family": family.name},
+                tags={"pulse/family": family.name, **run_limit_tags(family)},
             )
         )
+        watch_assets += [daily_report_asset(family, partitions), production_accuracy_asset(family)]
         sensors.append(new_annotations_sensor(family, retrain_job_name(family)))
-    annotations_daily = dg.define_asset_job(
-        ANNOTATIONS_JOB,
-        selection=dg.AssetSelection.assets(*assets),
-        description="Count and audit one day of annotations for every family.",
-    )
-    snapshots = dg.define_asset_job(
-        SNAPSHOT_JOB,
-        selection=dg.AssetSelection.assets(*dataset_assets),
-        description="Review queue, examples and dataset snapshot for every family.",
-    )
-    retrain_any = dg.define_asset_job(
-        RETRAIN_JOB,
-        selection=dg.AssetSelection.assets(*dataset_assets, *training_assets),
-        description="The retrain chain of any family; the schedules start it with one family's assets "
-        "selected per run (tag pulse/family).",
-    )
+        if takes_review_sessions(family):
+            sensors.append(closed_sessions_sensor(family, retrain_job_name(family)))
+        if family.automation.drift.enabled:
+            watch_assets.append(drift_report_asset(family))
+            sensors.append(drift_sensor(family, retrain_job_name(family)))
+        sensors.append(production_accuracy_sensor(family, promote_adapter.name))
+    jobs = [
+        dg.define_asset_job(
+            ANNOTATIONS_JOB,
+            selection=dg.AssetSelection.assets(*assets),
+            description="Count and audit one day of annotations for every family.",
+        ),
+        dg.define_asset_job(
+            SNAPSHOT_JOB,
+            selection=dg.AssetSelection.assets(
+                *[a for a in chain_assets if a.key.path[-1] in ("review_queue", "examples", "dataset_snapshot")]
+            ),
+            description="Review queue, examples and dataset snapshot for every family.",
+        ),
+        *retrain_jobs,
+        dg.define_asset_job(
+            RETRAIN_JOB,
+            selection=dg.AssetSelection.assets(*chain_assets),
+            description="The retrain chain of any family; the schedules start it with one family's assets "
+            "selected per run (tag pulse/family).",
+        ),
+        dg.define_asset_job(
+            WATCH_JOB,
+            selection=dg.AssetSelection.assets(*[key for f in families for key in watch_keys(f)]),
+            description="Drift report and live (production) accuracy of every family.",
+        ),
+        promote_adapter,
+        cleanup_adapters,
+    ]
     return dg.Definitions(
-        assets=[*assets, *dataset_assets, *training_assets],
-        jobs=[annotations_daily, snapshots, *retrain_jobs, retrain_any, promote_adapter, cleanup_adapters],
+        assets=[*assets, *chain_assets, *watch_assets],
+        jobs=jobs,
+        schedules=build_schedules(config, chain_keys, partitions, retrain_job=RETRAIN_JOB, watch_job=WATCH_JOB),
         sensors=sensors,
         resources=default_resources(),
     )

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         description="Incoming-webhook URL (Slack-compatible) that run failures and live-accuracy "
         "alerts are posted to; unset: alerts are only logged (core/alerts.py).",
     )
+    pulse_dagster_url: str | None = Field(
+        None,
+        description="Base URL of the Dagster UI as people reach it (e.g. https://dagster.example.org), "
+        "for links in alerts; unset: alerts carry the run id only.",
+    )
     pulse_judge_url: str | None = Field(
         None, description="OpenAI-compatible endpoint of the optional LLM judge (core/evaluation/judge.py)."
     )

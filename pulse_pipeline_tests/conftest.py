@@ -41,6 +41,8 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         "PULSE_JUDGE_URL",
         "PULSE_JUDGE_API_KEY",
         "PULSE_JUDGE_MODEL",
+        "PULSE_ALERT_WEBHOOK",
+        "PULSE_DAGSTER_URL",
     ):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()

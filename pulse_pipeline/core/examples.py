@@ -59,8 +59,9 @@ class BuildStats:
     exact_duplicates: int = 0
     normalized_duplicates: int = 0
     redactions: Counter[str] = field(default_factory=Counter)
-    watermark: int = 0  # newest store sequence number read
+    watermark: int = 0  # newest store sequence number read (invalidated rows included: never goes back)
     newest_ingested_at: dt.datetime | None = None
+    invalidations: int = 0  # the family's newest invalidations id at the build: moves with every data fix
 
     def to_json(self) -> bytes:
         body = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()}
@@ -265,15 +266,25 @@ def render_transcript(transcript: str | list[dict[str, Any]]) -> str:
 
 
 def build_examples(store: Any, family: FamilyConfig) -> tuple[Any, BuildStats]:
-    """All of a family's annotations in the store -> (examples table sorted by id, stats)."""
+    """All of a family's valid annotations in the store -> (examples table sorted by id, stats).
+
+    The watermark is at least the store's newest seq of the family when the build began, counted
+    over invalidated rows too: invalidating the newest records must not move it back to a value
+    that an earlier retrain's run key already used.
+    """
+    floor, fixes = store.latest_seq(family.name), store.latest_invalidation(family.name)
     if family.task is TaskKind.chat_sft:
         builder = ExampleBuilder(family)
         for row in store.iter_family(family.name):
             builder.add(row)
-        return examples_table(family, builder.examples()), builder.stats
-    from pulse_pipeline.core.text_examples import build_text_examples, text_fields
+        table, stats = examples_table(family, builder.examples()), builder.stats
+    else:
+        from pulse_pipeline.core.text_examples import build_text_examples, text_fields
 
-    return build_text_examples(store.read_columns(family.name, text_fields(family)), family)
+        table, stats = build_text_examples(store.read_columns(family.name, text_fields(family)), family)
+    stats.watermark = max(stats.watermark, floor)
+    stats.invalidations = fixes
+    return table, stats
 
 
 def examples_table(family: FamilyConfig, examples: list[Example]) -> Any:

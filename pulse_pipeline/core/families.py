@@ -122,21 +122,43 @@ class SplitConfig(_Strict):
 
 
 class DriftConfig(_Strict):
-    """When the data has moved away from what the production adapter was trained on."""
+    """When the data has moved away from what the production adapter was trained on
+    (`<family>/drift_report`, fields explained in pulse_pipeline/core/drift/)."""
 
     enabled: bool = Field(True, description="Build `<family>/drift_report` and watch it with `drift_<family>`.")
     window_days: int = Field(30, ge=1, description="Recent annotations: those created in the last N days.")
-    encoder: str = Field("minilm-l6", description="Sentence encoder whose embeddings are compared.")
+    encoder: str = Field(
+        "minilm-l6", description="Sentence encoder whose mean-pooled embeddings are compared (a base_model name)."
+    )
     threshold: float = Field(
         0.75, gt=0.5, le=1, description="Drift score (domain-classifier AUC, 0.5 = no drift) that asks for a retrain."
     )
     distribution_threshold: float = Field(
         0.2, gt=0, description="Label/score distribution drift (PSI) that asks for a retrain."
     )
+    significance: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="A score or PSI over its threshold counts only when its permutation p-value is below this "
+        "(small samples inflate PSI and vary the AUC; 200 permutations resolve p down to 0.005).",
+    )
     min_new_annotations: int = Field(
         20, ge=1, description="New trainable annotations a drift-started retrain needs at least."
     )
-    max_samples: int = Field(2000, ge=50, description="Per side: larger sides are sampled (seeded).")
+    min_samples: int = Field(
+        20, ge=5, description="Per side: with fewer examples the report says there is too little to compare."
+    )
+    max_samples: int = Field(
+        2000, ge=50, description="Per side: larger sides are sampled (by a seeded hash of the example id)."
+    )
+    seed: int = Field(0, description="Seed of the sampling, the permutation tests and the cross-validation folds.")
+
+    @model_validator(mode="after")
+    def _sample_bounds(self) -> DriftConfig:
+        if self.min_samples > self.max_samples:
+            raise ValueError("'min_samples' must not exceed 'max_samples'")
+        return self
 
 
 class ScheduleConfig(_Strict):
@@ -150,11 +172,29 @@ class ScheduleConfig(_Strict):
 
 
 class ProductionWatchConfig(_Strict):
-    """Accuracy on live traffic (reviewed annotations carrying `model_version`) vs the test accuracy."""
+    """Accuracy on live traffic (reviewed annotations carrying `model_version`) vs the test accuracy
+    (what counts as right per annotation kind, and the alert rule: core/production_accuracy.py)."""
 
-    margin: float = Field(0.05, gt=0, le=1, description="Alert when live accuracy falls this far below test.")
-    min_reviews: int = Field(30, ge=1, description="Reviewed outputs a version needs before it is judged.")
+    margin: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Alert when live accuracy falls more than this below test "
+        "(and the test accuracy lies above the live 95% interval).",
+    )
+    min_reviews: int = Field(
+        30, ge=1, description="Judged live outputs a version needs before it is compared."
+    )
     rollback: bool = Field(False, description="Also roll back to the previous version on an alert.")
+    metric: str | None = Field(
+        None,
+        description="The evaluation metric live accuracy is compared with (default per task: "
+        "classification accuracy, call-analysis field_accuracy, question answering answer_accuracy; "
+        "regression has none).",
+    )
+    eval_set: str = Field(
+        "test", description="The evaluation set (in eval/results.json) the metric is read from."
+    )
 
 
 class AutomationConfig(_Strict):

@@ -10,6 +10,10 @@ thread parses the next. On PostgreSQL two batches are written at once, each with
 (or, when some of its records are stored already, COPY into a staging table and
 `INSERT ... SELECT ... ON CONFLICT DO NOTHING`); on SQLite one at a time with a
 multi-row `INSERT ... ON CONFLICT DO NOTHING`.
+
+`replace_day` re-ingests a corrected file for one day: the day's records the file no longer
+holds are invalidated, those it holds again are restored (counted `restored`, not duplicates),
+and then the file is ingested as usual.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ class IngestResult:
     duplicates: int = 0
     quarantined: int = 0
     blank_lines: int = 0
+    restored: int = 0  # lines identical to a stored record of the replaced day (--replace-day)
+    invalidated: int = 0  # records of the replaced day the file no longer holds (--replace-day)
+    replaced_families: list[str] = field(default_factory=list)  # the families whose day was replaced
     by_family: Counter[str] = field(default_factory=Counter)
     reasons: list[str] = field(default_factory=list)  # the first quarantine reasons, for the CLI
 
@@ -74,16 +81,11 @@ def ingest_file(
     batch_size: int = BATCH_SIZE,
     max_line_bytes: int = MAX_LINE_BYTES,
     now: Clock = _utcnow,
+    restore: frozenset[tuple[str, str]] = frozenset(),
 ) -> IngestResult:
     """Ingest one JSON Lines file. Raises IngestError only when the file cannot be opened."""
     path = Path(path)
-    try:
-        handle = path.open("rb")
-    except IsADirectoryError:
-        raise IngestError(f"{path}: is a folder, not a JSON Lines file") from None
-    except OSError as exc:
-        raise IngestError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    with handle:
+    with _open(path) as handle:
         return ingest_lines(
             store,
             _read_lines(handle, max_line_bytes),
@@ -92,7 +94,115 @@ def ingest_file(
             batch_size=batch_size,
             max_line_bytes=max_line_bytes,
             now=now,
+            restore=restore,
         )
+
+
+def replace_day(
+    store: Store,
+    path: str | Path,
+    config: PulseConfig,
+    day: dt.date,
+    *,
+    by: str,
+    batch_size: int = BATCH_SIZE,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    now: Clock = _utcnow,
+) -> IngestResult:
+    """Re-ingest a corrected file for `day` (UTC).
+
+    For every family the file names, the day's stored records that the file does not repeat are
+    invalidated (reason "replaced by <file>"), those it repeats are made valid again, and the
+    file is then ingested: a line repeating a stored record of the day counts as restored.
+    Raises IngestError, before anything changes, when a record is not dated `day` or reuses the
+    id of a stored record with other content. Lines that fail validation are quarantined as usual.
+    """
+    path = Path(path)
+    keep: dict[str, set[str]] = {}
+    explicit_ids: dict[str, tuple[int, str, str]] = {}  # id -> (line, family, content hash)
+    with _open(path) as handle:
+        for line in _read_lines(handle, max_line_bytes):
+            try:
+                family, ann = _prescan(line, config, day, max_line_bytes)
+            except IngestError as exc:
+                raise IngestError(f"{path}: {exc}") from None
+            if family is not None:
+                keep.setdefault(family, set())
+            if ann is not None:
+                keep[ann.family].add(ann.content_hash)
+                if "id" in ann.payload and ann.id not in explicit_ids:
+                    explicit_ids[ann.id] = (line.number, ann.family, ann.content_hash)
+    if not keep:
+        raise IngestError(
+            f"{path}: holds no record of a declared family, so nothing of {day} was replaced "
+            "(`pulse annotations invalidate` empties a day)"
+        )
+    for id_, stored in store.stored_content(explicit_ids).items():
+        number, family, digest = explicit_ids[id_]
+        if stored != (family, digest):
+            raise IngestError(
+                f"{path}: line {number}: id {id_!r} is taken by a stored record with other content; "
+                "give the corrected record a new id, or leave out `id` to derive one from the content; "
+                "nothing was changed"
+            )
+    fix = store.replace_day(day, keep, reason=f"replaced by {path}", by=by, now=now())
+    result = ingest_file(
+        store,
+        path,
+        config,
+        batch_size=batch_size,
+        max_line_bytes=max_line_bytes,
+        now=now,
+        restore=frozenset((family, digest) for family, hashes in keep.items() for digest in hashes),
+    )
+    result.invalidated = fix.invalidated
+    result.replaced_families = sorted(keep)
+    return result
+
+
+def _prescan(
+    line: _Line, config: PulseConfig, day: dt.date, max_line_bytes: int
+) -> tuple[str | None, Annotation | None]:
+    """(family the line names, its annotation if valid); IngestError if dated other than `day`."""
+    raw = line.raw.rstrip(b"\r\n")
+    if line.number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    if not raw.strip() or max(line.size, len(raw)) > max_line_bytes:
+        return None, None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None  # quarantined by the ingestion
+    try:
+        ann = parse_record(obj, config, may_hold_nul=b"\\u0000" in raw)
+    except RecordError as exc:
+        if exc.created_at is not None and exc.created_at.date() != day:
+            raise _not_that_day(line.number, exc.created_at, day) from None
+        return exc.family, None
+    if ann.created_at is None:
+        raise IngestError(
+            f"line {line.number}: no created_at; every record of a --replace-day file must be dated "
+            f"{day} (UTC); nothing was changed"
+        )
+    if ann.created_at.date() != day:
+        raise _not_that_day(line.number, ann.created_at, day)
+    return ann.family, ann
+
+
+def _not_that_day(number: int, created_at: dt.datetime, day: dt.date) -> IngestError:
+    return IngestError(
+        f"line {number}: created_at {created_at.isoformat()} is not on the replaced day {day} (UTC); "
+        "nothing was changed"
+    )
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except IsADirectoryError:
+        raise IngestError(f"{path}: is a folder, not a JSON Lines file") from None
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read: {exc.strerror or exc}") from None
 
 
 def ingest_lines(
@@ -104,8 +214,13 @@ def ingest_lines(
     batch_size: int = BATCH_SIZE,
     max_line_bytes: int = MAX_LINE_BYTES,
     now: Clock = _utcnow,
+    restore: frozenset[tuple[str, str]] = frozenset(),
 ) -> IngestResult:
-    """Ingest lines (bytes, or `_Line`s from `_read_lines`) as one recorded ingestion."""
+    """Ingest lines (bytes, or `_Line`s from `_read_lines`) as one recorded ingestion.
+
+    `restore`: (family, content_hash) of stored records that a line repeating them restores
+    (`replace_day`); the first such line counts as restored instead of as a duplicate.
+    """
     started = now()
     with store.begin() as conn:
         ingestion_id = conn.execute(
@@ -122,7 +237,7 @@ def ingest_lines(
             .returning(ingestions.c.id)
         ).scalar_one()
     result = IngestResult(source=source, ingestion_id=ingestion_id)
-    writer = _Writer(store, result)
+    writer = _Writer(store, result, restore)
     batch = _Batch(ingestion_id, 1, source, started.date())
     # PostgreSQL takes two batches at once on two connections; SQLite has one writer anyway.
     in_flight = 2 if store.dialect == "postgresql" else 1
@@ -257,10 +372,11 @@ class _Writer:
     result is updated under a lock.
     """
 
-    def __init__(self, store: Store, result: IngestResult):
+    def __init__(self, store: Store, result: IngestResult, restore: frozenset[tuple[str, str]] = frozenset()):
         self.store = store
         self.result = result
         self.lock = threading.Lock()
+        self.to_restore = set(restore)  # consumed as lines restore them, under `lock`
 
     def write(self, batch: _Batch, *, final: bool = False) -> None:
         if self.store.dialect != "postgresql":
@@ -283,13 +399,33 @@ class _Writer:
                     raise
 
     def _commit(self, batch: _Batch, final: bool, insert: Callable[[sa.Connection], set[str]]) -> None:
+        taken: list[tuple[str, str]] = []
+        try:
+            self._write(batch, final, insert, taken)
+        except BaseException:
+            with self.lock:
+                self.to_restore.update(taken)
+            raise
+
+    def _write(
+        self,
+        batch: _Batch,
+        final: bool,
+        insert: Callable[[sa.Connection], set[str]],
+        taken: list[tuple[str, str]],
+    ) -> None:
         result = self.result
         at, rows = batch.at, batch.rows
         with self.store.begin() as conn:
             inserted = insert(conn) if rows else set()
+            restored = self._restored(rows, inserted, taken) if self.to_restore else set()
             # (family, day, outcome) for every line of the batch; a C-speed count, not a Python loop
             outcomes = Counter(
-                (r[_FAMILY], r[_CREATED].date(), "accepted" if r[_ID] in inserted else "duplicates")
+                (
+                    r[_FAMILY],
+                    r[_CREATED].date(),
+                    "accepted" if r[_ID] in inserted else "restored" if r[_ID] in restored else "duplicates",
+                )
                 for r in rows
             )
             outcomes.update((a.family, (a.created_at or at).date(), "duplicates") for a in batch.dupes)
@@ -314,7 +450,7 @@ class _Writer:
                 )
             _insert_tallies(conn, batch, outcomes)
             accepted, quarantined = len(inserted), len(batch.rejected)
-            duplicates = batch.size - accepted - quarantined
+            duplicates = batch.size - accepted - quarantined - len(restored)
             c = ingestions.c
             conn.execute(
                 ingestions.update()
@@ -327,6 +463,7 @@ class _Writer:
                     accepted=c.accepted + accepted,
                     duplicates=c.duplicates + duplicates,
                     quarantined=c.quarantined + quarantined,
+                    restored=c.restored + len(restored),
                     finished_at=at if final else None,
                 )
             )
@@ -334,10 +471,26 @@ class _Writer:
             result.accepted += accepted
             result.duplicates += duplicates
             result.quarantined += quarantined
+            result.restored += len(restored)
             for (family, _, outcome), n in outcomes.items():
                 if outcome == "accepted":
                     result.by_family[family] += n
             result.reasons.extend(r.reason for r in batch.rejected[: max(0, 20 - len(result.reasons))])
+
+    def _restored(
+        self, rows: list[tuple[Any, ...]], inserted: set[str], taken: list[tuple[str, str]]
+    ) -> set[str]:
+        """Ids of rows not inserted that restore a record; each record is restored by one line
+        only. The keys taken go to `taken`, to be handed back if the transaction fails."""
+        out = set()
+        with self.lock:
+            for r in rows:
+                key = (r[_FAMILY], r[_HASH])
+                if r[_ID] not in inserted and key in self.to_restore:
+                    self.to_restore.discard(key)
+                    taken.append(key)
+                    out.add(r[_ID])
+        return out
 
 
 # Column order of a row to insert; a row also carries the record's JSON text at _TEXT.
@@ -464,7 +617,7 @@ def _insert_tallies(conn: sa.Connection, batch: _Batch, outcomes: Counter[tuple[
                     "batch": batch.number,
                     "family": family,
                     "day": day,
-                    **{c: counter[c] for c in ("lines", "accepted", "duplicates", "quarantined")},
+                    **{c: counter[c] for c in ("lines", "accepted", "duplicates", "quarantined", "restored")},
                 }
                 for (family, day), counter in tallies.items()
             ],

@@ -5,7 +5,7 @@ Works on the examples table of `examples.build_examples` (one row per example, s
 split settings: the same inputs give the same version, any change gives a new one. A snapshot
 is written once under `datasets/<family>/<dataset_version>/` (the manifest last, so a folder
 with a manifest is complete) and never rewritten; `datasets/<family>/latest.json` points at
-the newest.
+the newest, with the watermark of the build that produced or reused it.
 """
 
 from __future__ import annotations
@@ -237,12 +237,21 @@ def prefix(family: str, version: str) -> str:
 
 
 def latest_manifest(artifacts: ArtifactStore, family: str) -> dict[str, Any] | None:
-    """The newest snapshot's manifest of a family, or None."""
+    """The newest snapshot's manifest of a family, or None.
+
+    Its `watermark` is the latest build's: when a build reuses an older snapshot (a data fix
+    brought the examples back to what they were), the store has moved on since that snapshot.
+    """
     try:
         pointer = orjson.loads(artifacts.read_bytes(f"datasets/{family}/latest.json"))
     except KeyError:
         return None
-    return orjson.loads(artifacts.read_bytes(f"{prefix(family, pointer['dataset_version'])}/manifest.json"))
+    manifest = orjson.loads(
+        artifacts.read_bytes(f"{prefix(family, pointer['dataset_version'])}/manifest.json")
+    )
+    if "watermark" in pointer:
+        manifest["watermark"] = pointer["watermark"]
+    return manifest
 
 
 def write_snapshot(
@@ -261,6 +270,8 @@ def write_snapshot(
     splits = assign_splits(table, family.split)
     if artifacts.exists(f"{where}/manifest.json"):
         manifest = orjson.loads(artifacts.read_bytes(f"{where}/manifest.json"))
+        newer = max(stats.watermark, manifest["watermark"]["seq"])
+        manifest["watermark"] = {**manifest["watermark"], "seq": newer}
         _point_latest(artifacts, family.name, manifest)
         return Snapshot(manifest, reused=True, splits=splits)
     parent = latest_manifest(artifacts, family.name)
@@ -275,7 +286,11 @@ def write_snapshot(
 
 
 def _point_latest(artifacts: ArtifactStore, family: str, manifest: dict[str, Any]) -> None:
-    pointer = {"dataset_version": manifest["dataset_version"], "created_at": manifest["created_at"]}
+    pointer = {
+        "dataset_version": manifest["dataset_version"],
+        "created_at": manifest["created_at"],
+        "watermark": manifest["watermark"],
+    }
     artifacts.write_bytes(f"datasets/{family}/latest.json", orjson.dumps(pointer))
 
 

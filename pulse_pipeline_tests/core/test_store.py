@@ -10,7 +10,7 @@ from pulse_pipeline.core.store import Store, StoreError, metadata
 
 
 def test_migrations_apply_on_first_use_and_match_the_tables(store):
-    assert store.revision() == "0002"
+    assert store.revision() == "0003"
     with store.engine.connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -27,14 +27,14 @@ def test_upgrade_is_idempotent_and_reopening_keeps_data(database_url, config):
             source="t",
         )
     with Store(database_url) as again:
-        assert again.upgrade() == "0002"
+        assert again.upgrade() == "0003"
         assert again.count_since("access-qa") == 1
 
 
 def test_an_empty_database_has_no_revision_until_upgraded(database_url):
     with Store(database_url, upgrade=False) as s:
         assert s.revision() is None
-        assert s.upgrade() == "0002"
+        assert s.upgrade() == "0003"
 
 
 def _plan(store: Store, sql: str, params: dict) -> str:

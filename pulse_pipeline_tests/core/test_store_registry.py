@@ -16,7 +16,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
-from pulse_pipeline.core.ingestion import ingest_lines
 from pulse_pipeline.core.store import DEFAULT_STALE_LOCK, LockAttempt, Store, metadata
 from pulse_pipeline.core.store import registry_records as records
 
@@ -271,25 +270,33 @@ def test_two_concurrent_takeovers_of_a_stale_lock_one_wins(store, monkeypatch):
 # -- migration 0002 -------------------------------------------------------------------------
 
 
-def test_migration_upgrades_a_0001_database_keeping_its_data(database_url, config):
+def test_migration_upgrades_a_0001_database_keeping_its_data(database_url):
     with Store(database_url, upgrade=False) as old:
         assert old.upgrade("0001") == "0001"
         with old.engine.connect() as conn:
             assert not NEW_TABLES & set(sa.inspect(conn).get_table_names())
-        ingest_lines(
-            old,
-            [b'{"kind":"qa_pair","family":"access-qa","question":"q","answer":"a"}'],
-            config,
-            source="t",
-        )
+        _insert_at_0001(old)
     with Store(database_url) as new:  # first open of the new code: upgrades to head
-        assert new.revision() == "0002"
+        assert new.revision() == "0003"
         assert new.count_since("access-qa") == 1
         with new.engine.connect() as conn:
             assert set(sa.inspect(conn).get_table_names()) >= NEW_TABLES
             assert compare_metadata(MigrationContext.configure(conn), metadata) == []
         new.record_version(_version("v1"))
         assert new.acquire_training_lock(FAMILY, "a").acquired
+
+
+def _insert_at_0001(store: Store) -> None:
+    """One annotation written with the 0001 columns only (today's ingestion writes later ones)."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO annotations (id, family, kind, payload, content_hash, created_at, ingested_at) "
+                "VALUES ('a1', 'access-qa', 'qa_pair', '{\"question\": \"q\", \"answer\": \"a\"}', 'h1', "
+                ":t, :t)"
+            ),
+            {"t": dt.datetime.now(dt.UTC)},
+        )
 
 
 def test_migration_0002_downgrades_cleanly(store):
@@ -301,4 +308,4 @@ def test_migration_0002_downgrades_cleanly(store):
     assert store.revision() == "0001"
     with store.engine.connect() as conn:
         assert not NEW_TABLES & set(sa.inspect(conn).get_table_names())
-    assert store.upgrade() == "0002"
+    assert store.upgrade() == "0003"

@@ -2,8 +2,10 @@
 
 `Store(url)` connects and applies the Alembic migrations on first use; the queries the
 pipeline needs (counts since a watermark, one family's day, the audit of a day) live here.
-Adapter version records, the deployments audit trail and the training lock are Store methods
-too, written in `registry_records.py`.
+An invalidated annotation stays in its table (for the audit and for old snapshots) but every
+query that trains or counts skips it. Invalidating, replacing a day and closed review sessions
+are Store methods written in `data_fixes.py`; adapter version records, the deployments audit
+trail and the training lock in `registry_records.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from pulse_pipeline.core.store.data_fixes import (
+    ClosedSession,
+    DataFixes,
+    Invalidation,
+    InvalidationError,
+    SessionClosedError,
+    day_bounds,
+)
 from pulse_pipeline.core.store.registry_records import (
     ACTIONS,
     DECISIONS,
@@ -33,14 +43,20 @@ from pulse_pipeline.core.store.schema import (
     deployments,
     ingestion_tallies,
     ingestions,
+    invalidations,
     metadata,
     quarantine,
+    review_sessions,
     training_locks,
 )
 
 __all__ = [
     "Store",
     "StoreError",
+    "InvalidationError",
+    "Invalidation",
+    "ClosedSession",
+    "SessionClosedError",
     "DayAudit",
     "LockAttempt",
     "DEFAULT_STALE_LOCK",
@@ -54,11 +70,14 @@ __all__ = [
     "ingestions",
     "ingestion_tallies",
     "quarantine",
+    "invalidations",
+    "review_sessions",
     "metadata",
 ]
 
 _MIGRATIONS = "pulse_pipeline.core.store:migrations"
 _PG_MIGRATION_LOCK = 0x70756C7365  # "pulse": serializes concurrent first-use upgrades on PostgreSQL
+_VALID = annotations.c.invalidated_at.is_(None)
 
 
 class StoreError(RuntimeError):
@@ -73,24 +92,24 @@ class DayAudit:
     accepted: int
     duplicates: int
     quarantined: int
-    stored: int
+    stored: int  # rows of the day, invalidated ones included: they were received and stored
     stored_quarantined: int
+    restored: int = 0  # lines of a replacing file identical to a stored record of the day
+    invalidated: int = 0  # stored rows of the day excluded from training and counts
 
     @property
     def accounted_for(self) -> bool:
         return (
-            self.lines == self.accepted + self.duplicates + self.quarantined
+            self.lines == self.accepted + self.duplicates + self.restored + self.quarantined
             and self.stored == self.accepted
             and self.stored_quarantined == self.quarantined
         )
 
 
-def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    return start, start + dt.timedelta(days=1)
+_day_bounds = day_bounds
 
 
-class Store(RegistryRecords):
+class Store(RegistryRecords, DataFixes):
     def __init__(self, url: str, *, upgrade: bool = True, echo: bool = False):
         self.url = url
         self.engine: Engine = _make_engine(url, echo=echo)
@@ -155,32 +174,46 @@ class Store(RegistryRecords):
     # -- queries --------------------------------------------------------------------------
 
     def count_since(self, family: str, watermark: int = 0) -> int:
-        """Annotations of `family` that arrived after store sequence number `watermark`."""
-        q = sa.select(sa.func.count()).where(annotations.c.family == family, annotations.c.seq > watermark)
+        """Valid annotations of `family` that arrived after store sequence number `watermark`."""
+        q = sa.select(sa.func.count()).where(
+            annotations.c.family == family, annotations.c.seq > watermark, _VALID
+        )
         with self._connect() as conn:
             return conn.execute(q).scalar_one()
 
     def latest_seq(self, family: str | None = None) -> int:
+        """The newest store sequence number, invalidated rows included (it never goes back)."""
         q = sa.select(sa.func.max(annotations.c.seq))
         if family is not None:
             q = q.where(annotations.c.family == family)
         with self._connect() as conn:
             return conn.execute(q).scalar() or 0
 
-    def iter_day(self, family: str, day: dt.date, *, batch: int = 1000) -> Iterator[sa.Row]:
-        """The annotations of one family created on `day` (UTC), in arrival order, streamed."""
-        yield from self.iter_created(family, *_day_bounds(day), batch=batch)
+    def iter_day(
+        self, family: str, day: dt.date, *, batch: int = 1000, include_invalidated: bool = False
+    ) -> Iterator[sa.Row]:
+        """The valid annotations of one family created on `day` (UTC), in arrival order, streamed."""
+        yield from self.iter_created(
+            family, *_day_bounds(day), batch=batch, include_invalidated=include_invalidated
+        )
 
     def iter_created(
-        self, family: str, start: dt.datetime, end: dt.datetime, *, batch: int = 1000
+        self,
+        family: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        *,
+        batch: int = 1000,
+        include_invalidated: bool = False,
     ) -> Iterator[sa.Row]:
-        """The annotations of one family created in [start, end) (UTC), in arrival order, streamed."""
+        """The valid annotations of one family created in [start, end) (UTC), in arrival order, streamed."""
         q = (
             sa.select(annotations)
             .where(
                 annotations.c.family == family,
                 annotations.c.created_at >= start,
                 annotations.c.created_at < end,
+                *(() if include_invalidated else (_VALID,)),
             )
             .order_by(annotations.c.seq)
             .execution_options(yield_per=batch)
@@ -189,10 +222,10 @@ class Store(RegistryRecords):
             yield from conn.execute(q)
 
     def iter_family(self, family: str, *, after: int = 0, batch: int = 5000) -> Iterator[sa.Row]:
-        """A family's annotations newer than store sequence number `after`, oldest first, streamed."""
+        """A family's valid annotations newer than store sequence number `after`, oldest first, streamed."""
         q = (
             sa.select(annotations)
-            .where(annotations.c.family == family, annotations.c.seq > after)
+            .where(annotations.c.family == family, annotations.c.seq > after, _VALID)
             .order_by(annotations.c.seq)
             .execution_options(yield_per=batch)
         )
@@ -202,7 +235,7 @@ class Store(RegistryRecords):
     def read_columns(
         self, family: str, fields: dict[str, tuple[tuple[str, ...], str]], *, parts: int = 2
     ) -> Any:
-        """A family's annotations as an Arrow table, oldest first, for column-wise processing.
+        """A family's valid annotations as an Arrow table, oldest first, for column-wise processing.
 
         Columns seq, id, kind, created_at and ingested_at (UTC), plus one per entry of `fields`:
         name -> (JSON path in the payload, "str" or "float"). On PostgreSQL the server extracts
@@ -224,7 +257,9 @@ class Store(RegistryRecords):
         }
 
         def select(lo: int, hi: int) -> str:
-            query = sa.select(*cols).where(a.family == family, a.seq > lo, a.seq <= hi).order_by(a.seq)
+            query = (
+                sa.select(*cols).where(a.family == family, a.seq > lo, a.seq <= hi, _VALID).order_by(a.seq)
+            )
             return str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
 
         with self._connect() as conn:
@@ -278,19 +313,24 @@ class Store(RegistryRecords):
                     sa.func.coalesce(sa.func.sum(t.accepted), 0),
                     sa.func.coalesce(sa.func.sum(t.duplicates), 0),
                     sa.func.coalesce(sa.func.sum(t.quarantined), 0),
+                    sa.func.coalesce(sa.func.sum(t.restored), 0),
                 ).where(t.family == family, t.day == day)
             ).one()
-            stored = conn.execute(
-                sa.select(sa.func.count()).where(
+            stored, invalid = conn.execute(
+                sa.select(sa.func.count(), sa.func.count(annotations.c.invalidated_at)).where(
                     annotations.c.family == family,
                     annotations.c.created_at >= start,
                     annotations.c.created_at < end,
                 )
-            ).scalar_one()
+            ).one()
             stored_q = conn.execute(
                 sa.select(sa.func.count()).where(quarantine.c.family == family, quarantine.c.day == day)
             ).scalar_one()
-        return DayAudit(*map(int, tally), stored=stored, stored_quarantined=stored_q)
+        lines, accepted, duplicates, quarantined, restored = map(int, tally)
+        return DayAudit(
+            lines, accepted, duplicates, quarantined, stored=stored, stored_quarantined=stored_q,
+            restored=restored, invalidated=invalid,
+        )  # fmt: skip
 
     def quarantined(self, *, limit: int = 50, ingestion_id: int | None = None) -> list[sa.Row]:
         q = sa.select(quarantine).order_by(quarantine.c.id.desc()).limit(limit)

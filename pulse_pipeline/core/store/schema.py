@@ -50,6 +50,14 @@ ingestions = Table(
     Column("accepted", Integer, nullable=False, default=0),
     Column("duplicates", Integer, nullable=False, default=0),
     Column("quarantined", Integer, nullable=False, default=0),
+    Column(
+        "restored",
+        Integer,
+        nullable=False,
+        default=0,
+        server_default="0",
+        comment="Lines of a --replace-day file that made an invalidated record of that day valid again.",
+    ),
 )
 
 annotations = Table(
@@ -69,6 +77,14 @@ annotations = Table(
     Column("source_file", Text, nullable=True),
     Column("source_line", Integer, nullable=True),
     Column("ingestion_id", Seq, ForeignKey("ingestions.id"), nullable=True),
+    # Invalidated records stay (audit, old snapshots) but nothing trains on or counts them (0003).
+    Column("invalidated_at", UtcTime, nullable=True, comment="NULL while the record is valid."),
+    Column(
+        "invalidation_id",
+        Seq,
+        nullable=True,
+        comment="The invalidations row (who, when, why) that excluded the record.",
+    ),
     UniqueConstraint("family", "content_hash"),
     # "How many new annotations for family F since watermark W": a range scan on either index.
     Index(None, "family", "seq"),
@@ -106,7 +122,38 @@ ingestion_tallies = Table(
     Column("accepted", Integer, nullable=False, default=0),
     Column("duplicates", Integer, nullable=False, default=0),
     Column("quarantined", Integer, nullable=False, default=0),
+    Column("restored", Integer, nullable=False, default=0, server_default="0"),
     Index(None, "family", "day"),
+)
+
+# -- data fixes and review sessions (migration 0003) -----------------------------------------------
+
+# One row per invalidation or restoration of annotations; rows are never updated. `id` also
+# orders these events, so a build can tell that a family's valid set changed without new rows.
+invalidations = Table(
+    "invalidations",
+    metadata,
+    Column("id", Seq, primary_key=True, autoincrement=True),
+    Column("family", String(64), nullable=False),
+    Column("day", Date, nullable=True, comment="The UTC day fixed, when the action covered a day."),
+    Column("action", String(16), nullable=False, comment="invalidate or restore."),
+    Column("at", UtcTime, nullable=False),
+    Column("by", String(256), nullable=False, comment="Who: a user (cli:<login>) or run:<id>."),
+    Column("reason", Text, nullable=False),
+    Column("annotations", Integer, nullable=False, comment="Records whose state this action changed."),
+    Index(None, "family", "id"),
+)
+
+# One row per closed review (dojo) session; `seq` orders closures for the sensor's cursor.
+review_sessions = Table(
+    "review_sessions",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("session_id", String(256), nullable=False, unique=True),
+    Column("family", String(64), nullable=False, comment="The family whose segment reviews carry the id."),
+    Column("closed_at", UtcTime, nullable=False),
+    Column("closed_by", String(256), nullable=False),
+    Column("segment_reviews", Integer, nullable=False, comment="Valid segment reviews at closing."),
 )
 
 # -- registry: adapter versions, the deployment audit trail, the training lock (migration 0002) ------

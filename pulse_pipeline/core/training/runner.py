@@ -47,6 +47,7 @@ def train_family(
     store: Any | None = None,
     stale_after: dt.timedelta = dt.timedelta(hours=4),
     warn: Callable[[str], None] = lambda _: None,
+    lock_holder: str | None = None,
 ) -> TrainedAdapter:
     """Train `family` on a snapshot (default: its newest) and publish the adapter.
 
@@ -55,6 +56,8 @@ def train_family(
     already trained on this snapshot with the same resolved settings is returned as it is.
     With `store`, the family's training lock is held while it trains (`TrainingLocked` when
     another training holds it; a lock older than `stale_after` is taken over, with `warn`).
+    `lock_holder` names the holder (default: who asked, with the process); a Dagster run passes its
+    run id, so a step retried after a dropped connection (a new process) takes its own lock again.
     """
     from pulse_pipeline.core.training.config import resolve_training_config
 
@@ -78,7 +81,8 @@ def train_family(
                       home=home, tracking_uri=tracking_uri, on_progress=on_progress, created_by=created_by)  # fmt: skip
     from pulse_pipeline.core.training.lock import holder_name, training_lock
 
-    with training_lock(store, family.name, holder_name(created_by), stale_after=stale_after, warn=warn) as beat:
+    holder = lock_holder or holder_name(created_by)
+    with training_lock(store, family.name, holder, stale_after=stale_after, warn=warn) as beat:
 
         def progress(p: Progress) -> None:
             beat()

@@ -1,8 +1,9 @@
 """`<family>/annotations`: the day's annotations of one family, counted and audited.
 
 The store stays the source of truth; a materialization records what a day holds (counts and
-breakdowns as metadata, a data version that changes when the day's records change) and
-checks that every line received for that day is accounted for.
+breakdowns of its valid records as metadata, a data version that changes when the day's valid
+records change, invalidations included) and checks that every line received for that day is
+accounted for (invalidated records were received and stored: they count as stored).
 """
 
 import datetime as dt
@@ -14,6 +15,7 @@ from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.core.store import DayAudit
 from pulse_pipeline.defs.metadata import count_table
 from pulse_pipeline.defs.resources import AnnotationStore
+from pulse_pipeline.defs.retries import retry_transient
 
 CHECK_ACCOUNTED = "every_line_accounted_for"
 
@@ -37,6 +39,7 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
             )
         ],
     )
+    @retry_transient
     def _annotations(
         context: dg.AssetExecutionContext, annotation_store: AnnotationStore
     ) -> dg.MaterializeResult:
@@ -44,9 +47,13 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
         store = annotation_store.store
         summary = summarize(store.iter_day(family.name, day))
         audit = store.audit_day(family.name, day)
-        context.log.info(f"{family.name} {day}: {summary.count} annotations, {audit.quarantined} quarantined")
+        context.log.info(
+            f"{family.name} {day}: {summary.count} annotations, {audit.invalidated} invalidated, "
+            f"{audit.quarantined} quarantined"
+        )
         metadata: dict[str, dg.RawMetadataValue] = {
             "annotations": summary.count,
+            "invalidated": audit.invalidated,
             "quarantined": audit.stored_quarantined,
             "by_kind": dict(summary.by_kind),
             "annotators": len(summary.by_annotator),
@@ -69,8 +76,10 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
                 "lines_received": audit.lines,
                 "accepted": audit.accepted,
                 "duplicates": audit.duplicates,
+                "restored": audit.restored,
                 "quarantined": audit.quarantined,
                 "stored": audit.stored,
+                "invalidated": audit.invalidated,
                 "stored_quarantined": audit.stored_quarantined,
             },
             description=None if audit.accounted_for else _mismatch(audit),
@@ -85,6 +94,6 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
 def _mismatch(audit: DayAudit) -> str:
     return (
         f"received {audit.lines} lines: {audit.accepted} accepted + {audit.duplicates} duplicates + "
-        f"{audit.quarantined} quarantined; the store holds {audit.stored} annotations and "
+        f"{audit.restored} restored + {audit.quarantined} quarantined; the store holds {audit.stored} annotations and "
         f"{audit.stored_quarantined} quarantined lines for this day"
     )

@@ -16,6 +16,7 @@ from pulse_pipeline.core.snapshots import (
 from pulse_pipeline.core.triage import CAPTURE_KINDS
 from pulse_pipeline.defs.metadata import count_table
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
+from pulse_pipeline.defs.retries import retry_transient
 
 
 def _key(family: FamilyConfig, name: str) -> dg.AssetKey:
@@ -42,6 +43,7 @@ def review_queue_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         kinds={"python"},
         tags={"pulse/family": family.name, "pulse/stage": "review"},
     )
+    @retry_transient
     def _review_queue(
         context: dg.AssetExecutionContext, annotation_store: AnnotationStore
     ) -> dg.MaterializeResult:
@@ -81,6 +83,7 @@ def examples_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         kinds={"parquet"},
         tags={"pulse/family": family.name, "pulse/stage": "examples"},
     )
+    @retry_transient
     def _examples(
         context: dg.AssetExecutionContext,
         annotation_store: AnnotationStore,
@@ -115,7 +118,8 @@ def examples_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 "formatter_version": formatter_version(family),
                 "path": dg.MetadataValue.path(artifacts.uri(examples_key(family.name))),
             },
-            data_version=dg.DataVersion(f"{stats.watermark}-{formatter_version(family)}"),
+            # moves with new records, with a data fix (invalidation) and with a new formatter
+            data_version=dg.DataVersion(f"{stats.watermark}-{stats.invalidations}-{formatter_version(family)}"),
         )
 
     return _examples
@@ -134,6 +138,7 @@ def dataset_snapshot_asset(family: FamilyConfig) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(name, asset=key, blocking=blocking) for name, blocking in check_names(family)
         ],
     )
+    @retry_transient
     def _dataset_snapshot(
         context: dg.AssetExecutionContext, artifact_storage: ArtifactStorage
     ) -> dg.MaterializeResult:

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.defs.retries import retry_transient
 from pulse_pipeline.defs.training.assets import TRAINING_POOL
 
 GATE_CHECK = "promotion_gate"
@@ -47,6 +48,7 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
             )
         ],
     )
+    @retry_transient
     def _eval_report(
         context: dg.AssetExecutionContext,
         config: EvalRunConfig,

@@ -16,6 +16,7 @@ from pulse_pipeline.defs.resources import (
     ServingEnvironment,
     TrainingEnvironment,
 )
+from pulse_pipeline.defs.retries import retry_transient
 from pulse_pipeline.defs.training.assets import created_by
 
 
@@ -29,6 +30,7 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         kinds={"vllm"},
         tags={"pulse/family": family.name, "pulse/stage": "deployment"},
     )
+    @retry_transient
     def _deployment(
         context: dg.AssetExecutionContext,
         artifact_storage: ArtifactStorage,
@@ -40,7 +42,7 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         from pulse_pipeline.core import promotion, registry
 
         event = context.instance.get_latest_materialization_event(report_key)
-        if event is None or event.run_id != context.run_id or event.asset_materialization is None:
+        if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
             event = None  # only this run's own evaluation may promote
         meta = event.asset_materialization.metadata if event else {}
         version = getattr(meta.get("version"), "value", None)

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.defs.retries import retry_transient
 
 TRAINING_POOL = "training"
 
@@ -39,6 +40,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         tags={"pulse/family": family.name, "pulse/stage": "training"},
         description=f"{family.name}: a LoRA adapter on {family.base_model} ({family.task}), trained on the newest snapshot.",
     )
+    @retry_transient
     def _adapter(
         context: dg.AssetExecutionContext,
         config: AdapterRunConfig,
@@ -64,6 +66,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 store=annotation_store.store,
                 stale_after=dt.timedelta(hours=training.lock_stale_hours),
                 warn=context.log.warning,
+                lock_holder=f"{created_by(context.run.tags, context.run.run_id)} (run {context.run.run_id})",
             )
         finally:
             report.close()
