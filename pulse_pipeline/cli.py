@@ -346,6 +346,7 @@ def demo(
             typer.echo(f"         {'':<15} {reason}")
         current = read_current(artifacts, name)
         typer.echo(f"current  {name:<15} {current['version'] if current else 'none (nothing promoted yet)'}")
+    _demo_watch(config, artifacts)
     typer.echo("")
     typer.echo(f"PULSE_HOME    {home}")
     typer.echo(f"store         {settings.database_url}")
@@ -359,6 +360,18 @@ def demo(
     typer.echo("next: `make ui` and open http://127.0.0.1:3000 to see the lineage and the runs;")
     typer.echo("      `pulse ingest FILE` to load your own annotation records;")
     typer.echo("      `pulse export --family intent-router --limit 3` to see training examples.")
+
+
+def _demo_watch(config: PulseConfig, artifacts: Any) -> None:
+    """What `daily_watch` does each night: every family's drift report and live accuracy."""
+    from pulse_pipeline.core.drift.report import report_key
+    from pulse_pipeline.defs.automation.schedules import watch_keys
+
+    _run_assets(config, [key for family in config.families.values() for key in watch_keys(family)])
+    for name, family in config.families.items():
+        if family.automation.drift.enabled:
+            drift = json.loads(artifacts.read_bytes(report_key(name)))
+            typer.echo(f"drift    {name:<15} {drift['message']}")
 
 
 def _prepare_dagster_home(dagster_home: Path, project_dir: Path) -> None:
@@ -885,13 +898,19 @@ def promote(
 def cleanup(
     family: FamilyOpt,
     keep: Annotated[
-        int, typer.Option(help="Versions to keep besides production, previous and a canary.")
-    ] = 5,
+        int | None,
+        typer.Option(
+            help="Versions to keep besides production, previous and a canary "
+            "(default: the family's automation.keep_versions, 5)."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Remove a family's old adapter versions through the cleanup_adapters job."""
     config = _config()
-    config.family(family)
+    if keep is None:
+        keep = config.family(family).automation.keep_versions
+    config.family(family)  # an unknown family: one clear line, before any run
     if keep < 1:
         raise UserError("--keep must be at least 1")
     out = _run_op_job(config, "cleanup_adapters", "cleanup_versions", {"family": family, "keep": keep})

@@ -3,9 +3,10 @@
 A capture is the router's own prediction (a capture kind with no annotator); triage approves it,
 queues it for review (priority first) or, when a person made the record, counts it as human-judged
 (`core/triage.py`). The report counts the day's valid records by that status, with the day's
-quarantined lines and invalidated records (a data fix), the auto-approval rate and average confidence among the day's captures, the review queue as
-it stands when the report runs, and the trainable annotations since the newest snapshot against
-the family's retrain threshold. `count_day` is the pure part; `capture_report` reads the store.
+quarantined lines and invalidated records (a data fix), the auto-approval rate and average
+confidence among the day's captures, the review queue as it stands when the report runs, and the
+trainable annotations since the newest snapshot against the family's retrain threshold.
+`count_day` is the pure part; `capture_report` reads the store.
 """
 
 from __future__ import annotations

@@ -48,13 +48,13 @@ from pulse_pipeline.core import adapters, registry
 from pulse_pipeline.core.alerts import Alert
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.evaluation.config import profile_of
+from pulse_pipeline.core.evaluation.json_fields import flatten, leaf_correct, lookup
 from pulse_pipeline.core.examples import segment_agrees
 from pulse_pipeline.core.families import FamilyConfig, ProductionWatchConfig, TriageConfig
 from pulse_pipeline.core.triage import ReviewStatus, triage
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 RIGHT_RATING = 4  # a feedback rating at or above this says the answer was right
-_TOLERANCE = 1e-6
 
 # The metric of eval/results.json live accuracy is compared with, by evaluation profile.
 DEFAULT_METRIC = {
@@ -85,10 +85,10 @@ def judge(kind: str, payload: dict[str, Any], triage_config: TriageConfig) -> fl
         ai, corrected = payload.get("ai_output"), payload["corrected_output"]
         if not isinstance(ai, dict):
             return NotJudged.no_model_output
-        leaves = _flatten(corrected)
+        leaves = flatten(corrected)
         if not leaves:
             return NotJudged.no_model_output  # nothing to get right
-        return sum(_leaf_right(v, _lookup(ai, path)) for path, v in leaves.items()) / len(leaves)
+        return sum(leaf_correct(v, lookup(ai, path)) for path, v in leaves.items()) / len(leaves)
     if kind == "feedback":
         return float(payload["rating"] >= RIGHT_RATING)
     return NotJudged.no_verdict
@@ -393,53 +393,3 @@ def _pct(value: float | None) -> str:
 
 def _day(value: dt.datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "-"
-
-
-_MISSING = object()
-
-
-def _flatten(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Leaves of a JSON object by path; an empty nested object is a leaf."""
-    leaves: dict[tuple[str, ...], Any] = {}
-    for key, value in obj.items():
-        path = (*prefix, key)
-        if isinstance(value, dict) and value:
-            leaves.update(_flatten(value, path))
-        else:
-            leaves[path] = value
-    return leaves
-
-
-def _lookup(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = obj
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return _MISSING
-        value = value[key]
-    return value
-
-
-def _norm(value: Any) -> str:
-    return value.strip().casefold() if isinstance(value, str) else orjson.dumps(value).decode()
-
-
-def _leaf_right(expected: Any, given: Any) -> bool:
-    """Leaf comparison as the `structured_output` metric's `field_accuracy` does it (that module
-    loads `evaluate` and `datasets`, too heavy for an unpartitioned asset to import)."""
-    if isinstance(expected, bool):
-        return given is expected
-    if isinstance(expected, int | float):
-        return (
-            isinstance(given, int | float)
-            and not isinstance(given, bool)
-            and abs(given - expected) <= _TOLERANCE
-        )
-    if isinstance(expected, str):
-        return isinstance(given, str) and _norm(given) == _norm(expected)
-    if isinstance(expected, list):
-        return isinstance(given, list) and {_norm(v) for v in given} == {_norm(v) for v in expected}
-    if expected is None:
-        return given is None or given is _MISSING
-    if isinstance(expected, dict):  # an empty object
-        return given == {}
-    return bool(given == expected)

@@ -14,6 +14,7 @@ import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.defs.retries import retry_transient
 
 if TYPE_CHECKING:
     from pulse_pipeline.core.drift.report import DriftReport
@@ -31,6 +32,7 @@ def drift_report_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         kinds={"python"},
         tags={"pulse/family": family.name, "pulse/stage": "monitoring"},
     )
+    @retry_transient
     def _drift_report(
         context: dg.AssetExecutionContext,
         annotation_store: AnnotationStore,

@@ -62,19 +62,36 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 by=created_by(context.run.tags, context.run.run_id),
                 reason=f"the promotion gate said DEPLOY (run {context.run.run_id[:8]})",
             )
+            # keep the newest `automation.keep_versions` (production, previous and a canary always stay)
+            tidy = promotion.cleanup(
+                artifacts, family.name,
+                serving.targets(annotation_store.store, training.mlflow_tracking_uri, server),
+                keep=family.automation.keep_versions, by=created_by(context.run.tags, context.run.run_id),
+            )  # fmt: skip
         context.log.info(
-            f"{family.name}: {out.version} is production; serving {out.serving}; MLflow {out.mlflow}"
+            f"{family.name}: {out.version} is production; serving {out.serving}; MLflow {out.mlflow}; "
+            f"removed old versions: {', '.join(tidy.removed) or 'none'}"
         )
-        return _metadata(out.version, out.action, out.serving, out.mlflow, previous=out.previous_version)
+        return _metadata(
+            out.version, out.action, out.serving, out.mlflow, previous=out.previous_version, removed=tidy.removed
+        )
 
     return _deployment
 
 
-def _metadata(version: str | None, action: str, serving: str, mlflow: str, previous: str | None = None):
+def _metadata(
+    version: str | None,
+    action: str,
+    serving: str,
+    mlflow: str,
+    previous: str | None = None,
+    removed: list[str] | None = None,
+):
     return dg.MaterializeResult(
         metadata={
             "production_version": version or "none",
             "previous_version": previous or "none",
+            "removed_versions": ", ".join(removed or []) or "none",
             "action": action,
             "serving": serving,
             "mlflow_aliases": mlflow,
@@ -97,7 +114,12 @@ class PromoteConfig(dg.Config):
 
 class CleanupConfig(dg.Config):
     family: str = Field(description="The family, as in pulse.yaml.")
-    keep: int = Field(5, ge=1, description="Versions to keep besides production, previous and a canary.")
+    keep: int | None = Field(
+        None,
+        ge=1,
+        description="Versions to keep besides production, previous and a canary "
+        "(empty: the family's automation.keep_versions in pulse.yaml, default 5).",
+    )
 
 
 @dg.op(tags={"pulse/stage": "deployment"})
@@ -153,11 +175,17 @@ def cleanup_versions(
     """Remove old versions of a family: never production, the previous one or a canary."""
     from pulse_pipeline.core import promotion
 
+    keep = config.keep
+    if keep is None:
+        from pulse_pipeline.core.families import load_config
+        from pulse_pipeline.settings import get_settings
+
+        keep = load_config(get_settings().pulse_config).family(config.family).automation.keep_versions
     with serving.open() as server:
         out = promotion.cleanup(
             artifact_storage.open(), config.family,
             serving.targets(annotation_store.store, training.mlflow_tracking_uri, server),
-            keep=config.keep, by=created_by(context.run.tags, context.run.run_id),
+            keep=keep, by=created_by(context.run.tags, context.run.run_id),
         )  # fmt: skip
     context.log.info(f"{config.family}: removed {out.removed or 'nothing'}; kept {out.kept}")
     return dg.Output(

@@ -8,7 +8,7 @@ import dagster as dg
 import orjson
 import pytest
 
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
+from pulse_pipeline.core.demo_data import DIMENSIONS, DemoScale, write_demo_file
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.registry import read_current
 from pulse_pipeline.core.store import Store
@@ -17,7 +17,6 @@ from pulse_pipeline.defs.resources import default_resources
 from pulse_pipeline.settings import get_settings
 
 FAMILY = "article-scorer"  # minilm-l6 (22M parameters): small enough to train twice in a test
-DIMENSIONS = ("clarity", "accuracy", "depth", "relevance", "originality", "structure", "engagement", "sourcing")
 
 
 def _more_scores(n: int, start: int) -> list[dict]:

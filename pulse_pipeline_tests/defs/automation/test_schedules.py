@@ -9,6 +9,7 @@ import orjson
 import pytest
 import yaml
 
+from pulse_pipeline.core.demo_data import DIMENSIONS
 from pulse_pipeline.core.families import ScheduleConfig
 from pulse_pipeline.core.ingestion import ingest_lines
 from pulse_pipeline.core.store import Store
@@ -18,16 +19,6 @@ from pulse_pipeline.defs.automation.schedules import build_schedules, run_limit_
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 from pulse_pipeline_tests.conftest import PROJECT
 
-DIMENSIONS = (
-    "clarity",
-    "accuracy",
-    "depth",
-    "relevance",
-    "originality",
-    "structure",
-    "engagement",
-    "sourcing",
-)
 NIGHT = dt.datetime(2026, 7, 1, 2, 0, tzinfo=dt.UTC)
 
 

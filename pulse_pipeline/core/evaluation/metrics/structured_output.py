@@ -4,7 +4,8 @@ A prediction counts as JSON only when the whole string (surrounding whitespace a
 a JSON object; fenced or prefixed JSON is invalid. References are JSON objects; an example whose
 reference is not one is skipped by every key. Leaves compare as follows: strings stripped and
 case-insensitively, numbers (not booleans) within 1e-6, booleans exactly, lists as sets of
-normalized strings, null against null or an absent field, an empty object against an empty object.
+normalized strings, null against null or an absent field, an empty object against an empty object
+(`core/evaluation/json_fields.py`, shared with the production-accuracy watch).
 
 - `json_valid`: share of predictions that parse as a JSON object.
 - `field_accuracy`: over every leaf of every reference (nested objects flattened by path), the
@@ -23,12 +24,16 @@ Each key averages only the examples whose reference has the field, and is None w
 from __future__ import annotations
 
 import json
-import math
 from functools import lru_cache
 from typing import Any
 
 import datasets
 import evaluate
+
+from pulse_pipeline.core.evaluation.json_fields import MISSING as _MISSING
+from pulse_pipeline.core.evaluation.json_fields import flatten, leaf_correct, lookup
+from pulse_pipeline.core.evaluation.json_fields import is_number as _is_number
+from pulse_pipeline.core.evaluation.json_fields import norm_str as _norm_str
 
 _DESCRIPTION = """Validity and field-level accuracy of JSON answers against JSON reference objects."""
 
@@ -43,8 +48,6 @@ Returns:
     timestamp_error_seconds: mean absolute error in seconds. None where no example applies.
 """
 
-_MISSING = object()  # a field the prediction does not have
-_TOLERANCE = 1e-6
 _TIMESTAMPS = ("timestamp_start", "timestamp_end")
 _ACCURACY_FIELDS = {
     "sentiment_accuracy": ("sentiment", False),
@@ -61,57 +64,6 @@ def parse_object(text: str) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _norm_str(value: Any) -> str:
-    if isinstance(value, str):
-        return value.strip().casefold()
-    return json.dumps(value, sort_keys=True)
-
-
-def leaf_correct(reference: Any, prediction: Any) -> bool:
-    """Whether `prediction` gets the reference leaf `reference` right (see the module docstring)."""
-    if isinstance(reference, bool):
-        return isinstance(prediction, bool) and prediction == reference
-    if _is_number(reference):
-        return _is_number(prediction) and abs(prediction - reference) <= _TOLERANCE
-    if isinstance(reference, str):
-        return isinstance(prediction, str) and _norm_str(prediction) == _norm_str(reference)
-    if isinstance(reference, list):
-        return isinstance(prediction, list) and {_norm_str(v) for v in prediction} == {
-            _norm_str(v) for v in reference
-        }
-    if reference is None:
-        return prediction is None or prediction is _MISSING
-    if isinstance(reference, dict):  # an empty object (non-empty ones are flattened)
-        return prediction == {}
-    return prediction == reference
-
-
-def flatten(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Leaves of a JSON object by path; an empty nested object is a leaf."""
-    leaves: dict[tuple[str, ...], Any] = {}
-    for key, value in obj.items():
-        path = (*prefix, key)
-        if isinstance(value, dict) and value:
-            leaves.update(flatten(value, path))
-        else:
-            leaves[path] = value
-    return leaves
-
-
-def lookup(obj: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
-    """The value at `path` in `obj`, or the _MISSING sentinel."""
-    value: Any = obj
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return _MISSING
-        value = value[key]
-    return value
 
 
 def _field(obj: dict[str, Any] | None, name: str, nested: bool) -> Any:
