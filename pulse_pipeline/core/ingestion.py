@@ -114,8 +114,9 @@ def replace_day(
     For every family the file names, the day's stored records that the file does not repeat are
     invalidated (reason "replaced by <file>"), those it repeats are made valid again, and the
     file is then ingested: a line repeating a stored record of the day counts as restored.
-    Raises IngestError, before anything changes, when a record is not dated `day` or reuses the
-    id of a stored record with other content. Lines that fail validation are quarantined as usual.
+    Raises IngestError, before anything changes, when a line is not a valid record (it would be
+    quarantined, and the day lose it), a record is not dated `day`, or one reuses the id of a
+    stored record with other content.
     """
     path = Path(path)
     keep: dict[str, set[str]] = {}
@@ -163,22 +164,25 @@ def replace_day(
 def _prescan(
     line: _Line, config: PulseConfig, day: dt.date, max_line_bytes: int
 ) -> tuple[str | None, Annotation | None]:
-    """(family the line names, its annotation if valid); IngestError if dated other than `day`."""
+    """(family, annotation) of a line, or (None, None) for a blank one; IngestError for a line
+    that is not a valid record or is dated other than `day`."""
     raw = line.raw.rstrip(b"\r\n")
     if line.number == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    if not raw.strip() or max(line.size, len(raw)) > max_line_bytes:
+    if not raw.strip():
         return None, None
+    if max(line.size, len(raw)) > max_line_bytes:
+        raise _invalid(line.number, f"longer than {max_line_bytes} bytes")
     try:
         obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, None  # quarantined by the ingestion
+    except orjson.JSONDecodeError as exc:
+        raise _invalid(line.number, f"not valid JSON ({exc})") from None
     try:
         ann = parse_record(obj, config, may_hold_nul=b"\\u0000" in raw)
     except RecordError as exc:
         if exc.created_at is not None and exc.created_at.date() != day:
             raise _not_that_day(line.number, exc.created_at, day) from None
-        return exc.family, None
+        raise _invalid(line.number, str(exc)) from None
     if ann.created_at is None:
         raise IngestError(
             f"line {line.number}: no created_at; every record of a --replace-day file must be dated "
@@ -187,6 +191,15 @@ def _prescan(
     if ann.created_at.date() != day:
         raise _not_that_day(line.number, ann.created_at, day)
     return ann.family, ann
+
+
+def _invalid(number: int, reason: str) -> IngestError:
+    # A corrected day that would lose records to quarantine is refused whole: replacing the day
+    # first and quarantining the correction after would leave the day emptied.
+    return IngestError(
+        f"line {number}: {reason}; every line of a --replace-day file must be a valid record "
+        "(fix it, or ingest it without --replace-day to quarantine it); nothing was changed"
+    )
 
 
 def _not_that_day(number: int, created_at: dt.datetime, day: dt.date) -> IngestError:

@@ -2,9 +2,10 @@
 than the newest snapshot's watermark, incrementally.
 
 `NewAnnotations` is the sensor's cursor: the snapshot watermark it counts from, the newest store
-sequence number it has read, and the count so far. Each tick reads only what arrived since the
-last one, so its work follows what is new, not the size of the table; a new snapshot (a new
-watermark) starts the count again from there.
+sequence number it has read, the count so far, and the family's newest data fix. Each tick reads
+only what arrived since the last one, so its work follows what is new, not the size of the table;
+a new snapshot (a new watermark) or a data fix (`pulse annotations invalidate`, `--replace-day`)
+starts the count again from the watermark.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class NewAnnotations:
     watermark: int  # store seq of the newest snapshot's last annotation (0: no snapshot yet)
     read_up_to: int  # newest store seq counted
     count: int  # trainable (accepted and approved) annotations in (watermark, read_up_to]
+    invalidations: int = 0  # the family's newest data fix when counted: a fix means count again
 
     def to_cursor(self) -> str:
         return orjson.dumps(asdict(self)).decode()
@@ -41,15 +43,17 @@ def count_new(
     store: Any, family: FamilyConfig, watermark: int, previous: NewAnnotations | None = None
 ) -> NewAnnotations:
     """Trainable annotations of `family` newer than `watermark`, continuing `previous` when it
-    counted from the same watermark."""
-    if previous is None or previous.watermark != watermark:
-        previous = NewAnnotations(watermark, watermark, 0)
+    counted from the same watermark and no data fix (an invalidation or a restored record, below
+    what it read) happened since."""
+    fixes = store.latest_invalidation(family.name)
+    if previous is None or previous.watermark != watermark or previous.invalidations != fixes:
+        previous = NewAnnotations(watermark, watermark, 0, fixes)
     count, newest = previous.count, previous.read_up_to
     for row in store.iter_family(family.name, after=previous.read_up_to):
         newest = row.seq
         if triage(row.kind, row.payload, family.triage) in TRAINABLE:
             count += 1
-    return NewAnnotations(watermark, newest, count)
+    return NewAnnotations(watermark, newest, count, fixes)
 
 
 def snapshot_watermark(artifacts: Any, family: str) -> int:

@@ -99,10 +99,10 @@ def test_replacing_a_day_invalidates_what_the_file_dropped_and_restores_what_it_
     corrected += [intent(8, DAY2, label="greeting")]  # 8 corrected: a new record
     corrected += [intent(7, DAY2)]  # a repeated line: a duplicate
     path = tmp_path / "fixed.jsonl"
-    path.write_bytes(b"\n".join(lines(corrected)) + b"\nnot json\n")
+    path.write_bytes(b"\n".join(lines(corrected)) + b"\n\n")
     result = replace_day(store, path, config, DAY2, by="cli:ana")
     counts = (result.accepted, result.restored, result.invalidated, result.duplicates, result.quarantined)
-    assert counts == (1, 3, 3, 1, 1)  # 8-greeting new; 5, 6, 7 restored; old 8, 9 and the capture dropped
+    assert counts == (1, 3, 3, 1, 0)  # 8-greeting new; 5, 6, 7 restored; old 8, 9 and the capture dropped
     valid = ids_of(store, DAY2)
     assert len(valid) == 4 and set(valid) - set(old) == {result_id(corrected[3], config)}
     assert ids_of(store, DAY1) and len(ids_of(store, DAY1)) == 5  # other days untouched
@@ -142,6 +142,13 @@ def test_replace_day_refuses_a_file_with_another_day_or_a_reused_id_and_changes_
     with pytest.raises(
         IngestError, match=rf"line 1: id '{before[0]}' is taken by a stored record with other content"
     ):
+        replace_day(store, path, config, DAY2, by="t")
+    # A line that would be quarantined: replacing the day first would leave it without the record.
+    path.write_bytes(b"\n".join([*lines([intent(5, DAY2)]), b"not json", *lines([intent(6, DAY2, label="nope")])]))
+    with pytest.raises(IngestError, match=r"line 2: not valid JSON .*nothing was changed"):
+        replace_day(store, path, config, DAY2, by="t")
+    path.write_bytes(b"\n".join(lines([intent(5, DAY2), intent(6, DAY2, label="no-such-intent")])))
+    with pytest.raises(IngestError, match=r"line 2: .*no-such-intent.*nothing was changed"):
         replace_day(store, path, config, DAY2, by="t")
     assert ids_of(store, DAY2) == before and store.invalidation_log("intent-router") == []
 

@@ -40,6 +40,9 @@ def daily_report_asset(family: FamilyConfig, partitions: dg.PartitionsDefinition
         day = dt.date.fromisoformat(context.partition_key)
         report = capture_report(annotation_store.store, artifact_storage.open(), family, day)
         context.log.info(report.summary())
-        return dg.MaterializeResult(metadata=report.metadata())
+        # The day's counts are that day's; the queue and the retrain count are as of this run
+        # (a backfilled partition shows the queue of when it was backfilled, said here).
+        as_of = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        return dg.MaterializeResult(metadata={**report.metadata(), "queue_and_threshold_as_of": as_of})
 
     return _daily_report

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.defs.automation.runs import retrain_request
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline.defs.retries import retry_transient
 
@@ -150,19 +151,19 @@ def drift_sensor(family: FamilyConfig, job_name: str) -> dg.SensorDefinition:
             return dg.SkipReason(
                 f"drift ({meta['reasons']}) but {seen.count} of {cfg.min_new_annotations} new annotations"
             )
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"drift:{family.name}:{seen.watermark}",  # one drift retrain per data state
-                    tags={
-                        "pulse/family": family.name,
-                        "pulse/trigger": "drift",
-                        "pulse/new_annotations": str(seen.count),
-                        "pulse/drift_score": f"{meta.get('drift_score', float('nan')):.3f}",
-                    },
-                )
-            ],
-            cursor=seen.to_cursor(),
+        request = retrain_request(  # one drift retrain per data state
+            context.instance,
+            family,
+            f"drift:{family.name}:{seen.watermark}",
+            {
+                "pulse/trigger": "drift",
+                "pulse/new_annotations": str(seen.count),
+                "pulse/drift_score": f"{meta.get('drift_score', float('nan')):.3f}",
+            },
+            job_name=job_name,
         )
+        if isinstance(request, dg.SkipReason):
+            return request
+        return dg.SensorResult(run_requests=[request], cursor=seen.to_cursor())
 
     return _sensor

@@ -87,7 +87,7 @@ def production_accuracy_sensor(
         from pulse_pipeline.core.alerts import send_alert
         from pulse_pipeline.core.production_accuracy import production_alert, rollback_target
 
-        seen = orjson.loads(context.cursor) if context.cursor else {"storage_id": 0, "alerting": []}
+        seen = _cursor(context.cursor)
         records = context.instance.fetch_materializations(key, limit=1).records
         if not records or records[0].storage_id <= seen["storage_id"]:
             return dg.SensorResult(skip_reason=f"no new materialization of {key.to_user_string()}")
@@ -136,3 +136,15 @@ def production_accuracy_sensor(
         return dg.SensorResult(run_requests=[request], cursor=cursor)
 
     return _sensor
+
+
+def _cursor(raw: str | None) -> dict:
+    """The sensor's cursor: the newest materialization read and the versions alerted on; an old
+    or foreign cursor starts again from nothing."""
+    fresh = {"storage_id": 0, "alerting": []}
+    try:
+        seen = orjson.loads(raw) if raw else fresh
+    except orjson.JSONDecodeError:
+        return fresh
+    ok = isinstance(seen, dict) and isinstance(seen.get("storage_id"), int) and isinstance(seen.get("alerting"), list)
+    return seen if ok else fresh

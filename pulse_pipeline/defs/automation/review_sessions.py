@@ -9,6 +9,7 @@ between two ticks start one retrain (the run key names the newest of them).
 import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.defs.automation.runs import retrain_request
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 
 
@@ -43,18 +44,18 @@ def closed_sessions_sensor(family: FamilyConfig, job_name: str) -> dg.SensorDefi
         newest, _ = seen.retrain[-1]
         if quiet:
             context.log.info(f"closed without new segment reviews: {quiet}")
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"session:{newest.session_id}",
-                    tags={
-                        "pulse/family": family.name,
-                        "pulse/review_sessions": ",".join(s.session_id for s, _ in seen.retrain)[:200],
-                        "pulse/new_segment_reviews": str(sum(n for _, n in seen.retrain)),
-                    },
-                )
-            ],
-            cursor=str(seen.read_up_to),
+        request = retrain_request(
+            context.instance,
+            family,
+            f"session:{newest.session_id}",
+            {
+                "pulse/review_sessions": ",".join(s.session_id for s, _ in seen.retrain)[:200],
+                "pulse/new_segment_reviews": str(sum(n for _, n in seen.retrain)),
+            },
+            job_name=job_name,
         )
+        if isinstance(request, dg.SkipReason):
+            return request
+        return dg.SensorResult(run_requests=[request], cursor=str(seen.read_up_to))
 
     return _sensor

@@ -18,16 +18,11 @@ import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
 from pulse_pipeline.defs.automation.daily_report import daily_report_key
+from pulse_pipeline.defs.automation.runs import running_retrain
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 
 CAPTURE_REPORT_JOB = "daily_capture_report"
 ChainKeys = Mapping[str, Sequence[dg.AssetKey]]  # family name -> its retrain chain
-_BUSY = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 def run_limit_tags(family: FamilyConfig) -> dict[str, str]:
@@ -92,7 +87,7 @@ def _retrain_schedule(
             if not included(family):
                 skipped.append(f"{family.name}: not in {name} (automation.schedules.{flag}: false)")
                 continue
-            busy = _running_retrain(context.instance, family, retrain_job)
+            busy = running_retrain(context.instance, family, {retrain_job, f"retrain_{family.snake}"})
             if busy:
                 skipped.append(f"{family.name}: a retrain is already queued or running (run {busy[:8]})")
                 continue
@@ -180,7 +175,7 @@ def _quarterly(
                     f"{family.name}: not in quarterly_retrain (automation.schedules.quarterly: false)"
                 )
                 continue
-            busy = _running_retrain(context.instance, family, retrain_job)
+            busy = running_retrain(context.instance, family, {retrain_job, f"retrain_{family.snake}"})
             if busy:
                 skipped.append(f"{family.name}: a retrain is already queued or running (run {busy[:8]})")
                 continue
@@ -268,15 +263,6 @@ def watch_keys(family: FamilyConfig) -> list[dg.AssetKey]:
     """What `daily_watch` materializes for a family."""
     drift = [dg.AssetKey([family.name, "drift_report"])] if family.automation.drift.enabled else []
     return [*drift, dg.AssetKey([family.name, "production_accuracy"])]
-
-
-def _running_retrain(instance: dg.DagsterInstance, family: FamilyConfig, retrain_job: str) -> str | None:
-    """The id of a queued or running retrain of `family` (by this schedule's job or its own job)."""
-    jobs = {retrain_job, f"retrain_{family.snake}"}
-    for run in instance.get_runs(dg.RunsFilter(tags={"pulse/family": family.name}, statuses=_BUSY), limit=50):
-        if run.job_name in jobs:
-            return run.run_id
-    return None
 
 
 def _scheduled_time(context: dg.ScheduleEvaluationContext) -> dt.datetime:

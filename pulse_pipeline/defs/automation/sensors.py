@@ -3,11 +3,14 @@
 A thin wrapper over `core.retraining`: the run key is the snapshot watermark, so repeated ticks
 never start a second run for the same data (the retrain builds a new snapshot, which moves the
 watermark); below the family's minimum the tick skips with the reason ("37 of 50 new annotations").
+A retrain already queued or running, or one that failed for this data, is handled by
+`runs.retrain_request`.
 """
 
 import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.defs.automation.runs import retrain_request
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 
 
@@ -34,14 +37,12 @@ def new_annotations_sensor(family: FamilyConfig, job_name: str) -> dg.SensorDefi
         context.update_cursor(seen.to_cursor())
         if seen.count < family.min_new_annotations:
             return dg.SkipReason(f"{seen.count} of {family.min_new_annotations} new annotations")
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"{family.name}:{seen.watermark}",  # one retrain per snapshot watermark
-                    tags={"pulse/family": family.name, "pulse/new_annotations": str(seen.count)},
-                )
-            ],
-            cursor=seen.to_cursor(),
-        )
+        request = retrain_request(  # one retrain per snapshot watermark
+            context.instance, family, f"{family.name}:{seen.watermark}",
+            {"pulse/new_annotations": str(seen.count)}, job_name=job_name,
+        )  # fmt: skip
+        if isinstance(request, dg.SkipReason):
+            return request
+        return dg.SensorResult(run_requests=[request], cursor=seen.to_cursor())
 
     return _sensor

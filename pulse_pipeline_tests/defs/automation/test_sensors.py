@@ -6,10 +6,12 @@ import datetime as dt
 
 import dagster as dg
 import orjson
+from dagster._core.utils import make_new_run_id
 
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.retraining import NewAnnotations
 from pulse_pipeline.core.store import Store
+from pulse_pipeline.defs.automation.runs import RETRAIN_KEY_TAG, retrain_request
 from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 
@@ -67,3 +69,76 @@ def test_skips_below_the_minimum_then_requests_one_run_per_watermark(config, tmp
         result, cursor = tick(cursor)
         assert result.skip_message == "0 of 50 new annotations"
         assert NewAnnotations.from_cursor(cursor) == NewAnnotations(57, 57, 0)
+
+
+def test_a_data_fix_makes_the_next_tick_count_again(config, tmp_path):
+    family = config.family("access-qa")
+    url = f"sqlite:///{tmp_path / 'pulse.db'}"
+    resources = {
+        "annotation_store": AnnotationStore(database_url=url),
+        "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
+    }
+    sensor = new_annotations_sensor(family, "retrain_access_qa")
+    _ingest(config, url, tmp_path, _qa(40), "a.jsonl")  # all on 2026-06-30
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor):
+            with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+                return sensor(context), context.cursor
+
+        result, cursor = tick(None)
+        assert result.skip_message == "40 of 50 new annotations"
+        with Store(url) as store:
+            store.invalidate("access-qa", day=dt.date(2026, 6, 30), reason="broken export", by="test")
+        later = [{**r, "created_at": "2026-07-01T09:00:00Z"} for r in _qa(10, start=500)]
+        _ingest(config, url, tmp_path, later, "b.jsonl")
+        result, cursor = tick(cursor)  # 40 + 10 without the fix; the 40 no longer count
+        assert result.skip_message == "10 of 50 new annotations"
+        assert NewAnnotations.from_cursor(cursor).count == 10
+
+
+def _past_run(instance, status, key, family="access-qa"):
+    run = dg.DagsterRun(
+        job_name=f"retrain_{family.replace('-', '_')}",
+        run_id=make_new_run_id(),
+        status=status,
+        tags={"pulse/family": family, RETRAIN_KEY_TAG: key},
+    )
+    instance.add_run(run)
+    return run
+
+
+def test_a_retrain_under_way_skips_and_a_failed_one_is_tried_again_up_to_three_times(config):
+    family = config.family("access-qa")
+    key = "access-qa:57"
+    with dg.instance_for_test() as instance:
+
+        def request():
+            return retrain_request(
+                instance, family, key, {"pulse/new_annotations": "60"}, job_name="retrain_access_qa"
+            )
+
+        first = request()
+        assert (
+            first.run_key == key
+            and first.tags[RETRAIN_KEY_TAG] == key
+            and first.tags["pulse/family"] == "access-qa"
+        )
+        running = _past_run(instance, dg.DagsterRunStatus.STARTED, key)
+        skipped = request()  # e.g. a closed review session asking while the sensor's run trains
+        assert (
+            skipped.skip_message
+            == f"a retrain of access-qa is already queued or running (run {running.run_id[:8]})"
+        )
+        instance.delete_run(running.run_id)  # it finished: below, how it ended
+        _past_run(instance, dg.DagsterRunStatus.FAILURE, key)
+        assert request().run_key == f"{key}:attempt-2"  # Dagster never launches a run key twice
+        _past_run(instance, dg.DagsterRunStatus.FAILURE, key)
+        assert request().run_key == f"{key}:attempt-3"
+        last = _past_run(instance, dg.DagsterRunStatus.CANCELED, key)
+        gave_up = request()
+        assert gave_up.skip_message.startswith(
+            f"the retrain of access-qa for this data ({key}) failed 3 times (last run {last.run_id[:8]})"
+        )
+        _past_run(instance, dg.DagsterRunStatus.SUCCESS, key)
+        assert request().run_key == key  # done: the key of a finished run, which Dagster never relaunches

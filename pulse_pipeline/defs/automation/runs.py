@@ -1,0 +1,56 @@
+"""What every trigger of a retrain checks first: is one already under way, and did this data's
+retrain fail before.
+
+Sensors dedupe on their run keys, but two triggers (new annotations and a closed review session,
+or drift, or a schedule) have different keys for the same data, so each also skips a family whose
+retrain is queued or running. A run key whose run failed would block that data for good (Dagster
+never launches a key twice), so a retrain that failed is tried again under `<key>:attempt-N`, up
+to `MAX_ATTEMPTS`; after that the trigger says so and waits for a person (the failure sensor has
+posted each failure).
+"""
+
+import dagster as dg
+
+from pulse_pipeline.core.families import FamilyConfig
+
+RETRAIN_KEY_TAG = "pulse/retrain_key"  # the data a retrain is for, whatever its attempt
+MAX_ATTEMPTS = 3
+BUSY = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+_FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def running_retrain(instance: dg.DagsterInstance, family: FamilyConfig, jobs: set[str]) -> str | None:
+    """The id of a queued or running run of `family` in one of the retrain `jobs`."""
+    runs = instance.get_runs(dg.RunsFilter(tags={"pulse/family": family.name}, statuses=BUSY), limit=50)
+    return next((run.run_id for run in runs if run.job_name in jobs), None)
+
+
+def retrain_request(
+    instance: dg.DagsterInstance,
+    family: FamilyConfig,
+    key: str,
+    tags: dict[str, str],
+    *,
+    job_name: str,
+) -> dg.RunRequest | dg.SkipReason:
+    """A run request for the retrain of `family` identified by `key`, or the reason there is none."""
+    busy = running_retrain(instance, family, {job_name, "retrain", f"retrain_{family.snake}"})
+    if busy:
+        return dg.SkipReason(f"a retrain of {family.name} is already queued or running (run {busy[:8]})")
+    earlier = instance.get_runs(dg.RunsFilter(tags={RETRAIN_KEY_TAG: key}), limit=MAX_ATTEMPTS + 1)
+    failed = [run for run in earlier if run.status in _FAILED]
+    if len(failed) == len(earlier) and len(failed) >= MAX_ATTEMPTS:
+        return dg.SkipReason(
+            f"the retrain of {family.name} for this data ({key}) failed {len(failed)} times (last run "
+            f"{failed[0].run_id[:8]}); fix the cause and launch retrain_{family.snake} by hand"
+        )
+    attempt = len(failed) + 1 if len(failed) == len(earlier) else 1  # a success keeps its own key
+    return dg.RunRequest(
+        run_key=key if attempt == 1 else f"{key}:attempt-{attempt}",
+        tags={**tags, "pulse/family": family.name, RETRAIN_KEY_TAG: key},
+    )
