@@ -106,7 +106,11 @@ def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
         assert current[family].startswith(f"{family}-") == (decision == "DEPLOY"), (family, decision)
     with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 19  # 14 days + snapshots + a retrain per family
+        assert len(runs) == 20  # 14 days + snapshots + a retrain per family + the daily watch
+        watch = [r for r in runs if r.job_name == "__ASSET_JOB"]
+        assert any(
+            {k.path[-1] for k in (r.asset_selection or ())} == {"drift_report", "production_accuracy"} for r in watch
+        )
         for run in runs:
             family = run.tags.get("pulse/family")
             # A retrain run stops at the blocking promotion_gate check when the gate says FAIL.
@@ -117,6 +121,7 @@ def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
         assert len(instance.get_materialized_partitions(key)) == 14
     # a second demo adds no annotations (same seed, same records) and still succeeds
     assert result.stdout.count("adapter  ") == 4 and "(reused)" not in result.stdout
+    assert len(re.findall(r"^drift +\S+ +(no drift|drift) against", result.stdout, flags=re.M)) == 4
     again = runner.invoke(app, ["demo", "--scale", "0.2"])
     assert again.exit_code == 0 and "0 accepted" in again.stdout
     assert again.stdout.count("(reused)") == 4  # same data, same settings: no training twice
