@@ -423,7 +423,7 @@ def _materialize_days(config: PulseConfig, days: list[dt.date]) -> int:
 def _dataset_keys(config: PulseConfig, families: list[str]) -> list[Any]:
     import dagster as dg
 
-    from pulse_pipeline.defs.datasets.assets import has_review_queue
+    from pulse_pipeline.core.triage import has_review_queue
 
     keys = []
     for name in families:

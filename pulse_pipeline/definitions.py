@@ -11,6 +11,7 @@ import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig, load_config
 from pulse_pipeline.core.review_sessions import takes_review_sessions
+from pulse_pipeline.core.triage import has_review_queue
 from pulse_pipeline.defs.annotations.assets import annotations_asset
 from pulse_pipeline.defs.automation.daily_report import daily_report_asset
 from pulse_pipeline.defs.automation.drift import drift_report_asset, drift_sensor
@@ -19,12 +20,7 @@ from pulse_pipeline.defs.automation.production import production_accuracy_asset,
 from pulse_pipeline.defs.automation.review_sessions import closed_sessions_sensor
 from pulse_pipeline.defs.automation.schedules import build_schedules, run_limit_tags, watch_keys
 from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
-from pulse_pipeline.defs.datasets.assets import (
-    dataset_snapshot_asset,
-    examples_asset,
-    has_review_queue,
-    review_queue_asset,
-)
+from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples_asset, review_queue_asset
 from pulse_pipeline.defs.evaluation.assets import eval_report_asset
 from pulse_pipeline.defs.registry.assets import cleanup_adapters, deployment_asset, promote_adapter
 from pulse_pipeline.defs.resources import default_resources

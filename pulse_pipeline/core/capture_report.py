@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pulse_pipeline.core.families import FamilyConfig
-from pulse_pipeline.core.triage import CAPTURE_KINDS, ReviewStatus, triage
+from pulse_pipeline.core.triage import ReviewStatus, has_review_queue, is_capture, triage
 
 
 @dataclass
@@ -27,10 +27,6 @@ class DayCounts:
     captures: int = 0  # machine predictions among them
     by_status: Counter[ReviewStatus] = field(default_factory=Counter)
     confidences: list[float] = field(default_factory=list)  # of the captures that carry one
-
-
-def is_capture(kind: str, payload: dict[str, Any]) -> bool:
-    return kind in CAPTURE_KINDS and not payload.get("annotator")
 
 
 def count_day(rows: Iterable[Any], family: FamilyConfig) -> DayCounts:
@@ -144,7 +140,7 @@ def capture_report(store: Any, artifacts: Any, family: FamilyConfig, day: dt.dat
 
     counts = count_day(store.iter_day(family.name, day), family)
     waiting, priority = 0, 0
-    if any(kind in CAPTURE_KINDS for kind in family.annotation_kinds):
+    if has_review_queue(family):
         queue = review_queue(store.iter_family(family.name), family)
         waiting = len(queue.items)
         priority = sum(1 for item in queue.items if item.status is ReviewStatus.priority_review)

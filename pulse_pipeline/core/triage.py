@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pulse_pipeline.core.families import TriageConfig
+from pulse_pipeline.core.families import FamilyConfig, TriageConfig
 
 
 class ReviewStatus(StrEnum):
@@ -28,8 +28,18 @@ QUEUED = (ReviewStatus.priority_review, ReviewStatus.needs_review)  # in the ord
 CAPTURE_KINDS = frozenset({"intent_label"})
 
 
+def is_capture(kind: str, payload: dict[str, Any]) -> bool:
+    """A machine prediction (a capture kind with no annotator), not a person's judgment."""
+    return kind in CAPTURE_KINDS and not payload.get("annotator")
+
+
+def has_review_queue(family: FamilyConfig) -> bool:
+    """Whether the family learns from a kind that can be captured (and so waits for review)."""
+    return any(kind in CAPTURE_KINDS for kind in family.annotation_kinds)
+
+
 def triage(kind: str, payload: dict[str, Any], config: TriageConfig) -> ReviewStatus:
-    if kind not in CAPTURE_KINDS or payload.get("annotator"):
+    if not is_capture(kind, payload):
         return ReviewStatus.human_reviewed
     confidence = payload.get("confidence")
     provider = payload.get("provider") or config.primary_provider

@@ -144,7 +144,9 @@ def test_replace_day_refuses_a_file_with_another_day_or_a_reused_id_and_changes_
     ):
         replace_day(store, path, config, DAY2, by="t")
     # A line that would be quarantined: replacing the day first would leave it without the record.
-    path.write_bytes(b"\n".join([*lines([intent(5, DAY2)]), b"not json", *lines([intent(6, DAY2, label="nope")])]))
+    path.write_bytes(
+        b"\n".join([*lines([intent(5, DAY2)]), b"not json", *lines([intent(6, DAY2, label="nope")])])
+    )
     with pytest.raises(IngestError, match=r"line 2: not valid JSON .*nothing was changed"):
         replace_day(store, path, config, DAY2, by="t")
     path.write_bytes(b"\n".join(lines([intent(5, DAY2), intent(6, DAY2, label="no-such-intent")])))
@@ -179,3 +181,23 @@ def test_migration_0003_upgrades_a_0002_store_keeping_its_data_and_downgrades(da
             columns = {c["name"] for c in sa.inspect(conn).get_columns("annotations")}
         assert not {"invalidations", "review_sessions"} & tables and "invalidated_at" not in columns
         assert new.upgrade() == "0003"
+
+
+def test_read_columns_in_a_created_window_and_with_every_row_invalidated(two_days, config):
+    store = two_days
+    fields = {"text": (("text",), "str")}
+    start = dt.datetime.combine(DAY2, dt.time(), tzinfo=dt.UTC)
+    window = store.read_columns("intent-router", fields, created=(start, start + dt.timedelta(days=1)))
+    assert sorted(window["id"].to_pylist()) == sorted(ids_of(store, DAY2))  # the capture included
+    assert len(window) == 6 and "utterance number 0" not in window["text"].to_pylist()
+    for day in (DAY1, DAY2):
+        store.invalidate("intent-router", day=day, reason="all wrong", by="t")
+    empty = store.read_columns("intent-router", fields)
+    assert len(empty) == 0 and empty.column_names == [
+        "seq",
+        "id",
+        "kind",
+        "created_at",
+        "ingested_at",
+        "text",
+    ]

@@ -118,55 +118,16 @@ def recent_side(store: Any, family: FamilyConfig, start: dt.datetime, end: dt.da
     """Examples of the annotations created in [start, end), built as a snapshot builds them."""
     from pulse_pipeline.core.examples import ExampleBuilder, examples_table
 
-    rows = store.iter_created(family.name, start, end)
     if family.task is TaskKind.chat_sft:
         builder = ExampleBuilder(family)
-        for row in rows:
+        for row in store.iter_created(family.name, start, end):
             builder.add(row)
         return side_from_examples(family, examples_table(family, builder.examples()))
-    from pulse_pipeline.core.text_examples import build_text_examples
+    from pulse_pipeline.core.text_examples import build_text_examples, text_fields
 
-    table, _ = build_text_examples(_columns(list(rows), family), family)
+    columns = store.read_columns(family.name, text_fields(family), created=(start, end))
+    table, _ = build_text_examples(columns, family)
     return side_from_examples(family, table)
-
-
-def _columns(rows: list[Any], family: FamilyConfig) -> Any:
-    """Stored rows as the Arrow table `Store.read_columns` gives for this family."""
-    import pyarrow as pa
-
-    from pulse_pipeline.core.text_examples import text_fields
-
-    utc = pa.timestamp("us", tz="UTC")
-    columns: dict[str, Any] = {
-        "seq": pa.array([r.seq for r in rows], pa.int64()),
-        "id": pa.array([r.id for r in rows], pa.string()),
-        "kind": pa.array([r.kind for r in rows], pa.string()),
-        "created_at": pa.array([_utc(r.created_at) for r in rows], utc),
-        "ingested_at": pa.array([_utc(r.ingested_at) for r in rows], utc),
-    }
-    for name, (path, kind) in text_fields(family).items():
-        values = [_dig(r.payload, path) for r in rows]
-        if kind == "float":
-            columns[name] = pa.array([_number(v) for v in values], pa.float64())
-        else:
-            columns[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
-    return pa.table(columns)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-def _dig(payload: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for part in path:
-        if not isinstance(payload, dict):
-            return None
-        payload = payload.get(part)  # type: ignore[assignment]
-    return payload
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def sample(side: Side, limit: int, seed: int) -> Side:

@@ -106,9 +106,6 @@ class DayAudit:
         )
 
 
-_day_bounds = day_bounds
-
-
 class Store(RegistryRecords, DataFixes):
     def __init__(self, url: str, *, upgrade: bool = True, echo: bool = False):
         self.url = url
@@ -194,7 +191,7 @@ class Store(RegistryRecords, DataFixes):
     ) -> Iterator[sa.Row]:
         """The valid annotations of one family created on `day` (UTC), in arrival order, streamed."""
         yield from self.iter_created(
-            family, *_day_bounds(day), batch=batch, include_invalidated=include_invalidated
+            family, *day_bounds(day), batch=batch, include_invalidated=include_invalidated
         )
 
     def iter_created(
@@ -233,14 +230,20 @@ class Store(RegistryRecords, DataFixes):
             yield from conn.execute(q)
 
     def read_columns(
-        self, family: str, fields: dict[str, tuple[tuple[str, ...], str]], *, parts: int = 2
+        self,
+        family: str,
+        fields: dict[str, tuple[tuple[str, ...], str]],
+        *,
+        parts: int = 2,
+        created: tuple[dt.datetime, dt.datetime] | None = None,
     ) -> Any:
         """A family's valid annotations as an Arrow table, oldest first, for column-wise processing.
 
         Columns seq, id, kind, created_at and ingested_at (UTC), plus one per entry of `fields`:
-        name -> (JSON path in the payload, "str" or "float"). On PostgreSQL the server extracts
-        the fields and streams CSV with COPY, in `parts` ranges of seq read at once on their own
-        connections; SQLite reads through its cursor.
+        name -> (JSON path in the payload, "str" or "float"). `created` = (start, end): only those
+        created in [start, end). On PostgreSQL the server extracts the fields and streams CSV with
+        COPY, in `parts` ranges of seq read at once on their own connections; SQLite reads through
+        its cursor.
         """
         import pyarrow as pa
 
@@ -256,9 +259,13 @@ class Store(RegistryRecords, DataFixes):
             name: pa.float64() if kind == "float" else pa.string() for name, (_, kind) in fields.items()
         }
 
+        window = (a.created_at >= created[0], a.created_at < created[1]) if created else ()
+
         def select(lo: int, hi: int) -> str:
             query = (
-                sa.select(*cols).where(a.family == family, a.seq > lo, a.seq <= hi, _VALID).order_by(a.seq)
+                sa.select(*cols)
+                .where(a.family == family, a.seq > lo, a.seq <= hi, _VALID, *window)
+                .order_by(a.seq)
             )
             return str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
 
@@ -266,12 +273,15 @@ class Store(RegistryRecords, DataFixes):
             lo, hi = conn.execute(
                 sa.select(sa.func.min(a.seq), sa.func.max(a.seq)).where(a.family == family)
             ).one()
+        empty = pa.table({n: pa.array([], t) for n, t in types.items()})
         if lo is None:
-            return pa.table({n: pa.array([], t) for n, t in types.items()})
+            return empty
         lo -= 1
         if self.dialect != "postgresql":
             with self._connect() as conn:
                 rows = conn.exec_driver_sql(select(lo, hi)).fetchall()
+            if not rows:  # every row invalidated, or none in the window
+                return empty
             columns = list(zip(*rows, strict=True))
             raw = {
                 n: pa.array(c, pa.string() if t == utc else t)
@@ -304,7 +314,7 @@ class Store(RegistryRecords, DataFixes):
 
     def audit_day(self, family: str, day: dt.date) -> DayAudit:
         """Lines received for (family, day), by outcome, against the rows actually stored."""
-        start, end = _day_bounds(day)
+        start, end = day_bounds(day)
         t = ingestion_tallies.c
         with self._connect() as conn:
             tally = conn.execute(

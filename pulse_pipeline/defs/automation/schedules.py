@@ -64,8 +64,7 @@ def _retrain_schedule(
     chain_keys: ChainKeys,
     retrain_job: str,
     decide: Callable[[FamilyConfig, int], str | None],  # (family, new count) -> why not, or None
-    included: Callable[[FamilyConfig], bool],
-    flag: str,
+    flag: str,  # the automation.schedules field that includes a family
 ) -> dg.ScheduleDefinition:
     @dg.schedule(
         name=name,
@@ -84,12 +83,9 @@ def _retrain_schedule(
 
         requests, skipped = [], []
         for family in families:
-            if not included(family):
-                skipped.append(f"{family.name}: not in {name} (automation.schedules.{flag}: false)")
-                continue
-            busy = running_retrain(context.instance, family, {retrain_job, f"retrain_{family.snake}"})
-            if busy:
-                skipped.append(f"{family.name}: a retrain is already queued or running (run {busy[:8]})")
+            why_not = _not_now(context.instance, family, name, flag, retrain_job)
+            if why_not:
+                skipped.append(why_not)
                 continue
             watermark = snapshot_watermark(artifact_storage.open(), family.name)
             new = count_new(annotation_store.store, family, watermark).count
@@ -127,7 +123,6 @@ def _nightly(families: list[FamilyConfig], chain_keys: ChainKeys, retrain_job: s
         chain_keys,
         retrain_job,
         decide,
-        lambda f: f.automation.schedules.nightly,
         "nightly",
     )
 
@@ -149,7 +144,6 @@ def _weekly(families: list[FamilyConfig], chain_keys: ChainKeys, retrain_job: st
         chain_keys,
         retrain_job,
         decide,
-        lambda f: f.automation.schedules.weekly,
         "weekly",
     )
 
@@ -170,14 +164,9 @@ def _quarterly(
         day = _scheduled_time(context).date()
         requests, skipped = [], []
         for family in families:
-            if not family.automation.schedules.quarterly:
-                skipped.append(
-                    f"{family.name}: not in quarterly_retrain (automation.schedules.quarterly: false)"
-                )
-                continue
-            busy = running_retrain(context.instance, family, {retrain_job, f"retrain_{family.snake}"})
-            if busy:
-                skipped.append(f"{family.name}: a retrain is already queued or running (run {busy[:8]})")
+            why_not = _not_now(context.instance, family, "quarterly_retrain", "quarterly", retrain_job)
+            if why_not:
+                skipped.append(why_not)
                 continue
             keys = list(chain_keys[family.name])
             adapter = dg.AssetKey([family.name, "adapter"])
@@ -199,6 +188,18 @@ def _quarterly(
         return requests or dg.SkipReason("; ".join(skipped))
 
     return _schedule
+
+
+def _not_now(
+    instance: dg.DagsterInstance, family: FamilyConfig, schedule: str, flag: str, retrain_job: str
+) -> str | None:
+    """Why `schedule` leaves `family` out (its config, or a retrain under way), or None."""
+    if not getattr(family.automation.schedules, flag):
+        return f"{family.name}: not in {schedule} (automation.schedules.{flag}: false)"
+    busy = running_retrain(instance, family, {retrain_job, f"retrain_{family.snake}"})
+    if busy:
+        return f"{family.name}: a retrain is already queued or running (run {busy[:8]})"
+    return None
 
 
 def _capture_report(

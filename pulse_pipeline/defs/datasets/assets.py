@@ -13,7 +13,6 @@ from pulse_pipeline.core.snapshots import (
     to_parquet,
     write_snapshot,
 )
-from pulse_pipeline.core.triage import CAPTURE_KINDS
 from pulse_pipeline.defs.metadata import count_table
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 from pulse_pipeline.defs.retries import retry_transient
@@ -29,10 +28,6 @@ def examples_key(family: str) -> str:
 
 def build_stats_key(family: str) -> str:
     return f"examples/{family}/build.json"
-
-
-def has_review_queue(family: FamilyConfig) -> bool:
-    return any(kind in CAPTURE_KINDS for kind in family.annotation_kinds)
 
 
 def review_queue_asset(family: FamilyConfig) -> dg.AssetsDefinition:
