@@ -30,7 +30,7 @@ def make_file(path: Path, rows: int) -> dict[str, int]:
     """The demo's record mix, repeated with a distinct annotator so every record is new."""
     import orjson
 
-    from pulse_pipeline.core.demo_data import DemoScale, generate
+    from pulse_pipeline.demo.data import DemoScale, generate
 
     clinc = ROOT.parent / "shared" / "data" / "clinc150"
     base = list(

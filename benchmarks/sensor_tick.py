@@ -165,7 +165,7 @@ def explain(url: str, watermark: int) -> list[str]:
 
     with Store(url) as store:
         sa.event.listen(store.engine, "before_cursor_execute", capture)
-        list(store.iter_family(FAMILY, after=watermark))
+        list(store.annotations.iter_family(FAMILY, after=watermark))
         sa.event.remove(store.engine, "before_cursor_execute", capture)
         statement, parameters = seen[-1]
         with store.begin() as conn:

@@ -22,7 +22,12 @@ from pulse_pipeline.defs.automation.schedules import build_schedules, run_limit_
 from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
 from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples_asset, review_queue_asset
 from pulse_pipeline.defs.evaluation.assets import eval_report_asset
-from pulse_pipeline.defs.registry.assets import cleanup_adapters, deployment_asset, promote_adapter
+from pulse_pipeline.defs.registry.assets import (
+    cleanup_adapters,
+    deployment_asset,
+    promote_adapter,
+    reconcile_adapters,
+)
 from pulse_pipeline.defs.resources import default_resources
 from pulse_pipeline.defs.training.assets import adapter_asset
 from pulse_pipeline.settings import get_settings
@@ -108,6 +113,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
         ),
         promote_adapter,
         cleanup_adapters,
+        reconcile_adapters,
     ]
     return dg.Definitions(
         assets=[*assets, *chain_assets, *watch_assets],

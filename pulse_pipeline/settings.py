@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -43,11 +43,29 @@ class Settings(BaseSettings):
     pulse_vllm_url: str | None = Field(
         None, description="vLLM server base URL; unset: serving is not configured (core/serving.py)."
     )
-    pulse_training_lock_stale_hours: float = Field(
-        4.0, gt=0, description="A training lock without a heartbeat for this long was left by a crash."
+    pulse_training_lock_stale_seconds: float = Field(
+        120,
+        gt=0,
+        description="A training lock whose heartbeat is older than this, or whose Dagster run has "
+        "finished, is free; its holder is presumed dead.",
+    )
+    pulse_training_heartbeat_seconds: float = Field(
+        15, gt=0, description="How often a training refreshes its lock's heartbeat."
+    )
+    pulse_retry_base_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="The first wait before a step that lost its database or object-store connection is "
+        "tried again; each of the 3 retries waits twice as long as the one before.",
     )
     pulse_vllm_api_key: SecretStr = Field(
         SecretStr(""), description="The vLLM server's API key, if it has one."
+    )
+    pulse_vllm_adapter_root: str | None = Field(
+        None,
+        description="The artifact store's root as the vLLM server sees it on its own file system (a "
+        "shared volume holding the store's tree); unset: the local artifact folder's paths, and an "
+        "s3:// store cannot be served.",
     )
     pulse_alert_webhook: SecretStr = Field(
         SecretStr(""),
@@ -66,9 +84,21 @@ class Settings(BaseSettings):
     pulse_judge_model: str | None = Field(
         None, description="The judge's model; default: the endpoint's first."
     )
+    pulse_clinc150: Path | None = Field(
+        None,
+        description="The CLINC150 dataset's folder (with data_full.json), for the demo's intent data; "
+        "unset: ../shared/data/clinc150 beside the project, if it is there.",
+    )
+
+    # The fields given a non-empty value by the environment, before the defaults below fill the rest.
+    _set_by_environment: frozenset[str] = PrivateAttr(default=frozenset())
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
+        # Assigning a field below marks it set: note which ones the environment set first.
+        self._set_by_environment = frozenset(
+            name for name in self.model_fields_set if not _empty(getattr(self, name))
+        )
         home = self.pulse_home.expanduser().resolve()
         self.pulse_home = home
         self.pulse_config = self.pulse_config.expanduser().resolve()
@@ -89,10 +119,39 @@ class Settings(BaseSettings):
             secret_key=self.pulse_s3_secret_key.get_secret_value(),
         )
 
+    def from_environment(self, name: str) -> bool:
+        """Whether the field of environment variable `name` (any case, e.g. "PULSE_DATABASE_URL")
+        was set from the environment (pydantic's `model_fields_set` before the defaults are filled
+        in); an empty variable counts as unset. A name that is no field is an error."""
+        field = name.lower()
+        if field not in type(self).model_fields:
+            raise ValueError(f"{name} is not one of the settings' environment variables")
+        return field in self._set_by_environment
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (passwords inside URLs included), for `core.secrets.mask`:
+        the boundaries (CLI output, logs, Dagster events, MLflow) mask them wherever they appear."""
+        from pulse_pipeline.core.secrets import url_secrets
+
+        found = [
+            secret.get_secret_value()
+            for secret in (self.pulse_s3_secret_key, self.pulse_vllm_api_key, self.pulse_judge_api_key)
+        ]
+        found.append(self.pulse_alert_webhook.get_secret_value())
+        for url in (self.pulse_database_url, self.mlflow_tracking_uri, self.pulse_vllm_url, self.pulse_judge_url):
+            found += url_secrets(url or "")
+        return [value for value in found if value]
+
     @property
     def database_url(self) -> str:
         assert self.pulse_database_url is not None
         return self.pulse_database_url
+
+
+def _empty(value: object) -> bool:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value is None or value == ""
 
 
 @lru_cache(maxsize=1)

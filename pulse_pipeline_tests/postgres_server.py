@@ -87,6 +87,33 @@ class PostgresServer:
         self.pid = int((cluster / "postmaster.pid").read_text().splitlines()[0])
         return self
 
+    def halt(self) -> None:
+        """Stop the server as an outage would (fast shutdown), keeping its data for `resume`."""
+        self._run("pg_ctl", "-D", str(self.data / "cluster"), "-m", "fast", "-w", "-t", "30", "stop")
+        self.pid = None
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port, with its data."""
+        cluster = self.data / "cluster"
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='{self.data}' "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(cluster),
+            "-l",
+            str(self.data / "server.log"),
+            "-w",
+            "-t",
+            "30",
+            "-o",
+            options,
+            "start",
+        )
+        self.pid = int((cluster / "postmaster.pid").read_text().splitlines()[0])
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 

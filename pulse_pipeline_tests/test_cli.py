@@ -72,9 +72,9 @@ def test_unreachable_database_exits_1(hostile, monkeypatch):
 
 def test_db_upgrade_and_quarantine_listing(hostile):
     first = runner.invoke(app, ["db", "upgrade", "--json"])
-    assert json.loads(first.stdout) == {"from_revision": None, "revision": "0003"}
+    assert json.loads(first.stdout) == {"from_revision": None, "revision": "0004"}
     again = runner.invoke(app, ["db", "upgrade"])
-    assert again.stdout.strip() == "annotation store at revision 0003"
+    assert again.stdout.strip() == "annotation store at revision 0004"
     runner.invoke(app, ["ingest", str(hostile)])
     listing = json.loads(runner.invoke(app, ["quarantine", "--json", "--limit", "3"]).stdout)["quarantined"]
     assert len(listing) == 3 and all(item["reason"].startswith("line ") for item in listing)
@@ -109,7 +109,8 @@ def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
         assert len(runs) == 20  # 14 days + snapshots + a retrain per family + the daily watch
         watch = [r for r in runs if r.job_name == "__ASSET_JOB"]
         assert any(
-            {k.path[-1] for k in (r.asset_selection or ())} == {"drift_report", "production_accuracy"} for r in watch
+            {k.path[-1] for k in (r.asset_selection or ())} == {"drift_report", "production_accuracy"}
+            for r in watch
         )
         for run in runs:
             family = run.tags.get("pulse/family")
@@ -129,7 +130,7 @@ def test_demo_loads_data_and_records_runs_in_the_instance(pulse_env):
 
 @pytest.fixture
 def demo_loaded(tmp_path):
-    from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
+    from pulse_pipeline.demo.data import DemoScale, write_demo_file
 
     demo = write_demo_file(
         tmp_path / "demo.jsonl", anchor=dt.date(2026, 6, 30), scale=DemoScale().scaled(0.3)
@@ -274,7 +275,7 @@ def test_train_runs_the_retrain_job_then_needs_new_annotations(demo_loaded, puls
     assert out["metrics"]["golden"]["citation_presence"] == out["metrics"]["access-qa"]["citation_presence"]
     assert out["decision"] == "FAIL" and out["report"] == report["report"]
     bad = runner.invoke(app, ["evaluate", "--family", "access-qa", "--version", "../../etc"])
-    assert bad.exit_code == 1 and "is not a version name of access-qa" in bad.stderr
+    assert bad.exit_code == 1 and "is not a version name of family access-qa" in bad.stderr
 
     again = runner.invoke(app, args)
     assert again.exit_code == 4
@@ -369,20 +370,28 @@ def test_one_training_at_a_time_and_a_stale_lock_is_taken_over(demo_loaded, puls
 
 def test_promote_rollback_cleanup_and_status_through_the_jobs(pulse_env, tmp_path):
     from pulse_pipeline.core.artifacts import LocalArtifactStore
-    from pulse_pipeline_tests.core.test_registry import FAMILY, _publish
+    from pulse_pipeline.core.registry import Registry
+    from pulse_pipeline.core.store import Store
+    from pulse_pipeline.settings import get_settings
+    from pulse_pipeline_tests.core.registry.conftest import FAMILY, trained
 
-    artifacts = LocalArtifactStore(pulse_env / "artifacts")
-    a, b, c = (_publish(artifacts, tmp_path, m, "DEPLOY") for m in range(3))
-    bad = _publish(artifacts, tmp_path, 3, "FAIL")
+    with Store(get_settings().database_url) as store:
+        registry = Registry(store, LocalArtifactStore(pulse_env / "artifacts"))
+        a, b, c = (trained(registry, tmp_path, m, "DEPLOY") for m in range(3))
+        bad = trained(registry, tmp_path, 3, "FAIL")
+        review = trained(registry, tmp_path, 4, "REVIEW")
 
     first = runner.invoke(app, ["promote", "--family", FAMILY, "--version", a, "--json"])
     assert first.exit_code == 0, first.output
     out = json.loads(first.stdout)
     assert (out["version"], out["previous_version"], out["serving"]) == (a, None, "not configured")
     second = json.loads(runner.invoke(app, ["promote", "--family", FAMILY, "--version", b, "--json"]).stdout)
-    assert (second["version"], second["previous_version"]) == (b, a)
+    assert (second["version"], second["previous_version"], second["forced"]) == (b, a, False)
     refused = runner.invoke(app, ["promote", "--family", FAMILY, "--version", bad])
-    assert refused.exit_code == 1 and "judged FAIL" in refused.stderr and "--force" in refused.stderr
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert "judged FAIL" in refused.stderr and "--force with --reason" in refused.stderr
+    no_reason = runner.invoke(app, ["promote", "--family", FAMILY, "--version", review, "--force"])
+    assert no_reason.exit_code == 1 and "--force needs a --reason" in no_reason.stderr
     back = json.loads(runner.invoke(app, ["promote", "--family", FAMILY, "--previous", "--json"]).stdout)
     assert (back["version"], back["previous_version"], back["action"]) == (a, b, "rollback")
     evil = runner.invoke(app, ["promote", "--family", FAMILY, "--version", "../../etc"])
@@ -391,11 +400,36 @@ def test_promote_rollback_cleanup_and_status_through_the_jobs(pulse_env, tmp_pat
     st = json.loads(runner.invoke(app, ["status", "--family", FAMILY, "--json"]).stdout)
     assert set(st) >= {
         "is_training", "lock_acquired_at", "current_version", "available_versions",
-        "new_annotations_count", "min_annotations_required",
+        "new_annotations_count", "min_annotations_required", "unrecorded_versions",
     }  # fmt: skip
-    assert st["current_version"]["version"] == a and st["available_versions"] == [a, b, c, bad]
+    assert st["current_version"]["version"] == a and st["available_versions"] == [a, b, c, bad, review]
+    listed = json.loads(runner.invoke(app, ["registry", "versions", "--family", FAMILY, "--json"]).stdout)
+    states = {row["version"]: (row["state"], row["decision"]) for row in listed["versions"]}
+    assert states == {
+        a: ("production", "DEPLOY"), b: ("retired", "DEPLOY"), c: ("evaluated", "DEPLOY"),
+        bad: ("evaluated", "FAIL"), review: ("evaluated", "REVIEW"),
+    }  # fmt: skip
 
     gone = json.loads(runner.invoke(app, ["cleanup", "--family", FAMILY, "--keep", "1", "--json"]).stdout)
-    assert gone == {"removed": [c], "kept": [a, b, bad]}  # production, previous, the newest
+    assert gone == {"removed": [c, bad], "kept": [a, b, review]}  # production, previous, the newest
+    forced = runner.invoke(
+        app,
+        [
+            "promote",
+            "--family",
+            FAMILY,
+            "--version",
+            review,
+            "--force",
+            "--reason",
+            "read the report",
+            "--json",
+        ],
+    )
+    assert forced.exit_code == 0 and json.loads(forced.stdout)["forced"] is True
+    consistent = runner.invoke(app, ["registry", "reconcile", "--family", FAMILY])
+    assert consistent.exit_code == 0 and "the registry is consistent" in consistent.stdout
     with dg.DagsterInstance.from_config(str(pulse_env / "dagster")) as instance:
-        assert {r.job_name for r in instance.get_runs()} == {"promote_adapter", "cleanup_adapters"}
+        assert {r.job_name for r in instance.get_runs()} == {
+            "promote_adapter", "cleanup_adapters", "reconcile_adapters",
+        }  # fmt: skip

@@ -18,10 +18,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.store import Store
+from pulse_pipeline.demo.data import DemoScale, write_demo_file
 from pulse_pipeline_tests.conftest import PROJECT
 from pulse_pipeline_tests.dagster_ui import (
     CHROMIUM,
@@ -244,9 +244,9 @@ def test_a_day_of_annotations_materialized_from_the_partition_dialog(ui, page, d
     """The backfill a person does after fixing a bad day: pick the day in the Materialize dialog,
     launch, follow the run to success; the instance agrees and the counts are the store's."""
     with Store(demo.database_url) as store:
-        family = next(f for f in config.families if store.days_with_annotations(f))
-        day = store.days_with_annotations(family)[-1]  # recent: in the dialog's default 90-day range
-        expected = sum(1 for _ in store.iter_day(family, day))
+        family = next(f for f in config.families if store.annotations.days_with_annotations(f))
+        day = store.annotations.days_with_annotations(family)[-1]  # recent: in the dialog's default 90-day range
+        expected = sum(1 for _ in store.annotations.iter_day(family, day))
     assert expected > 0
 
     page.goto(f"{ui.url}/assets/{family}/annotations")

@@ -47,6 +47,13 @@ class ArtifactStore(ABC):
         is uploaded after all others, so a prefix without it is unfinished."""
 
     @abstractmethod
+    def move_folder(self, source: str, target: str, *, last: str) -> None:
+        """Move everything under `source` to `target`, so that `target` appears whole. Locally one
+        rename (an existing `target` is an error); on S3 each object is copied on the server,
+        `last` after all others, then `source` is deleted. Running it again after a crash finishes
+        the move; nothing under `source` with `target` complete is already done."""
+
+    @abstractmethod
     def delete_prefix(self, prefix: str, *, first: str | None = None) -> None:
         """Delete everything under `prefix` (nothing there is fine). Locally the folder is renamed
         to a hidden name, then removed, so a half-deleted folder never shows under its name; on
@@ -122,6 +129,18 @@ class LocalArtifactStore(ArtifactStore):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return True
+
+    def move_folder(self, source: str, target: str, *, last: str) -> None:
+        src, dst = self._entry(source), self._entry(target)
+        if not src.is_dir():
+            if (dst / last).is_file():
+                return  # moved already
+            raise ArtifactError(f"nothing to move at {src}")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(src, dst)  # one step; fails when `target` exists and is not empty
+        except OSError as exc:
+            raise ArtifactError(f"cannot move {src} to {dst}: {exc.strerror or exc}") from None
 
     def delete_prefix(self, prefix: str, *, first: str | None = None) -> None:
         path = self._entry(prefix)
@@ -238,6 +257,21 @@ class S3ArtifactStore(ArtifactStore):
                 self.bucket, self._key(f"{prefix}/{path.relative_to(folder).as_posix()}"), str(path)
             )
         return True
+
+    def move_folder(self, source: str, target: str, *, last: str) -> None:
+        from minio.commonconfig import CopySource
+
+        names = [k[len(source.rstrip("/")) + 1 :] for k in self.list(source)]
+        if not names:
+            if self.exists(f"{target}/{last}"):
+                return  # moved already
+            raise ArtifactError(f"nothing to move at {self.uri(source)}")
+        names.sort(key=lambda name: name == last)  # `last` goes last: `target` is complete with it
+        for name in names:
+            self.client.copy_object(
+                self.bucket, self._key(f"{target}/{name}"), CopySource(self.bucket, self._key(f"{source}/{name}"))
+            )
+        self.delete_prefix(source)
 
     def delete_prefix(self, prefix: str, *, first: str | None = None) -> None:
         from minio.deleteobjects import DeleteObject

@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.core.store import Store
 from pulse_pipeline.core.triage import ReviewStatus, has_review_queue, is_capture, triage
 
 
@@ -132,20 +134,20 @@ def build_report(
     )
 
 
-def capture_report(store: Any, artifacts: Any, family: FamilyConfig, day: dt.date) -> CaptureReport:
+def capture_report(store: Store, artifacts: ArtifactStore, family: FamilyConfig, day: dt.date) -> CaptureReport:
     """The report for (family, day) from the store; the queue is rebuilt from the family's records
-    (families without a capture kind have none), the new count runs from the snapshot watermark."""
-    from pulse_pipeline.core.retraining import count_new, snapshot_watermark
+    (families without a capture kind have none); new annotations as `core/retraining.py` counts them."""
+    from pulse_pipeline.core.retraining import new_annotations
     from pulse_pipeline.core.review import review_queue
 
-    counts = count_day(store.iter_day(family.name, day), family)
+    counts = count_day(store.annotations.iter_day(family.name, day), family)
     waiting, priority = 0, 0
     if has_review_queue(family):
-        queue = review_queue(store.iter_family(family.name), family)
+        queue = review_queue(store.annotations.iter_family(family.name), family)
         waiting = len(queue.items)
         priority = sum(1 for item in queue.items if item.status is ReviewStatus.priority_review)
-    new = count_new(store, family, snapshot_watermark(artifacts, family.name))
-    audit = store.audit_day(family.name, day)
+    new = new_annotations(store, artifacts, family)
+    audit = store.annotations.audit_day(family.name, day)
     return build_report(
         family,
         day,

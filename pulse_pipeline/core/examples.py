@@ -5,7 +5,8 @@ example, sorted by id) and the build statistics. Chat families go record by reco
 `ExampleBuilder` (one formatter per chat kind; volumes are small and the formatting rich);
 text families (intent labels, scores) go column-wise through `text_examples`. Either way the
 rows have the contract's export shape (`records`): chat `messages`, text/label, or
-text/labels with dimension names.
+text/labels with dimension names. The dependency goes one way: this module imports
+`text_examples`, never the reverse; both fill a `build_stats.BuildStats`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pulse_pipeline.core.build_stats import BuildStats
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
 from pulse_pipeline.core.redaction import Redactor
+from pulse_pipeline.core.text_examples import build_text_examples, text_fields
 from pulse_pipeline.core.triage import TRAINABLE, triage
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from pulse_pipeline.core.store import Store
 
 # Bump when a formatter's output changes; it is part of every dataset_version.
 FORMATTER_VERSION = "1"
@@ -48,37 +55,6 @@ class Example:
     created_at: dt.datetime
     seq: int
     messages: list[dict[str, str]]
-
-
-@dataclass
-class BuildStats:
-    annotations: int = 0
-    by_status: Counter[str] = field(default_factory=Counter)
-    negatives: int = 0  # low ratings with no corrected response
-    feedback_not_used: int = 0  # ratings of 3 and above: no example
-    exact_duplicates: int = 0
-    normalized_duplicates: int = 0
-    redactions: Counter[str] = field(default_factory=Counter)
-    watermark: int = 0  # newest store sequence number read (invalidated rows included: never goes back)
-    newest_ingested_at: dt.datetime | None = None
-    invalidations: int = 0  # the family's newest invalidations id at the build: moves with every data fix
-
-    def to_json(self) -> bytes:
-        body = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()}
-        body["by_status"] = {str(k): n for k, n in self.by_status.items()}
-        return orjson.dumps(body)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> BuildStats:
-        body = orjson.loads(data)
-        stats = cls(
-            **{k: v for k, v in body.items() if k not in ("by_status", "redactions", "newest_ingested_at")}
-        )
-        stats.by_status = Counter(body["by_status"])
-        stats.redactions = Counter(body["redactions"])
-        if body["newest_ingested_at"]:
-            stats.newest_ingested_at = dt.datetime.fromisoformat(body["newest_ingested_at"])
-        return stats
 
 
 def normalize(text: str) -> str:
@@ -265,23 +241,21 @@ def render_transcript(transcript: str | list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def build_examples(store: Any, family: FamilyConfig) -> tuple[Any, BuildStats]:
+def build_examples(store: Store, family: FamilyConfig) -> tuple[pa.Table, BuildStats]:
     """All of a family's valid annotations in the store -> (examples table sorted by id, stats).
 
     The watermark is at least the store's newest seq of the family when the build began, counted
     over invalidated rows too: invalidating the newest records must not move it back to a value
     that an earlier retrain's run key already used.
     """
-    floor, fixes = store.latest_seq(family.name), store.latest_invalidation(family.name)
+    floor, fixes = store.annotations.latest_seq(family.name), store.fixes.latest_invalidation(family.name)
     if family.task is TaskKind.chat_sft:
         builder = ExampleBuilder(family)
-        for row in store.iter_family(family.name):
+        for row in store.annotations.iter_family(family.name):
             builder.add(row)
         table, stats = examples_table(family, builder.examples()), builder.stats
     else:
-        from pulse_pipeline.core.text_examples import build_text_examples, text_fields
-
-        table, stats = build_text_examples(store.read_columns(family.name, text_fields(family)), family)
+        table, stats = build_text_examples(store.annotations.read_columns(family.name, text_fields(family)), family)
     stats.watermark = max(stats.watermark, floor)
     stats.invalidations = fixes
     return table, stats

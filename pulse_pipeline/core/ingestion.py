@@ -138,7 +138,7 @@ def replace_day(
             f"{path}: holds no record of a declared family, so nothing of {day} was replaced "
             "(`pulse annotations invalidate` empties a day)"
         )
-    for id_, stored in store.stored_content(explicit_ids).items():
+    for id_, stored in store.annotations.stored_content(explicit_ids).items():
         number, family, digest = explicit_ids[id_]
         if stored != (family, digest):
             raise IngestError(
@@ -146,7 +146,7 @@ def replace_day(
                 "give the corrected record a new id, or leave out `id` to derive one from the content; "
                 "nothing was changed"
             )
-    fix = store.replace_day(day, keep, reason=f"replaced by {path}", by=by, now=now())
+    fix = store.fixes.replace_day(day, keep, reason=f"replaced by {path}", by=by, now=now())
     result = ingest_file(
         store,
         path,

@@ -44,13 +44,14 @@ from typing import Any
 
 import orjson
 
-from pulse_pipeline.core import adapters, registry
 from pulse_pipeline.core.alerts import Alert
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.evaluation.config import profile_of
 from pulse_pipeline.core.evaluation.json_fields import flatten, leaf_correct, lookup
 from pulse_pipeline.core.examples import segment_agrees
 from pulse_pipeline.core.families import FamilyConfig, ProductionWatchConfig, TriageConfig
+from pulse_pipeline.core.registry import files, read_current
+from pulse_pipeline.core.registry.errors import NameError_
 from pulse_pipeline.core.triage import ReviewStatus, triage
 
 Z95 = 1.959964  # two-sided 95% normal quantile
@@ -177,22 +178,22 @@ def eval_accuracy(
     if metric is None:
         return None, "no evaluation metric to compare with (set production_watch.metric)"
     try:
-        key = f"{adapters.prefix(family, version)}/{registry.EVAL_RESULTS}"
-    except adapters.AdapterError:
+        key = f"{files.key(family, version)}/{files.EVAL_RESULTS}"
+    except NameError_:
         return None, f"{version!r} is not a version name of {family}"
     try:
         results = orjson.loads(artifacts.read_bytes(key))
     except KeyError:
-        return None, f"{version} was never evaluated (no {registry.EVAL_RESULTS})"
+        return None, f"{version} was never evaluated (no {files.EVAL_RESULTS})"
     except orjson.JSONDecodeError:
-        return None, f"{version}: {registry.EVAL_RESULTS} is not readable JSON"
+        return None, f"{version}: {files.EVAL_RESULTS} is not readable JSON"
     metrics = results.get("metrics") if isinstance(results, dict) else None
     candidate = ((metrics or {}).get(eval_set) or {}).get("candidate")
     if not isinstance(candidate, dict):
-        return None, f"{version}: {registry.EVAL_RESULTS} has no '{eval_set}' set"
+        return None, f"{version}: {files.EVAL_RESULTS} has no '{eval_set}' set"
     value = candidate.get(metric)
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        return None, f"{version}: no {metric} on '{eval_set}' in {registry.EVAL_RESULTS}"
+        return None, f"{version}: no {metric} on '{eval_set}' in {files.EVAL_RESULTS}"
     return float(value), ""
 
 
@@ -330,7 +331,7 @@ def production_accuracy(
     watch = family.automation.production_watch
     metric = metric_of(family)
     seen = live_accuracy(rows, family)
-    current = (registry.read_current(artifacts, family.name) or {}).get("version")
+    current = (read_current(artifacts, family.name) or {}).get("version")
     if current and current not in seen.versions:
         seen.versions[current] = VersionAccuracy(current)
     verdicts = [

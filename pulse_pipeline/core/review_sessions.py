@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
-from pulse_pipeline.core.store import ClosedSession
+from pulse_pipeline.core.store import ClosedSession, Store
 
 SEGMENT_REVIEW = "segment_review"
 
@@ -27,7 +26,7 @@ def takes_review_sessions(family: FamilyConfig) -> bool:
 
 
 def close_session(
-    store: Any, config: PulseConfig, session_id: str, *, by: str, now: dt.datetime | None = None
+    store: Store, config: PulseConfig, session_id: str, *, by: str, now: dt.datetime | None = None
 ) -> ClosedSession:
     """Record that `session_id` closed. SessionError when no segment review carries the id, when
     the reviews span several families, or when it was closed before (no second record)."""
@@ -36,10 +35,10 @@ def close_session(
     session_id = session_id.strip()
     if not session_id:
         raise SessionError("a session id must not be empty")
-    earlier = store.review_session(session_id)
+    earlier = store.sessions.get(session_id)
     if earlier is not None:
         raise SessionError(earlier.already_closed())
-    reviews = {f: n for f, n in store.session_reviews(session_id).items() if f in config.families}
+    reviews = {f: n for f, n in store.sessions.reviews_by_family(session_id).items() if f in config.families}
     if not reviews:
         raise SessionError(f"no segment review carries session_id {session_id!r}: unknown session")
     if len(reviews) > 1:
@@ -47,7 +46,7 @@ def close_session(
         raise SessionError(f"session {session_id!r} has segment reviews in several families: {spread}")
     ((family, count),) = reviews.items()
     try:
-        return store.record_session_closure(session_id, family, by=by, segment_reviews=count, now=now)
+        return store.sessions.record_closure(session_id, family, by=by, segment_reviews=count, now=now)
     except SessionClosedError as exc:  # closed by someone else in the meantime
         raise SessionError(str(exc)) from None
 
@@ -65,15 +64,15 @@ class ClosureCheck:
         return len(self.retrain) + len(self.nothing_new)
 
 
-def check_closures(store: Any, family: FamilyConfig, watermark: int, after: int = 0) -> ClosureCheck:
+def check_closures(store: Store, family: FamilyConfig, watermark: int, after: int = 0) -> ClosureCheck:
     """Sessions of `family` closed after closure seq `after`, with their reviews newer than the
     snapshot `watermark`: one count query per new closure, whatever the table's size."""
     retrain: list[tuple[ClosedSession, int]] = []
     quiet: list[ClosedSession] = []
     newest = after
-    for session in store.closed_sessions(family=family.name, after=after):
+    for session in store.sessions.closed(family=family.name, after=after):
         newest = session.seq
-        fresh = store.count_session_reviews(family.name, session.session_id, after=watermark)
+        fresh = store.sessions.count_reviews(family.name, session.session_id, after=watermark)
         if fresh:
             retrain.append((session, fresh))
         else:

@@ -20,7 +20,8 @@ import numpy as np
 import orjson
 
 from pulse_pipeline.core.artifacts import ArtifactStore
-from pulse_pipeline.core.examples import BuildStats, formatter_version, records
+from pulse_pipeline.core.build_stats import BuildStats
+from pulse_pipeline.core.examples import formatter_version, records
 from pulse_pipeline.core.families import FamilyConfig, SplitConfig, TaskKind
 from pulse_pipeline.core.redaction import Redactor
 
@@ -234,6 +235,14 @@ class Snapshot:
 
 def prefix(family: str, version: str) -> str:
     return f"datasets/{family}/{version}"
+
+
+def read_manifest(artifacts: ArtifactStore, family: str, version: str) -> dict[str, Any] | None:
+    """One snapshot's manifest, or None when it is not there (or not readable)."""
+    try:
+        return orjson.loads(artifacts.read_bytes(f"{prefix(family, version)}/manifest.json"))
+    except (KeyError, orjson.JSONDecodeError):
+        return None
 
 
 def latest_manifest(artifacts: ArtifactStore, family: str) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from pulse_pipeline.core.examples import BuildStats
+from pulse_pipeline.core.build_stats import BuildStats
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
 from pulse_pipeline.core.redaction import Redactor
 from pulse_pipeline.core.triage import CAPTURE_KINDS, ReviewStatus

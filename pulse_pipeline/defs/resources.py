@@ -1,10 +1,9 @@
 """Dagster resources: how assets reach the annotation store and the artifact store."""
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -12,6 +11,11 @@ from pydantic import PrivateAttr
 from pulse_pipeline.core.artifacts import ArtifactStore, open_artifact_store
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.settings import get_settings
+
+if TYPE_CHECKING:
+    from pulse_pipeline.core.registry import Targets
+    from pulse_pipeline.core.serving import VllmServer
+    from pulse_pipeline.core.training.lock import TrainingLock
 
 
 class AnnotationStore(dg.ConfigurableResource):
@@ -57,11 +61,20 @@ class TrainingEnvironment(dg.ConfigurableResource):
 
     home: str  # PULSE_HOME: models/ (base-model cache) and work/ (checkpoints) live under it
     mlflow_tracking_uri: str = ""  # empty: not tracked
-    lock_stale_hours: float = 4.0  # a training lock without a heartbeat this long is taken over
+    lock_stale_seconds: float = 120.0  # PULSE_TRAINING_LOCK_STALE_SECONDS (settings.py says what it means)
+    heartbeat_seconds: float = 15.0  # PULSE_TRAINING_HEARTBEAT_SECONDS
 
     @property
     def home_path(self) -> Path:
         return Path(self.home)
+
+    def lock(self, store: Store, instance: dg.DagsterInstance | None) -> "TrainingLock":
+        """The training lock over `store`, reading run statuses from `instance`."""
+        from pulse_pipeline.defs.training.locking import training_lock
+
+        return training_lock(
+            store, instance, stale_seconds=self.lock_stale_seconds, heartbeat_seconds=self.heartbeat_seconds
+        )
 
 
 class ServingEnvironment(dg.ConfigurableResource):
@@ -83,16 +96,16 @@ class ServingEnvironment(dg.ConfigurableResource):
         with VllmServer(self.vllm_url, api_key=self.vllm_api_key or None) as server:
             yield server
 
-    def targets(self, store: Store, tracking_uri: str, server: Any) -> Any:
-        """Where a promotion is reflected besides the registry."""
-        from pulse_pipeline.core.promotion import Targets
+    def targets(self, tracking_uri: str, server: "VllmServer | None") -> "Targets":
+        """Where a promotion is reflected besides the registry: MLflow's model registry and this server."""
+        from pulse_pipeline.core.registry import Targets
 
-        return Targets(store, tracking_uri or None, server, self.max_loras, self.adapter_root or None)
+        return Targets(tracking_uri or None, server, self.max_loras, self.adapter_root or None)
 
 
 def _from_env(name: str, default: str | None) -> Any:
     """A value set in the environment stays an EnvVar, so the UI never shows a secret in it."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
+    return dg.EnvVar(name) if get_settings().from_environment(name) else default
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -111,11 +124,12 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "training": TrainingEnvironment(
             home=str(settings.pulse_home),
             mlflow_tracking_uri=_from_env("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
-            lock_stale_hours=settings.pulse_training_lock_stale_hours,
+            lock_stale_seconds=settings.pulse_training_lock_stale_seconds,
+            heartbeat_seconds=settings.pulse_training_heartbeat_seconds,
         ),
         "serving": ServingEnvironment(
             vllm_url=_from_env("PULSE_VLLM_URL", ""),
             vllm_api_key=_from_env("PULSE_VLLM_API_KEY", ""),
-            adapter_root=os.environ.get("PULSE_VLLM_ADAPTER_ROOT", ""),
+            adapter_root=settings.pulse_vllm_adapter_root or "",
         ),
     }

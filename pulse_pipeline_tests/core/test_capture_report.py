@@ -49,7 +49,7 @@ def test_report_from_the_store(store, config, tmp_path):
     other_days = [_capture("old", 0.30, day=before), _capture("next", 0.99, day=DAY + dt.timedelta(days=1))]
     bad = b'{"kind": "intent_label", "family": "intent-router", "text": "x", "created_at": "2026-06-30T11:00:00Z"}'
     ingest_lines(store, [*_lines(day + other_days), bad], config, source="t")
-    store.invalidate("intent-router", ids=["cap-bad"], reason="wrong label set", by="test")
+    store.fixes.invalidate("intent-router", ids=["cap-bad"], reason="wrong label set", by="test")
 
     report = capture_report(store, open_artifact_store(str(tmp_path / "artifacts")), family, DAY)
     assert (report.annotations, report.captures, report.human_judged) == (6, 5, 1)

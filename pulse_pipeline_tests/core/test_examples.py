@@ -257,3 +257,40 @@ def test_column_wise_normalization_matches_the_python_one():
 
     texts = ["Freeze my account!", "  ünïcode — WÖRDS_too 42 ", "a\tb\nc", "日本語のテキスト、です", "x"]
     assert normalized(pa.array(texts)).to_pylist() == [normalize(t) for t in texts]
+
+
+def _imported_modules(module: str) -> set[str]:
+    """Every pulse_pipeline module `module`'s source imports, at module level or in a function."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    package = module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return {name for name in found if name.startswith("pulse_pipeline")}
+
+
+def test_examples_and_text_examples_import_each_other_one_way_only():
+    import subprocess
+    import sys
+
+    chat, text = "pulse_pipeline.core.examples", "pulse_pipeline.core.text_examples"
+    assert text in _imported_modules(chat)  # the chat module dispatches text families to text_examples
+    assert chat not in _imported_modules(text)  # ... and text_examples never imports it back
+    for alone, other in ((chat, text), (text, chat)):
+        code = f"import sys, {alone}; print({other!r} in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip() == str(alone == chat), (alone, done.stdout)

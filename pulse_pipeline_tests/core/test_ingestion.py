@@ -5,9 +5,9 @@ import tracemalloc
 import pytest
 import sqlalchemy as sa
 
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
 from pulse_pipeline.core.ingestion import IngestError, ingest_file
 from pulse_pipeline.core.store import annotations, ingestions, quarantine
+from pulse_pipeline.demo.data import DemoScale, write_demo_file
 
 SQL_TEXT = "Robert'); DROP TABLE annotations;-- SELECT * FROM quarantine WHERE 1=1; \\x00"
 BIG_TEXT = "lorem ipsum " * (1024 * 1024 // 12)  # ~1 MB
@@ -123,7 +123,7 @@ def test_reingesting_is_a_no_op(store, config, tmp_path):
     assert second.accepted == 0
     assert second.duplicates == first.accepted
     assert second.quarantined == first.quarantined  # a bad line is reported again, every time
-    assert store.count_since("intent-router") == demo.counts["intent_label"]
+    assert store.annotations.count_since("intent-router") == demo.counts["intent_label"]
 
 
 def test_batches_do_not_change_the_outcome(store, config, tmp_path):
@@ -153,11 +153,11 @@ def test_every_family_day_audits_clean_after_ingest(store, config, hostile_file,
     ingest_file(store, demo.path, config)
     ingest_file(store, hostile_file, config)
     ingest_file(store, demo.path, config)
-    days = store.days_with_annotations()
+    days = store.annotations.days_with_annotations()
     assert len(days) >= 5
     for family in config.families:
         for day in days:
-            audit = store.audit_day(family, day)
+            audit = store.annotations.audit_day(family, day)
             assert audit.accounted_for, (family, day, audit)
 
 
@@ -171,10 +171,10 @@ def test_audit_notices_a_lost_row(store, config):
         source="t",
     )
     day = dt.date(2026, 5, 1)
-    assert store.audit_day("access-qa", day).accounted_for
+    assert store.annotations.audit_day("access-qa", day).accounted_for
     with store.engine.begin() as conn:
         conn.execute(annotations.delete().where(annotations.c.source_line == 1))
-    audit = store.audit_day("access-qa", day)
+    audit = store.annotations.audit_day("access-qa", day)
     assert not audit.accounted_for and (audit.accepted, audit.stored) == (2, 1)
 
 
@@ -183,7 +183,7 @@ def test_oversized_line_is_quarantined_with_its_head(store, config, tmp_path):
     path.write_bytes(qa("x" * 5000) + b"\n" + qa("fine") + b"\n")
     result = ingest_file(store, path, config, max_line_bytes=1000)
     assert (result.accepted, result.quarantined) == (1, 1)
-    row = store.quarantined()[0]
+    row = store.annotations.quarantined()[0]
     assert row.raw_size > 5000 and "over the 1000-byte limit" in row.reason and row.line_number == 1
 
 
@@ -231,6 +231,6 @@ def test_concurrent_ingests_of_one_file_store_each_record_once(store, config, tm
         assert conn.execute(sa.select(sa.func.count()).select_from(annotations)).scalar_one() == total
         runs = list(conn.execute(sa.select(ingestions)))
     assert sorted(r.accepted for r in runs) == sorted(r.accepted for r in results)
-    for day in store.days_with_annotations():
+    for day in store.annotations.days_with_annotations():
         for family in config.families:
-            assert store.audit_day(family, day).accounted_for
+            assert store.annotations.audit_day(family, day).accounted_for

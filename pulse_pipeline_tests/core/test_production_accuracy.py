@@ -200,7 +200,7 @@ def test_the_report_from_a_real_store(store, config, tmp_path):
     _results(artifacts, V2, orjson.dumps({"metrics": {"test": {"candidate": {"accuracy": 0.9}}}}))
     artifacts.write_bytes("adapters/intent-router/current.json", orjson.dumps({"version": V2}))
 
-    report = production_accuracy(store.iter_family("intent-router"), artifacts, family)
+    report = production_accuracy(store.annotations.iter_family("intent-router"), artifacts, family)
     assert report.current_version == V2 and report.alert and report.without_version == 1
     assert [w.version for w in report.versions] == [V2, V1]  # production first
     current = report.current

@@ -32,18 +32,18 @@ def test_closing_records_the_session_once_with_its_family_and_count(store, confi
         SessionError, match=r"session 'dojo-7' was already closed at 2026-07-01T08:00:00\+00:00 by lead"
     ):
         close_session(store, config, "dojo-7", by="someone else")
-    assert store.closed_sessions() == [closed]  # no second row
+    assert store.sessions.closed() == [closed]  # no second row
     with pytest.raises(
         SessionError, match="no segment review carries session_id 'dojo-404': unknown session"
     ):
         close_session(store, config, "dojo-404", by="lead")
-    assert store.review_session("dojo-404") is None
+    assert store.sessions.get("dojo-404") is None
 
 
 def test_closures_call_for_a_retrain_only_with_reviews_newer_than_the_watermark(store, config):
     family = config.family("call-analysis")
     ingest_lines(store, [segment(i, "old") for i in range(2)], config, source="t")
-    watermark = store.latest_seq("call-analysis")  # a snapshot holds the "old" session's reviews
+    watermark = store.annotations.latest_seq("call-analysis")  # a snapshot holds the "old" session's reviews
     ingest_lines(store, [segment(i, "new") for i in range(2, 5)], config, source="t")
     old = close_session(store, config, "old", by="a")
     new = close_session(store, config, "new", by="a")

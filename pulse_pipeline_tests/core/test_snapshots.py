@@ -6,7 +6,6 @@ from collections import Counter
 
 import pytest
 
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
 from pulse_pipeline.core.examples import build_examples
 from pulse_pipeline.core.ingestion import ingest_file, ingest_lines
 from pulse_pipeline.core.snapshots import (
@@ -19,6 +18,7 @@ from pulse_pipeline.core.snapshots import (
     write_snapshot,
 )
 from pulse_pipeline.core.store import Store
+from pulse_pipeline.demo.data import DemoScale, write_demo_file
 from pulse_pipeline_tests.conftest import CLINC150, PROJECT
 
 ANCHOR = dt.date(2026, 6, 30)

@@ -7,7 +7,6 @@ import datetime as dt
 from pulse_pipeline.core.artifacts import open_artifact_store
 from pulse_pipeline.core.examples import build_examples
 from pulse_pipeline.core.ingestion import ingest_lines
-from pulse_pipeline.core.retraining import snapshot_watermark
 from pulse_pipeline.core.snapshots import SPLITS, latest_manifest, prefix, read_split, write_snapshot
 from pulse_pipeline_tests.core.test_store_data_fixes import intent, lines
 
@@ -32,7 +31,7 @@ def test_a_fix_gives_a_new_version_and_reuse_keeps_the_newest_watermark(store, c
     first = snap(store, family, artifacts)
     ingest_lines(store, lines([intent(i, DAY2, labels[i % 3]) for i in range(30, 60)]), config, source="d2")
     second = snap(store, family, artifacts)
-    top = store.latest_seq("intent-router")
+    top = store.annotations.latest_seq("intent-router")
     assert second.manifest["watermark"]["seq"] == top and second.version != first.version
     old_files = {
         name: (tmp_path / "artifacts" / prefix("intent-router", second.version) / name).read_bytes()
@@ -40,17 +39,17 @@ def test_a_fix_gives_a_new_version_and_reuse_keeps_the_newest_watermark(store, c
     }
 
     # Day 2 was bad: invalidate it. The next snapshot is day 1's again (same content: reused),
-    # but its watermark is the store's newest seq, not day 1's: the sensor's run key moves on.
-    store.invalidate("intent-router", day=DAY2, reason="bad export", by="t")
+    # but its watermark is the store's newest seq, not day 1's.
+    store.fixes.invalidate("intent-router", day=DAY2, reason="bad export", by="t")
     third = snap(store, family, artifacts)
     assert third.reused and third.version == first.version
-    assert ids_in(artifacts, family, third.version) == {r.id for r in store.iter_day("intent-router", DAY1)}
+    assert ids_in(artifacts, family, third.version) == {r.id for r in store.annotations.iter_day("intent-router", DAY1)}
     assert latest_manifest(artifacts, "intent-router")["watermark"]["seq"] == top
-    assert snapshot_watermark(artifacts, "intent-router") == top > first.manifest["watermark"]["seq"]
+    assert top > first.manifest["watermark"]["seq"]
 
     # Half of day 2 comes back: a new version without the rest; the old snapshots still read.
-    back = list(store.iter_day("intent-router", DAY2, include_invalidated=True))[:15]
-    store.replace_day(DAY2, {"intent-router": {r.content_hash for r in back}}, reason="r", by="t")
+    back = list(store.annotations.iter_day("intent-router", DAY2, include_invalidated=True))[:15]
+    store.fixes.replace_day(DAY2, {"intent-router": {r.content_hash for r in back}}, reason="r", by="t")
     keep = {r.id for r in back}
     fourth = snap(store, family, artifacts)
     assert fourth.version not in {first.version, second.version}

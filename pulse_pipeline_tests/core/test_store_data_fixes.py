@@ -39,30 +39,30 @@ def two_days(store, config):
 
 
 def ids_of(store, day, **kw):
-    return [r.id for r in store.iter_day("intent-router", day, **kw)]
+    return [r.id for r in store.annotations.iter_day("intent-router", day, **kw)]
 
 
 def test_invalidating_a_day_hides_it_from_everything_that_trains_or_counts(two_days, config):
     store, family = two_days, config.family("intent-router")
-    before_seq = store.latest_seq("intent-router")
-    assert len(review_queue(store.iter_family("intent-router"), family).items) == 1
-    fix = store.invalidate("intent-router", day=DAY2, reason="labels from a broken export", by="cli:ana")
+    before_seq = store.annotations.latest_seq("intent-router")
+    assert len(review_queue(store.annotations.iter_family("intent-router"), family).items) == 1
+    fix = store.fixes.invalidate("intent-router", day=DAY2, reason="labels from a broken export", by="cli:ana")
     assert (fix.invalidated, fix.already_invalidated) == (6, 0)
     assert ids_of(store, DAY2) == [] and len(ids_of(store, DAY2, include_invalidated=True)) == 6
     assert len(ids_of(store, DAY1)) == 5
-    assert store.count_since("intent-router") == 5
-    assert sum(1 for _ in store.iter_family("intent-router")) == 5
+    assert store.annotations.count_since("intent-router") == 5
+    assert sum(1 for _ in store.annotations.iter_family("intent-router")) == 5
     assert count_new(store, family, 0).count == 5
-    assert review_queue(store.iter_family("intent-router"), family).items == []
+    assert review_queue(store.annotations.iter_family("intent-router"), family).items == []
     table, stats = build_examples(store, family)
     assert table.num_rows == 5 and set(table["id"].to_pylist()) == set(ids_of(store, DAY1))
     # The watermark never goes back: an earlier retrain's run key is not reused.
-    assert store.latest_seq("intent-router") == before_seq and stats.watermark == before_seq
-    assert stats.invalidations == store.latest_invalidation("intent-router") > 0
+    assert store.annotations.latest_seq("intent-router") == before_seq and stats.watermark == before_seq
+    assert stats.invalidations == store.fixes.latest_invalidation("intent-router") > 0
     # The day's audit: the rows were received and stored, and are shown as invalidated.
-    audit = store.audit_day("intent-router", DAY2)
+    audit = store.annotations.audit_day("intent-router", DAY2)
     assert audit.accounted_for and (audit.stored, audit.invalidated) == (6, 6)
-    (log,) = store.invalidation_log("intent-router")
+    (log,) = store.fixes.invalidation_log("intent-router")
     assert (log.action, log.day, log.by, log.reason, log.annotations) == (
         "invalidate", DAY2, "cli:ana", "labels from a broken export", 6
     )  # fmt: skip
@@ -75,26 +75,26 @@ def test_invalidating_a_day_hides_it_from_everything_that_trains_or_counts(two_d
 def test_invalidating_some_ids_and_naming_a_wrong_one(two_days):
     store = two_days
     day2 = ids_of(store, DAY2)
-    fix = store.invalidate("intent-router", day=DAY2, ids=day2[:2], reason="typo", by="t")
+    fix = store.fixes.invalidate("intent-router", day=DAY2, ids=day2[:2], reason="typo", by="t")
     assert fix.invalidated == 2 and ids_of(store, DAY2) == day2[2:]
-    again = store.invalidate("intent-router", day=DAY2, ids=day2[:3], reason="typo", by="t")
+    again = store.fixes.invalidate("intent-router", day=DAY2, ids=day2[:3], reason="typo", by="t")
     assert (again.invalidated, again.already_invalidated) == (1, 2)
     day1_id = ids_of(store, DAY1)[0]
     with pytest.raises(
         InvalidationError, match=rf"annotation '{day1_id}' is not a intent-router annotation of {DAY2}"
     ):
-        store.invalidate("intent-router", day=DAY2, ids=[day2[4], day1_id], reason="x", by="t")
+        store.fixes.invalidate("intent-router", day=DAY2, ids=[day2[4], day1_id], reason="x", by="t")
     assert ids_of(store, DAY2) == day2[3:]  # nothing changed by the refused call
     with pytest.raises(InvalidationError, match="'nope' is not a access-qa annotation"):
-        store.invalidate("access-qa", day=DAY2, ids=["nope"], reason="x", by="t")
+        store.fixes.invalidate("access-qa", day=DAY2, ids=["nope"], reason="x", by="t")
 
 
 def test_replacing_a_day_invalidates_what_the_file_dropped_and_restores_what_it_repeats(
     two_days, config, tmp_path
 ):
     store = two_days
-    old = {r.id: r for r in store.iter_day("intent-router", DAY2)}
-    store.invalidate("intent-router", day=DAY2, ids=[ids_of(store, DAY2)[0]], reason="first look", by="t")
+    old = {r.id: r for r in store.annotations.iter_day("intent-router", DAY2)}
+    store.fixes.invalidate("intent-router", day=DAY2, ids=[ids_of(store, DAY2)[0]], reason="first look", by="t")
     corrected = [intent(i, DAY2) for i in range(5, 8)]  # 5 (invalidated before), 6, 7 kept as they were
     corrected += [intent(8, DAY2, label="greeting")]  # 8 corrected: a new record
     corrected += [intent(7, DAY2)]  # a repeated line: a duplicate
@@ -106,10 +106,10 @@ def test_replacing_a_day_invalidates_what_the_file_dropped_and_restores_what_it_
     valid = ids_of(store, DAY2)
     assert len(valid) == 4 and set(valid) - set(old) == {result_id(corrected[3], config)}
     assert ids_of(store, DAY1) and len(ids_of(store, DAY1)) == 5  # other days untouched
-    audit = store.audit_day("intent-router", DAY2)
+    audit = store.annotations.audit_day("intent-router", DAY2)
     assert audit.accounted_for, audit
     assert (audit.restored, audit.invalidated, audit.stored) == (3, 3, 7)
-    actions = [(r.action, r.annotations, r.reason) for r in store.invalidation_log("intent-router")]
+    actions = [(r.action, r.annotations, r.reason) for r in store.fixes.invalidation_log("intent-router")]
     assert actions[1:] == [("invalidate", 3, f"replaced by {path}"), ("restore", 1, f"replaced by {path}")]
     again = replace_day(store, path, config, DAY2, by="cli:ana")  # the same fix twice changes nothing
     assert (again.accepted, again.restored, again.invalidated, again.duplicates) == (0, 4, 0, 1)
@@ -152,7 +152,7 @@ def test_replace_day_refuses_a_file_with_another_day_or_a_reused_id_and_changes_
     path.write_bytes(b"\n".join(lines([intent(5, DAY2), intent(6, DAY2, label="no-such-intent")])))
     with pytest.raises(IngestError, match=r"line 2: .*no-such-intent.*nothing was changed"):
         replace_day(store, path, config, DAY2, by="t")
-    assert ids_of(store, DAY2) == before and store.invalidation_log("intent-router") == []
+    assert ids_of(store, DAY2) == before and store.fixes.invalidation_log("intent-router") == []
 
 
 def test_migration_0003_upgrades_a_0002_store_keeping_its_data_and_downgrades(database_url, config):
@@ -167,9 +167,9 @@ def test_migration_0003_upgrades_a_0002_store_keeping_its_data_and_downgrades(da
                 {"t": dt.datetime(2026, 6, 30, 12, tzinfo=dt.UTC)},
             )
     with Store(database_url) as new:
-        assert new.revision() == "0003"
-        assert [r.id for r in new.iter_family("access-qa")] == ["a1"]  # valid by default
-        assert new.invalidate("access-qa", day=DAY2, reason="r", by="t").invalidated == 1
+        assert new.revision() == "0004"
+        assert [r.id for r in new.annotations.iter_family("access-qa")] == ["a1"]  # valid by default
+        assert new.fixes.invalidate("access-qa", day=DAY2, reason="r", by="t").invalidated == 1
         cfg = Config()
         cfg.set_main_option("script_location", "pulse_pipeline.core.store:migrations")
         with new.engine.connect() as conn, conn.begin():
@@ -180,19 +180,19 @@ def test_migration_0003_upgrades_a_0002_store_keeping_its_data_and_downgrades(da
             tables = set(sa.inspect(conn).get_table_names())
             columns = {c["name"] for c in sa.inspect(conn).get_columns("annotations")}
         assert not {"invalidations", "review_sessions"} & tables and "invalidated_at" not in columns
-        assert new.upgrade() == "0003"
+        assert new.upgrade() == "0004"
 
 
 def test_read_columns_in_a_created_window_and_with_every_row_invalidated(two_days, config):
     store = two_days
     fields = {"text": (("text",), "str")}
     start = dt.datetime.combine(DAY2, dt.time(), tzinfo=dt.UTC)
-    window = store.read_columns("intent-router", fields, created=(start, start + dt.timedelta(days=1)))
+    window = store.annotations.read_columns("intent-router", fields, created=(start, start + dt.timedelta(days=1)))
     assert sorted(window["id"].to_pylist()) == sorted(ids_of(store, DAY2))  # the capture included
     assert len(window) == 6 and "utterance number 0" not in window["text"].to_pylist()
     for day in (DAY1, DAY2):
-        store.invalidate("intent-router", day=day, reason="all wrong", by="t")
-    empty = store.read_columns("intent-router", fields)
+        store.fixes.invalidate("intent-router", day=day, reason="all wrong", by="t")
+    empty = store.annotations.read_columns("intent-router", fields)
     assert len(empty) == 0 and empty.column_names == [
         "seq",
         "id",

@@ -5,11 +5,11 @@ import datetime as dt
 
 import pytest
 
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.core.training.base_models import resolve_base_model
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.demo.data import DemoScale, write_demo_file
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from pulse_pipeline.core.store import Store
+from pulse_pipeline.core.store import Annotations, Store
 from pulse_pipeline.definitions import build_definitions
 from pulse_pipeline.defs import retries
 from pulse_pipeline.defs.automation.daily_report import daily_report_asset
@@ -57,7 +57,8 @@ def test_a_training_error_fails_at_once():
     assert not result.success and calls == [0]
     assert not _events(result, "STEP_UP_FOR_RETRY")
     (failure,) = _events(result, "STEP_FAILURE")
-    assert failure.event_specific_data.error.cause.cls_name == "ValueError"
+    error = failure.event_specific_data.error.cause
+    assert error.cls_name == "StepError" and error.message.strip().endswith(": loss is NaN at step 12")
 
 
 def test_a_connection_that_stays_down_fails_with_its_own_error_after_three_retries():
@@ -67,23 +68,43 @@ def test_a_connection_that_stays_down_fails_with_its_own_error_after_three_retri
     waits = [e.event_specific_data.seconds_to_wait for e in _events(result, "STEP_UP_FOR_RETRY")]
     assert waits == pytest.approx([0.01, 0.02, 0.04])  # exponential backoff
     (failure,) = _events(result, "STEP_FAILURE")
-    assert failure.event_specific_data.error.cause.cls_name == "OperationalError"
+    error = failure.event_specific_data.error.cause
+    assert error.cls_name == "StepError" and "server closed the connection unexpectedly" in error.message
+    assert error.message.strip().endswith("(still after 3 retries)")
 
 
 def test_a_real_asset_retries_when_the_store_drops_its_connection(config, tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'pulse.db'}"
     Store(url).dispose()
-    real, failures = Store.iter_family, [_dropped()]
+    real, failures = Annotations.iter_family, [_dropped()]
 
     def iter_family(self, *args, **kwargs):
         if failures:
             raise failures.pop()
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "iter_family", iter_family)
+    monkeypatch.setattr(Annotations, "iter_family", iter_family)
     asset = review_queue_asset(config.family("intent-router"))
     result = dg.materialize([asset], resources={"annotation_store": AnnotationStore(database_url=url)})
     assert result.success and len(_events(result, "STEP_UP_FOR_RETRY")) == 1
+
+
+def test_a_failing_step_stores_its_error_masked_with_its_frames(monkeypatch):
+    """A secret in an error message never reaches the event log; where it was raised still does."""
+    monkeypatch.setenv("PULSE_S3_SECRET_KEY", "s3cr3t-value-42")
+    from pulse_pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    flaky, _ = _flaky([RuntimeError("cannot use postgresql://pulse:hunter2@db/pulse with key s3cr3t-value-42")])
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([flaky], raise_on_error=False, instance=instance)
+        logged = " ".join(str(record.dagster_event) for record in instance.all_logs(result.run_id))
+    (failure,) = _events(result, "STEP_FAILURE")
+    error = failure.event_specific_data.error.cause
+    assert "hunter2" not in error.to_string() and "s3cr3t-value-42" not in error.to_string()
+    assert "hunter2" not in logged and "s3cr3t-value-42" not in logged
+    assert "postgresql://pulse:***@db/pulse" in error.message
+    assert any("raise errors[len(calls) - 1]" in frame for frame in error.stack)  # the original frames
 
 
 def test_every_asset_that_reaches_a_store_retries_transient_errors(config):

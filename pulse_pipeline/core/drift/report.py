@@ -23,6 +23,7 @@ from pulse_pipeline.core.drift import stats
 from pulse_pipeline.core.drift.embeddings import Embed, EmbeddingCache
 from pulse_pipeline.core.drift.sides import Side, in_text_order, recent_side, reference_side, sample
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
+from pulse_pipeline.core.store import Store
 
 REPORT = "report.json"
 PLOT = "report.png"
@@ -55,7 +56,7 @@ def report_key(family: str, name: str = REPORT) -> str:
 
 
 def build_drift_report(
-    store: Any,
+    store: Store,
     artifacts: ArtifactStore,
     family: FamilyConfig,
     encode: Embed,
@@ -63,12 +64,12 @@ def build_drift_report(
     now: dt.datetime | None = None,
 ) -> DriftReport:
     """Compare the last `drift.window_days` of annotations with the production training split."""
-    from pulse_pipeline.core.retraining import count_new, snapshot_watermark
+    from pulse_pipeline.core.retraining import new_annotations
 
     cfg = family.automation.drift
     end = now or dt.datetime.now(dt.UTC)
     start = end - dt.timedelta(days=cfg.window_days)
-    watermark = snapshot_watermark(artifacts, family.name)
+    new = new_annotations(store, artifacts, family)
     figures: dict[str, Any] = {
         "created_at": end.isoformat(),
         "window": {"days": cfg.window_days, "start": start.isoformat(), "end": end.isoformat()},
@@ -77,8 +78,8 @@ def build_drift_report(
             "distribution_psi": cfg.distribution_threshold,
             "significance": cfg.significance,
         },
-        "new_annotations": count_new(store, family, watermark).count,
-        "snapshot_watermark": watermark,
+        "new_annotations": new.count,
+        "training_watermark": new.watermark,
     }
     reference = reference_side(artifacts, family)
     recent = recent_side(store, family, start, end)

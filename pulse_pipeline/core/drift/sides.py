@@ -20,6 +20,7 @@ import numpy as np
 
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
+from pulse_pipeline.core.store import Store
 
 
 @dataclass(frozen=True)
@@ -114,18 +115,18 @@ def reference_side(artifacts: ArtifactStore, family: FamilyConfig) -> Reference 
     )
 
 
-def recent_side(store: Any, family: FamilyConfig, start: dt.datetime, end: dt.datetime) -> Side:
+def recent_side(store: Store, family: FamilyConfig, start: dt.datetime, end: dt.datetime) -> Side:
     """Examples of the annotations created in [start, end), built as a snapshot builds them."""
     from pulse_pipeline.core.examples import ExampleBuilder, examples_table
 
     if family.task is TaskKind.chat_sft:
         builder = ExampleBuilder(family)
-        for row in store.iter_created(family.name, start, end):
+        for row in store.annotations.iter_created(family.name, start, end):
             builder.add(row)
         return side_from_examples(family, examples_table(family, builder.examples()))
     from pulse_pipeline.core.text_examples import build_text_examples, text_fields
 
-    columns = store.read_columns(family.name, text_fields(family), created=(start, end))
+    columns = store.annotations.read_columns(family.name, text_fields(family), created=(start, end))
     table, _ = build_text_examples(columns, family)
     return side_from_examples(family, table)
 

@@ -3,7 +3,8 @@
 `score` runs a family's metric modules over one system's outputs. `paired_bootstrap` draws
 the same resampled example indices for both systems (seeded: the same inputs give the same
 intervals), recomputes every metric on each draw and reports the percentile interval of
-candidate - baseline. `flipped` lists the examples the baseline got right and the candidate
+candidate - baseline, and of the candidate's own value (how precisely the set measures it: the
+gate's evidence rule). `flipped` lists the examples the baseline got right and the candidate
 got wrong.
 """
 
@@ -62,7 +63,8 @@ def paired_bootstrap(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per scalar metric both systems have: values, delta and its interval."""
+    """One row per scalar metric both systems have: values, delta and its interval (`ci_low`,
+    `ci_high`), and the candidate's interval from the same draws (`candidate_ci_low`, `_high`)."""
     import numpy as np
 
     cand_full = metrics.scalar_metrics(score(modules, candidate, inputs))
@@ -71,18 +73,28 @@ def paired_bootstrap(
     n = len(inputs.references)
     rng = np.random.default_rng(seed)
     deltas: dict[str, list[float]] = {m: [] for m in names}
+    drawn: dict[str, list[float]] = {m: [] for m in names}  # the candidate's value on each draw
     for _ in range(resamples if n > 1 else 0):
         idx = rng.integers(0, n, n).tolist()
         c = score(modules, candidate, inputs, idx)
         b = score(modules, baseline, inputs, idx)
         for m in names:
-            if isinstance(c.get(m), int | float) and isinstance(b.get(m), int | float):
-                deltas[m].append(float(c[m]) - float(b[m]))
+            if isinstance(c.get(m), int | float):
+                drawn[m].append(float(c[m]))
+                if isinstance(b.get(m), int | float):
+                    deltas[m].append(float(c[m]) - float(b[m]))
     tail = (1 - confidence) / 2 * 100
+
+    def interval(values: list[float]) -> tuple[float | None, float | None]:
+        if not values:
+            return None, None
+        low, high = np.percentile(np.array(values), [tail, 100 - tail])
+        return float(low), float(high)
+
     rows = []
     for m in names:
-        d = np.array(deltas[m])
-        low, high = (float(x) for x in np.percentile(d, [tail, 100 - tail])) if len(d) else (None, None)
+        low, high = interval(deltas[m])
+        cand_low, cand_high = interval(drawn[m])
         rows.append(
             {
                 "metric": m,
@@ -91,6 +103,8 @@ def paired_bootstrap(
                 "delta": cand_full[m] - base_full[m],
                 "ci_low": low,
                 "ci_high": high,
+                "candidate_ci_low": cand_low,
+                "candidate_ci_high": cand_high,
                 "higher_is_better": metrics.higher_is_better(m),
             }
         )

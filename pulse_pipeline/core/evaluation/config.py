@@ -4,7 +4,9 @@ Every field has its default and a help line here, and nowhere else. The gate wor
 model blessing: absolute thresholds on the candidate's metrics, and change thresholds on
 candidate - baseline (the production version, or the base model for a family's first version),
 where a metric may not regress by more than its tolerance with the paired-bootstrap interval
-excluding zero. The decision is the worst outcome over all checks: DEPLOY, REVIEW or FAIL.
+excluding zero. An evidence rule asks a person (REVIEW) when the evaluation set is too small, or
+the candidate's interval too wide, to tell. The decision is the worst outcome over all checks:
+DEPLOY, REVIEW or FAIL.
 """
 
 from __future__ import annotations
@@ -78,12 +80,36 @@ class ChangeThresholds(_Strict):
         return self.tolerances.get(metric, self.tolerance)
 
 
+class EvidenceConfig(_Strict):
+    """When the evaluation is too thin to promote on its own: REVIEW, so a person decides."""
+
+    set: str = Field("test", description="The evaluation set whose size and interval are judged.")
+    min_examples: int | None = Field(
+        None,
+        ge=1,
+        description="REVIEW below this many scored examples in `set` (default by task: classification "
+        "100, regression 30, chat 20).",
+    )
+    metric: str | None = Field(
+        None,
+        description="Metric whose interval is judged (default: the first main metric that has a value).",
+    )
+    max_interval_width: float | None = Field(
+        None,
+        gt=0,
+        description="REVIEW when the candidate's interval of `metric` is wider, in its own units (None: off).",
+    )
+
+
 class GateConfig(_Strict):
     absolute: dict[str, Threshold] = Field(
         default_factory=dict, description="Metric name -> bounds on the candidate's value."
     )
     change: ChangeThresholds = Field(
         default_factory=ChangeThresholds, description="Regression limits against the baseline."
+    )
+    evidence: EvidenceConfig = Field(
+        default_factory=EvidenceConfig, description="Minimum evidence: set size and interval width."
     )
 
 
@@ -129,6 +155,14 @@ MAIN_METRICS = {
     "chat_structured": ("json_valid", "field_accuracy", "token_f1"),
     "chat_qa": ("answer_accuracy", "token_f1", "citation_presence", "refusal_accuracy", "hallucination_rate"),
 }
+
+# Fewest scored examples in the evidence set before the gate may say DEPLOY (`evidence.min_examples`).
+# Classification: a proportion near 0.9 has a 95% half-width of about +-6 points at n=100 (+-11 at 30),
+# the size of the changes worth catching. Regression: below ~30 the mean of per-example errors (MAE)
+# is not stable, one outlier moves it. Chat: each answer gets a graded score (token F1, field
+# accuracy) rather than right/wrong, and a fine-tune moves it by 10+ points; at n=20 the 95%
+# half-width is about +-0.1 for a per-answer spread of 0.25. These are floors, not targets.
+MIN_EXAMPLES = {"classification": 100, "regression": 30, "chat_structured": 20, "chat_qa": 20}
 
 
 def profile_of(task: str, annotation_kinds: tuple[str, ...]) -> str:

@@ -3,8 +3,11 @@
 Absolute checks read the candidate's metrics; change checks read the paired-bootstrap rows
 (candidate - baseline). A change check fails only when the regression is beyond the metric's
 tolerance *and* the interval excludes zero, so noise on a small evaluation set does not block
-a promotion, and a real regression does. The decision is the worst outcome of all checks; a
-check that cannot run (no value, no interval) is recorded as skipped, and a gate where no check
+a promotion, and a real regression does. Evidence checks ask for REVIEW when the evaluation is
+too thin to trust either way: fewer scored examples in the evidence set than the task's minimum,
+or (when configured) a candidate interval wider than allowed. The decision is the worst outcome
+of all checks, so thin evidence never turns a FAIL into a REVIEW; a check that cannot run (no
+value, no interval) is recorded as skipped, and a gate where no metric check (absolute or change)
 could run at all asks for REVIEW rather than waving the version through.
 """
 
@@ -12,8 +15,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pulse_pipeline.core.evaluation.config import ChangeThresholds, Decision, GateConfig, Threshold
-from pulse_pipeline.core.evaluation.report_view import as_number, format_delta, format_value
+from pulse_pipeline.core.evaluation.config import (
+    MIN_EXAMPLES,
+    ChangeThresholds,
+    Decision,
+    EvidenceConfig,
+    GateConfig,
+    Threshold,
+)
+from pulse_pipeline.core.evaluation.report_view import (
+    as_number,
+    format_delta,
+    format_interval_width,
+    format_value,
+    width_decimals,
+)
 
 _RANK = {"pass": 0, "skipped": 0, "review": 1, "fail": 2}
 _DECISION = {0: Decision.DEPLOY, 1: Decision.REVIEW, 2: Decision.FAIL}
@@ -24,8 +40,13 @@ def decide(
     candidate: dict[str, dict[str, Any]],
     comparison: dict[str, list[dict[str, Any]]],
     main_metrics: tuple[str, ...],
+    *,
+    set_sizes: dict[str, int] | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
-    """`candidate`: set -> metric -> value; `comparison`: set -> bootstrap rows."""
+    """`candidate`: set -> metric -> value; `comparison`: set -> bootstrap rows; `set_sizes`: set ->
+    scored examples (None: the number of examples is not checked); `profile`: the task profile
+    (config.profile_of) whose minimum applies when `evidence.min_examples` is not set."""
     checks = [absolute_check(m, t, candidate.get(t.set)) for m, t in gate.absolute.items()]
     change = gate.change
     for set_name in change.sets:
@@ -33,9 +54,15 @@ def decide(
         for metric in change.metrics or main_metrics:
             if metric in rows:
                 checks.append(change_check(rows[metric], set_name, change))
+    metric_checks_ran = any(c["outcome"] != "skipped" for c in checks)
+    if set_sizes is not None:
+        checks.append(examples_check(gate.evidence, set_sizes, profile))
+    if gate.evidence.max_interval_width is not None:
+        rows = comparison.get(gate.evidence.set, [])
+        checks.append(interval_check(gate.evidence, rows, main_metrics, change.confidence))
     worst = max((_RANK[c["outcome"]] for c in checks), default=0)
     reasons = [c["reason"] for c in checks if c["outcome"] not in ("pass", "skipped")]
-    if not any(c["outcome"] != "skipped" for c in checks):
+    if not metric_checks_ran:  # enough evidence of nothing is no reason to deploy
         worst = max(worst, _RANK["review"])
         reasons.append("no gate check could run (no thresholds, or no values for them): a person decides")
     return {"decision": _DECISION[worst].value, "reasons": reasons, "checks": checks}
@@ -117,3 +144,77 @@ def change_check(row: dict[str, Any], set_name: str, change: ChangeThresholds) -
         outcome = "pass"
         reason = f"{metric} on {set_name}: {shown}"
     return {**base, "outcome": outcome, "reason": reason}
+
+
+def examples_check(
+    evidence: EvidenceConfig, set_sizes: dict[str, int], profile: str | None
+) -> dict[str, Any]:
+    """REVIEW when the evidence set has fewer scored examples than `min_examples` (default: the
+    task profile's MIN_EXAMPLES), or none at all."""
+    set_name = evidence.set
+    minimum = evidence.min_examples or MIN_EXAMPLES.get(profile or "")
+    n = int(set_sizes.get(set_name) or 0)
+    row = {"metric": "examples", "set": set_name, "kind": "evidence", "value": n, "minimum": minimum}
+    if minimum is None:
+        return {
+            **row,
+            "threshold": "n/a",
+            "outcome": "skipped",
+            "reason": "evidence: no minimum number of examples (no evidence.min_examples, no task profile)",
+        }
+    row["threshold"] = f"at least {minimum} examples"
+    examples = f"{n} {set_name} example{'' if n == 1 else 's'}"
+    if n <= 0:
+        return {**row, "outcome": "review", "reason": f"not enough evidence: no {set_name} examples"}
+    if n < minimum:
+        return {
+            **row,
+            "outcome": "review",
+            "reason": f"not enough evidence: {examples}, fewer than {minimum}",
+        }
+    return {**row, "outcome": "pass", "reason": f"evidence: {examples} (at least {minimum})"}
+
+
+def interval_check(
+    evidence: EvidenceConfig, rows: list[dict[str, Any]], main_metrics: tuple[str, ...], confidence: float
+) -> dict[str, Any]:
+    """REVIEW when the candidate's bootstrap interval of the evidence metric (default: the first
+    main metric with a value) is wider than `max_interval_width`, in the metric's own units."""
+    set_name, limit = evidence.set, evidence.max_interval_width
+    by_metric = {r["metric"]: r for r in rows}
+    metric = evidence.metric or next(
+        (m for m in main_metrics if as_number(by_metric.get(m, {}).get("candidate")) is not None), None
+    )
+    level = f"{confidence:.0%}"
+    d = width_decimals(limit)
+    row = {
+        "metric": metric or "?",
+        "set": set_name,
+        "kind": "evidence",
+        "value": None,
+        "ci_low": None,
+        "ci_high": None,
+        "limit": limit,
+        "threshold": f"{level} interval at most {limit:.{d}f} wide",
+    }
+    found = by_metric.get(metric) if metric else None
+    low, high = (as_number((found or {}).get(k)) for k in ("candidate_ci_low", "candidate_ci_high"))
+    if low is None or high is None:
+        what = (
+            f"no interval of {metric} on {set_name}"
+            if metric
+            else f"no main metric with a value on {set_name}"
+        )
+        return {**row, "outcome": "skipped", "reason": f"evidence: {what}"}
+    width = high - low
+    shown = format_interval_width(width, low, high, limit)
+    d = width_decimals(width, limit)
+    said = f"the {level} interval of {metric} on {set_name} is {shown}"
+    row = {**row, "value": width, "ci_low": low, "ci_high": high}
+    if width > limit:
+        return {
+            **row,
+            "outcome": "review",
+            "reason": f"not enough evidence: {said}, wider than {limit:.{d}f}",
+        }
+    return {**row, "outcome": "pass", "reason": f"evidence: {said} (at most {limit:.{d}f})"}

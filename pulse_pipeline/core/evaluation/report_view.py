@@ -127,6 +127,23 @@ def format_delta(metric: str, delta: Any, low: Any = None, high: Any = None) -> 
     return text
 
 
+def width_decimals(*widths: Any) -> int:
+    """Decimals for an interval in a metric's own units: two significant digits of the narrowest
+    of `widths` (ignoring zeros and non-numbers), at least 2."""
+    known = [abs(w) for w in (as_number(x) for x in widths) if w]
+    return max(2, _decimals(min(known), significant=2)) if known else 2
+
+
+def format_interval_width(width: Any, low: Any, high: Any, limit: Any = None) -> str:
+    """An interval's width and bounds in the metric's own units: "0.31 wide (0.55 to 0.86)"."""
+    w, lo, hi = as_number(width), as_number(low), as_number(high)
+    if w is None:
+        return "n/a"
+    d = width_decimals(w, limit)
+    text = f"{w:.{d}f} wide"
+    return text + (f" ({lo:.{d}f} to {hi:.{d}f})" if lo is not None and hi is not None else "")
+
+
 def verdict(delta: Any, low: Any, high: Any, higher_is_better: bool) -> str:
     """The change against the metric's direction: "better", "worse", "no clear change" (the interval holds
     zero) or "n/a" (no delta)."""
@@ -265,7 +282,12 @@ def _check_row(check: dict) -> dict[str, str]:
     metric = _text(check.get("metric"), "?")
     kind = _text(check.get("kind"))
     value = check.get("value")
-    shown = format_delta(metric, value) if kind == "change" else format_value(metric, value)
+    if kind == "change":
+        shown = format_delta(metric, value)
+    elif kind == "evidence" and "ci_low" in check:  # the width of the candidate's interval
+        shown = format_interval_width(value, check.get("ci_low"), check.get("ci_high"), check.get("limit"))
+    else:  # a metric's value, or the evidence set's number of examples
+        shown = format_value(metric, value)
     threshold = check.get("threshold")
     return {
         "metric": metric,

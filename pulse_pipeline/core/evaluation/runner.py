@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pulse_pipeline.core import adapters, registry
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.evaluation import metrics
 from pulse_pipeline.core.evaluation.config import DEFAULT_METRICS, MAIN_METRICS, profile_of
@@ -26,6 +25,7 @@ from pulse_pipeline.core.evaluation.reports import to_json_safe
 from pulse_pipeline.core.evaluation.scoring import SetScorer
 from pulse_pipeline.core.evaluation.sets import EvalExample, EvalSet, from_records_file, from_snapshot
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig, TaskKind
+from pulse_pipeline.core.registry import files, read_current
 
 EVAL_FOLDER = "eval"
 
@@ -51,14 +51,14 @@ def evaluate_version(
     artifacts: ArtifactStore,
     *,
     home: Path,
-    version: str | None = None,
+    version: str,
     eval_files: tuple[Path, ...] = (),
     tracking_uri: str | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> Evaluation:
-    """Judge `version` (default: the newest) against production, or the base model."""
-    version = version or _newest(artifacts, family)
-    meta = adapters.read_metadata(artifacts, family.name, version)
+    """Judge `version` against production, or the base model. The caller checked that the version
+    is a recorded one (`Registry.require`): a folder without a record is not judged."""
+    meta = files.read_metadata(artifacts, family.name, version)
     dataset = meta["dataset_version"]
     ev = family.evaluation
     profile = profile_of(family.task.value, tuple(family.annotation_kinds))
@@ -85,6 +85,8 @@ def evaluate_version(
         {s: v["candidate"] for s, v in results["metrics"].items()},
         results["comparison"],
         MAIN_METRICS[profile],
+        set_sizes={s["name"]: s["examples"] for s in results["sets"]},  # scored examples per set
+        profile=profile,
     )
     return _publish(family, artifacts, version, to_json_safe(results), meta, tracking_uri)
 
@@ -170,10 +172,10 @@ def _load_systems(
     family: FamilyConfig, artifacts: ArtifactStore, home: Path, version: str, dataset: str,
     meta: dict[str, Any], log: Callable[[str], None],
 ) -> Systems:  # fmt: skip
-    current = registry.read_current(artifacts, family.name)
+    current = read_current(artifacts, family.name)
     production = current["version"] if current and current.get("version") != version else None
     cache = home / "cache" / "adapters"
-    folders = {v: adapters.local_folder(artifacts, family.name, v, cache) for v in (version, production) if v}
+    folders = {v: files.local_folder(artifacts, family.name, v, cache) for v in (version, production) if v}
     server, note = _vllm_server(family, folders[version])
     if server is not None:
         from pulse_pipeline.core.evaluation.inference import VllmPredictor
@@ -243,15 +245,6 @@ def _vllm_server(family: FamilyConfig, folder: Path) -> tuple[Any, dict[str, str
 # -- pieces ------------------------------------------------------------------------------------
 
 
-def _newest(artifacts: ArtifactStore, family: FamilyConfig) -> str:
-    found = adapters.versions(artifacts, family.name)
-    if not found:
-        raise EvaluationError(
-            f"{family.name} has no trained version yet: run `pulse train --family {family.name}`"
-        )
-    return found[-1]
-
-
 def _predictor(family: FamilyConfig, loaded: Any, max_length: int) -> AdapterPredictor:
     ev = family.evaluation
     return AdapterPredictor(
@@ -305,7 +298,7 @@ def _publish(
     """eval/results.json, report.md and report.html into the version folder; metrics to MLflow."""
     from pulse_pipeline.core.evaluation.reports import render_markdown, write_reports
 
-    prefix = f"{adapters.prefix(family.name, version)}/{EVAL_FOLDER}"
+    prefix = f"{files.key(family.name, version)}/{EVAL_FOLDER}"
     with tempfile.TemporaryDirectory() as tmp:
         written = write_reports(results, Path(tmp))
         for path in written.values():

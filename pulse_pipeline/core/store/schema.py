@@ -172,10 +172,11 @@ adapter_versions = Table(
     Column("metrics", OptionalPayload, nullable=True, comment="Eval metrics per evaluation set."),
     Column("decision", String(8), nullable=True, comment="The promotion gate: DEPLOY, REVIEW or FAIL."),
     Column(
-        "status",
+        "state",
         String(16),
         nullable=False,
-        comment="candidate, deployed, archived, failed or rolled_back.",
+        comment="training, published, evaluated, canary, production, retired, failed or removed "
+        "(core/registry/lifecycle.py).",
     ),
     Column("created_at", UtcTime, nullable=False),
     Column(
@@ -187,6 +188,21 @@ adapter_versions = Table(
     Column("traffic_share", Float, nullable=False, comment="Share of traffic served; 0 when not served."),
     Column("semantic_version", String(32), nullable=False, comment="e.g. 1.2.0 (major: new base model)."),
     Column("removed_at", UtcTime, nullable=True, comment="When cleanup deleted the version's files."),
+    # 0004: the run that trained it, what its evaluation compared against, the data it saw.
+    Column("run_id", String(64), nullable=True, comment="The Dagster run that trained it (NULL outside Dagster)."),
+    Column(
+        "baseline_version",
+        String(128),
+        nullable=True,
+        comment="The production version its latest evaluation compared it with (NULL: the base model).",
+    ),
+    Column("evaluated_at", UtcTime, nullable=True, comment="When the latest evaluation decided."),
+    Column(
+        "watermark",
+        BigInteger,
+        nullable=True,
+        comment="The store seq its snapshot was built up to: what counts as new annotations after it.",
+    ),
 )
 
 # The audit trail of promotions, canaries, rollbacks and cleanups; rows are never updated.
@@ -206,13 +222,19 @@ deployments = Table(
         "action",
         String(16),
         nullable=False,
-        comment="promote, canary, rollback, cleanup or force_promote.",
+        comment="promote, canary, rollback, cleanup, force_promote or reconcile.",
     ),
     Column("from_version", String(128), nullable=True),
     Column("to_version", String(128), nullable=True),
     Column("traffic_share", Float, nullable=True, comment="The new version's share, for promote and canary."),
     Column("reason", Text, nullable=False),
-    Column("forced", Boolean, nullable=False, comment="A gate FAIL was overridden."),
+    Column(
+        "forced",
+        Boolean,
+        nullable=False,
+        comment="Promoted without a DEPLOY decision (--force, with the reason in `reason`).",
+    ),
+    Column("decision", String(8), nullable=True, comment="The version's gate decision at the time (0004)."),
     Column(
         "serving",
         String(32),
@@ -227,9 +249,13 @@ training_locks = Table(
     "training_locks",
     metadata,
     Column("family", String(64), primary_key=True),
-    Column("holder", String(256), nullable=False, comment="e.g. cli pid 1234 on host x, or run:<id>."),
+    Column("holder", String(256), nullable=False, comment="Who asked: cli:<login>, sensor:<name>, run:<id>."),
     Column("acquired_at", UtcTime, nullable=False),
     Column(
         "heartbeat_at", UtcTime, nullable=False, comment="Refreshed while training; stale after a timeout."
     ),
+    # 0004: which run, host and process hold it, so a dead holder is recognized at once.
+    Column("run_id", String(64), nullable=True, comment="The Dagster run that trains (NULL outside Dagster)."),
+    Column("host", String(255), nullable=False, server_default="", comment="The holder process's host."),
+    Column("pid", Integer, nullable=False, server_default="0", comment="The holder process's id."),
 )

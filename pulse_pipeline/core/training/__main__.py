@@ -30,10 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pulse_pipeline.core.families import ConfigError, load_config
-    from pulse_pipeline.core.store import Store
+    from pulse_pipeline.core.registry import Registry, RegistryError
+    from pulse_pipeline.core.secrets import mask
+    from pulse_pipeline.core.store import Store, StoreError
     from pulse_pipeline.core.training.base_models import BaseModelError
     from pulse_pipeline.core.training.config import TrainingConfigError
-    from pulse_pipeline.core.training.lock import TrainingLocked
+    from pulse_pipeline.core.training.lock import TrainingLock, TrainingLocked, this_process
     from pulse_pipeline.core.training.progress import ProgressBar
     from pulse_pipeline.core.training.recipe import TrainingError
     from pulse_pipeline.core.training.runner import train_family
@@ -42,32 +44,39 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     progress = ProgressBar()
 
-    store = Store(settings.database_url)  # the family's training lock lives there
+    def say(message: str) -> None:
+        print(mask(f"pulse training: {message}", settings.secret_values()), file=sys.stderr)
+
     try:
         family = load_config(settings.pulse_config).family(args.family)
-        trained = train_family(
-            family,
-            settings.artifact_store(),
-            home=settings.pulse_home,
-            tracking_uri=None if args.no_tracking else settings.mlflow_tracking_uri,
-            overrides={"epochs": args.epochs, "max_samples": args.max_samples},
-            dataset_version=args.dataset_version,
-            force=args.force,
-            on_progress=progress,
-            created_by="cli",
-            store=store,
-            stale_after=dt.timedelta(hours=settings.pulse_training_lock_stale_hours),
-            warn=lambda message: print(f"pulse training: warning: {message}", file=sys.stderr),
-        )
+        with Store(settings.database_url) as store:  # the family's lock and version records live there
+            lock = TrainingLock(
+                store.locks,
+                stale_after=dt.timedelta(seconds=settings.pulse_training_lock_stale_seconds),
+                heartbeat=dt.timedelta(seconds=settings.pulse_training_heartbeat_seconds),
+            )
+            took_over = lambda dead: say(f"warning: took over {dead.describe()}")  # noqa: E731
+            with lock.hold(family.name, this_process("cli"), on_taken_over=took_over) as lease:
+                trained = train_family(
+                    family,
+                    Registry(store, settings.artifact_store()),
+                    home=settings.pulse_home,
+                    tracking_uri=None if args.no_tracking else settings.mlflow_tracking_uri,
+                    overrides={"epochs": args.epochs, "max_samples": args.max_samples},
+                    dataset_version=args.dataset_version,
+                    force=args.force,
+                    on_progress=progress,
+                    created_by="cli",
+                    lease=lease,
+                )
     except TrainingLocked as exc:
-        print(f"pulse training: {args.family}: {exc}", file=sys.stderr)
+        say(f"{args.family}: {exc}")
         return TrainingLocked.exit_code
-    except (ConfigError, TrainingConfigError, TrainingError, BaseModelError) as exc:
-        print(f"pulse training: {exc}", file=sys.stderr)
+    except (ConfigError, TrainingConfigError, TrainingError, BaseModelError, StoreError, RegistryError) as exc:
+        say(str(exc))
         return 1
     finally:
         progress.close()
-        store.dispose()
     m = trained.metadata
     report = {
         "family": trained.family,

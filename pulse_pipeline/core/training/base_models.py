@@ -98,16 +98,30 @@ def _architecture(path: Path) -> str:
 
 
 def _from_hub(name: str) -> Path:
+    """The local Hugging Face cache's copy, or a download; huggingface_hub itself honours
+    HF_HUB_OFFLINE=1 (cache only), read once when it is first imported."""
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
+        return Path(snapshot_download(name))
     except Exception as exc:
+        why = type(exc).__name__
+        if _hub_offline():
+            why = f"{why}: not in the local cache, and HF_HUB_OFFLINE=1 allows no download"
         raise BaseModelError(
             f"base model {name!r} is not one of {', '.join(BUILT_IN)}, not a local folder, and could not be "
-            f"loaded from the Hugging Face hub ({type(exc).__name__}); download it where a hub is reachable "
+            f"loaded from the Hugging Face hub ({why}); download it where a hub is reachable "
             "and set base_model to its folder"
         ) from None
+
+
+def _hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode, as it decided when imported."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def minilm_path() -> Path:
@@ -140,10 +154,12 @@ def convert_smollm2(out: Path) -> None:
 
 def build_tiny(out: Path, *, seed: int = 0) -> None:
     """A 2-layer Llama (hidden 64, 2 heads of 32, 1 KV head) with a byte-level BPE tokenizer trained
-    on local text; the same bytes each time."""
+    on local text (`tiny_corpus.corpus()`); the same bytes each time."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from pulse_pipeline.core.training.tiny_corpus import corpus
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -155,7 +171,7 @@ def build_tiny(out: Path, *, seed: int = 0) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    bpe.train_from_iterator(corpus(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="<|im_start|>",
@@ -191,28 +207,3 @@ def build_tiny(out: Path, *, seed: int = 0) -> None:
     (out / "pulse_base_model.json").write_text(
         json.dumps({"name": "tiny", "recipe": TINY_RECIPE, "seed": seed})
     )
-
-
-def _tiny_corpus() -> list[str]:
-    """Enough varied local text for a 2k-token vocabulary: the demo domains, JSON and digits."""
-    from pulse_pipeline.core.demo_data import DIMENSIONS, RESOURCES, SCENARIOS, STATIC_QUESTIONS, TOPICS
-
-    lines = []
-    for issue, resolution, topics in SCENARIOS.values():
-        lines += [issue, resolution, " ".join(topics)]
-    for facts in RESOURCES.values():
-        for q, a, _ in STATIC_QUESTIONS:
-            lines += [q.format(**facts), a.format(**facts)]
-    lines += [
-        f"Researchers studying {t} report changes in {y} data." for t in TOPICS for y in range(2015, 2027)
-    ]
-    lines += [
-        '{"sentiment": "negative", "quality": 6, "topics": ["billing"], "action_detected": true}',
-        "AGENT ACTIONS SCORE IMPACT COMPLIANCE FLAGS assessment timestamp_start timestamp_end",
-        " ".join(DIMENSIONS),
-        "0 1 2 3 4 5 6 7 8 9 10 12.5 49.99 100 2026-11-22 [EMAIL] [PHONE] [CARD] [IBAN] <<SRC:documentation:x>>",
-    ]
-    words = sorted({w for line in lines for w in line.split()})
-    # Pad with word pairs so BPE sees enough merges (a few hundred templated lines alone give ~450 tokens).
-    lines += [f"{a} {b}" for i, a in enumerate(words) for b in words[i + 1 : i + 9]]
-    return lines

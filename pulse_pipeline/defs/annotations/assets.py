@@ -45,8 +45,8 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
     ) -> dg.MaterializeResult:
         day = dt.date.fromisoformat(context.partition_key)
         store = annotation_store.store
-        summary = summarize(store.iter_day(family.name, day))
-        audit = store.audit_day(family.name, day)
+        summary = summarize(store.annotations.iter_day(family.name, day))
+        audit = store.annotations.audit_day(family.name, day)
         context.log.info(
             f"{family.name} {day}: {summary.count} annotations, {audit.invalidated} invalidated, "
             f"{audit.quarantined} quarantined"
@@ -57,7 +57,7 @@ def annotations_asset(family: FamilyConfig, partitions: dg.DailyPartitionsDefini
             "quarantined": audit.stored_quarantined,
             "by_kind": dict(summary.by_kind),
             "annotators": len(summary.by_annotator),
-            "store_watermark": store.latest_seq(family.name),
+            "store_watermark": store.annotations.latest_seq(family.name),
         }
         if summary.by_segment_type:
             metadata["by_segment_type"] = dict(summary.by_segment_type)

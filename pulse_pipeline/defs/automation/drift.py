@@ -76,7 +76,7 @@ def _metadata(report: "DriftReport", uris: dict[str, str]) -> dict[str, object]:
         "reference_dataset_version": reference.get("dataset_version") or "none",
         "reference_source": reference.get("source") or "none",
         "new_annotations": f["new_annotations"],
-        "snapshot_watermark": f["snapshot_watermark"],
+        "training_watermark": f["training_watermark"],
         "report": _link(uris["report"]),
     }
     if report.status != "compared":
@@ -124,9 +124,10 @@ def drift_sensor(family: FamilyConfig, job_name: str) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext,
         annotation_store: AnnotationStore,
         artifact_storage: ArtifactStorage,
+        training: TrainingEnvironment,
     ) -> dg.SensorResult | dg.SkipReason:
         from pulse_pipeline.core.drift.sides import reference_version
-        from pulse_pipeline.core.retraining import NewAnnotations, count_new, snapshot_watermark
+        from pulse_pipeline.core.retraining import NewAnnotations, new_annotations
 
         event = context.instance.get_latest_materialization_event(key)
         if event is None or event.asset_materialization is None:
@@ -142,10 +143,8 @@ def drift_sensor(family: FamilyConfig, job_name: str) -> dg.SensorDefinition:
                 f"the drift report compared against snapshot {meta.get('reference_dataset_version')}, "
                 f"the reference is now {now_version}: waiting for a new report"
             )
-        watermark = snapshot_watermark(artifacts, family.name)
-        seen = count_new(
-            annotation_store.store, family, watermark, NewAnnotations.from_cursor(context.cursor)
-        )
+        store = annotation_store.store
+        seen = new_annotations(store, artifacts, family, NewAnnotations.from_cursor(context.cursor))
         context.update_cursor(seen.to_cursor())
         if seen.count < cfg.min_new_annotations:
             return dg.SkipReason(
@@ -161,6 +160,8 @@ def drift_sensor(family: FamilyConfig, job_name: str) -> dg.SensorDefinition:
                 "pulse/drift_score": f"{meta.get('drift_score', float('nan')):.3f}",
             },
             job_name=job_name,
+            store=store,
+            training=training,
         )
         if isinstance(request, dg.SkipReason):
             return request

@@ -39,7 +39,7 @@ def production_accuracy_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         from pulse_pipeline.core.production_accuracy import production_accuracy
 
         report = production_accuracy(
-            annotation_store.store.iter_family(family.name), artifact_storage.open(), family
+            annotation_store.store.annotations.iter_family(family.name), artifact_storage.open(), family
         )
         (context.log.warning if report.alert else context.log.info)(f"{family.name}: {report.summary()}")
         current = report.current

@@ -1,5 +1,9 @@
-"""What every trigger of a retrain checks first: is one already under way, and did this data's
-retrain fail before.
+"""What every trigger of a retrain checks first: is a training of the family under way (its
+training lock, or a queued or running retrain), and did this data's retrain fail before.
+
+A trigger that finds a dead training's lock (its heartbeat stopped, its run finished, its process
+gone) frees it, fails that run if it still looks alive and frees its concurrency slots, so a
+killed training never blocks its family or the `training` pool for longer than a sensor tick.
 
 Sensors dedupe on their run keys, but two triggers (new annotations and a closed review session,
 or drift, or a schedule) have different keys for the same data, so each also skips a family whose
@@ -12,6 +16,9 @@ posted each failure).
 import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.core.store import Store
+from pulse_pipeline.defs.resources import TrainingEnvironment
+from pulse_pipeline.defs.training.locking import free_dead_trainings
 
 RETRAIN_KEY_TAG = "pulse/retrain_key"  # the data a retrain is for, whatever its attempt
 MAX_ATTEMPTS = 3
@@ -30,6 +37,16 @@ def running_retrain(instance: dg.DagsterInstance, family: FamilyConfig, jobs: se
     return next((run.run_id for run in runs if run.job_name in jobs), None)
 
 
+def training_under_way(
+    instance: dg.DagsterInstance, store: Store, training: TrainingEnvironment, family: FamilyConfig
+) -> str | None:
+    """Who trains `family` now, from its training lock (a dead holder's lock is freed first)."""
+    lock = training.lock(store, instance)
+    free_dead_trainings(store, instance, [family.name], lock, lambda line: None)
+    state = lock.state(family.name)
+    return f"{family.name}: {state.describe()}" if state.held else None
+
+
 def retrain_request(
     instance: dg.DagsterInstance,
     family: FamilyConfig,
@@ -37,8 +54,13 @@ def retrain_request(
     tags: dict[str, str],
     *,
     job_name: str,
+    store: Store,
+    training: TrainingEnvironment,
 ) -> dg.RunRequest | dg.SkipReason:
     """A run request for the retrain of `family` identified by `key`, or the reason there is none."""
+    holder = training_under_way(instance, store, training, family)
+    if holder:
+        return dg.SkipReason(holder)
     busy = running_retrain(instance, family, {job_name, "retrain", f"retrain_{family.snake}"})
     if busy:
         return dg.SkipReason(f"a retrain of {family.name} is already queued or running (run {busy[:8]})")

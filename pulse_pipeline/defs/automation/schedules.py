@@ -18,8 +18,8 @@ import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
 from pulse_pipeline.defs.automation.daily_report import daily_report_key
-from pulse_pipeline.defs.automation.runs import running_retrain
-from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
+from pulse_pipeline.defs.automation.runs import running_retrain, training_under_way
+from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 
 CAPTURE_REPORT_JOB = "daily_capture_report"
 ChainKeys = Mapping[str, Sequence[dg.AssetKey]]  # family name -> its retrain chain
@@ -78,17 +78,21 @@ def _retrain_schedule(
         context: dg.ScheduleEvaluationContext,
         annotation_store: AnnotationStore,
         artifact_storage: ArtifactStorage,
+        training: TrainingEnvironment,
     ) -> list[dg.RunRequest] | dg.SkipReason:
-        from pulse_pipeline.core.retraining import count_new, snapshot_watermark
+        from pulse_pipeline.core.retraining import new_annotations
 
+        store = annotation_store.store
         requests, skipped = [], []
         for family in families:
-            why_not = _not_now(context.instance, family, name, flag, retrain_job)
+            why_not = _not_now(context.instance, family, name, flag, retrain_job) or training_under_way(
+                context.instance, store, training, family
+            )
             if why_not:
                 skipped.append(why_not)
                 continue
-            watermark = snapshot_watermark(artifact_storage.open(), family.name)
-            new = count_new(annotation_store.store, family, watermark).count
+            seen = new_annotations(store, artifact_storage.open(), family)
+            new, watermark = seen.count, seen.watermark
             why_not = decide(family, new)
             if why_not:
                 skipped.append(f"{family.name}: {why_not}")
@@ -160,11 +164,15 @@ def _quarterly(
         description="04:00 UTC on the first day of each quarter: retrain the families whose config "
         "asks for it (automation.schedules.quarterly), even with nothing new (training forced).",
     )
-    def _schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, annotation_store: AnnotationStore, training: TrainingEnvironment
+    ) -> list[dg.RunRequest] | dg.SkipReason:
         day = _scheduled_time(context).date()
         requests, skipped = [], []
         for family in families:
-            why_not = _not_now(context.instance, family, "quarterly_retrain", "quarterly", retrain_job)
+            why_not = _not_now(
+                context.instance, family, "quarterly_retrain", "quarterly", retrain_job
+            ) or training_under_way(context.instance, annotation_store.store, training, family)
             if why_not:
                 skipped.append(why_not)
                 continue

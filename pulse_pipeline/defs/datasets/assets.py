@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from pulse_pipeline.core.examples import BuildStats, build_examples, formatter_version
+from pulse_pipeline.core.build_stats import BuildStats
+from pulse_pipeline.core.examples import build_examples, formatter_version
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.core.review import review_queue
 from pulse_pipeline.core.snapshots import (
@@ -43,7 +44,7 @@ def review_queue_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, annotation_store: AnnotationStore
     ) -> dg.MaterializeResult:
         """Captured predictions waiting for a person, priority first (`pulse review export` sends them to Label Studio)."""
-        queue = review_queue(annotation_store.store.iter_family(family.name), family)
+        queue = review_queue(annotation_store.store.annotations.iter_family(family.name), family)
         context.log.info(f"{family.name}: {len(queue.items)} waiting for review")
         top = [
             f"| {i.status} | {i.confidence if i.confidence is not None else ''} | {i.provider or ''} | {i.suggestion} | {i.text[:80]} |"

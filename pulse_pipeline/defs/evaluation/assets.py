@@ -1,17 +1,23 @@
-"""`<family>/eval_report`: the newest adapter judged against production, and the promotion gate.
+"""`<family>/eval_report`: the adapter its run trained, judged against production, and the promotion gate.
 
-A thin wrapper over `core.evaluation.runner.evaluate_version`. The blocking asset check
-`promotion_gate` passes on DEPLOY, warns on REVIEW and fails (severity ERROR) on FAIL, so a
-run stops before anything downstream of the report (promotion) when the gate says FAIL.
+A thin wrapper over `core.evaluation.runner.evaluate_version`. It judges the version the adapter
+step of the same run trained (or the one named in run config), never "the newest
+materialization", and records the decision on the version's record. It runs outside the
+`training` pool: a run holding its family's training lock never waits for another family's
+training between its steps. The blocking asset check `promotion_gate` passes on DEPLOY, warns
+on REVIEW and fails (severity ERROR) on FAIL, so a run stops before anything downstream of the
+report (promotion) when the gate says FAIL.
 """
 
 import dagster as dg
 from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
+from pulse_pipeline.defs.lineage import this_runs_metadata
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline.defs.retries import retry_transient
-from pulse_pipeline.defs.training.assets import TRAINING_POOL
+from pulse_pipeline.defs.training.assets import created_by
+from pulse_pipeline.defs.training.locking import run_holds_later_steps, step_lease
 
 GATE_CHECK = "promotion_gate"
 _SEVERITY = {"REVIEW": dg.AssetCheckSeverity.WARN, "FAIL": dg.AssetCheckSeverity.ERROR}
@@ -36,7 +42,6 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         key=key,
         deps=[adapter_key],
         group_name=family.snake,
-        pool=TRAINING_POOL,
         kinds={"pytorch"},
         tags={"pulse/family": family.name, "pulse/stage": "evaluation"},
         check_specs=[
@@ -56,35 +61,51 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         annotation_store: AnnotationStore,
         training: TrainingEnvironment,
     ) -> dg.MaterializeResult:
-        """The newest adapter against production (or the base model) on the test split and golden set."""
+        """The adapter trained in this run (or the version named in run config) against production
+        (or the base model), on the test split and the golden set."""
         from pathlib import Path
 
         from pulse_pipeline.core.evaluation.runner import evaluate_version
+        from pulse_pipeline.core.registry import Registry, Targets
+        from pulse_pipeline.core.registry.promotion import sync_mlflow
 
-        version = config.version or _adapter_version(context, adapter_key)
-        evaluation = evaluate_version(
-            family,
-            pulse_config,
-            artifact_storage.open(),
-            home=training.home_path,
-            version=version,
-            eval_files=tuple(Path(f) for f in config.eval_files),
-            tracking_uri=training.mlflow_tracking_uri or None,
-            log=context.log.info,
-        )
-        r = evaluation.results
-        gate = r["gate"]
-        from pulse_pipeline.core.promotion import Targets, announce_candidate, record_evaluation
-
-        record_evaluation(annotation_store.store, family.name, r["version"], r)
-        if training.mlflow_tracking_uri:  # a FAIL is no longer the challenger
-            targets = Targets(annotation_store.store, training.mlflow_tracking_uri)
-            context.log.info(f"MLflow aliases: {announce_candidate(artifact_storage.open(), family.name, targets)}")
-        context.log.info(f"{family.name} {r['version']}: {gate['decision']} ({evaluation.report_uri})")
+        trained = this_runs_metadata(context, adapter_key)
+        version = config.version or (str(trained["version"]) if trained else None)
+        if version is None:
+            raise dg.Failure(
+                f"{family.name}: no adapter was trained in this run; name the version to judge in the "
+                "run config (`version`)"
+            )
+        store = annotation_store.store
+        tracking_uri = training.mlflow_tracking_uri or None
+        registry = Registry(store, artifact_storage.open(), Targets(tracking_uri))
+        registry.require(family.name, version)  # a folder without a record is not judged
+        later = run_holds_later_steps(context, family.name, "deployment")
+        who = created_by(context.run.tags, context.run.run_id)
+        lock = training.lock(store, context.instance)
+        with step_lease(context, family.name, lock, who=who, acquire=False, release=not later) as lease:
+            evaluation = evaluate_version(
+                family,
+                pulse_config,
+                registry.artifacts,
+                home=training.home_path,
+                version=version,
+                eval_files=tuple(Path(f) for f in config.eval_files),
+                tracking_uri=tracking_uri,
+                log=context.log.info,
+            )
+            r = evaluation.results
+            gate = r["gate"]
+            registry.record_evaluation(family.name, version, r)
+            if lease is not None and gate["decision"] == "FAIL":
+                lease.release()  # the blocking check stops the run here: nothing more to hold it for
+        if tracking_uri:  # a FAIL is no longer the challenger
+            context.log.info(f"MLflow aliases: {sync_mlflow(registry, family.name)}")
+        context.log.info(f"{family.name} {version}: {gate['decision']} ({evaluation.report_uri})")
         return dg.MaterializeResult(
             metadata={
                 "decision": gate["decision"],
-                "version": r["version"],
+                "version": version,
                 "baseline": r["baseline"]["version"] or r["baseline"]["kind"],
                 "report": dg.MetadataValue.md(evaluation.markdown),
                 "report_html": dg.MetadataValue.url(evaluation.report_uri)
@@ -98,22 +119,13 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
                     passed=gate["decision"] == "DEPLOY",
                     severity=_SEVERITY.get(gate["decision"], dg.AssetCheckSeverity.WARN),
                     description="; ".join(gate["reasons"]) or "every threshold met",
-                    metadata={"decision": gate["decision"], "version": r["version"]},
+                    metadata={"decision": gate["decision"], "version": version},
                 )
             ],
-            data_version=dg.DataVersion(f"{r['version']}:{gate['decision']}"),
+            data_version=dg.DataVersion(f"{version}:{gate['decision']}"),
         )
 
     return _eval_report
-
-
-def _adapter_version(context: dg.AssetExecutionContext, adapter_key: dg.AssetKey) -> str | None:
-    """The version the latest `<family>/adapter` materialization produced (None: the newest)."""
-    event = context.instance.get_latest_materialization_event(adapter_key)
-    if event is None or event.asset_materialization is None:
-        return None
-    value = event.asset_materialization.metadata.get("version")
-    return getattr(value, "value", None) or (str(value) if value else None)
 
 
 def _numeric(results: dict) -> dict[str, dg.MetadataValue]:

@@ -1,15 +1,18 @@
-"""`<family>/deployment`, and the `promote_adapter` and `cleanup_adapters` jobs.
+"""`<family>/deployment`, and the `promote_adapter`, `cleanup_adapters` and `reconcile_adapters` jobs.
 
-Thin wrappers over `core.promotion`: the deployment asset ends each retrain run and promotes the
-version its eval report judged DEPLOY (a REVIEW waits for a person; a FAIL never gets here: the
-blocking `promotion_gate` check stops the run first). The two jobs take their family and version
-from run config, so a person launches them from the Launchpad (or `pulse promote` / `pulse cleanup`).
+Thin wrappers over `core.registry`: the deployment asset ends each retrain run and promotes the
+version its own run's evaluation judged DEPLOY, provided production is still what that
+evaluation compared it with (a REVIEW waits for a person; a FAIL never gets here: the blocking
+`promotion_gate` check stops the run first); it gives the family's training lock back. The jobs
+take their family and version from run config, so a person launches them from the Launchpad (or
+`pulse promote`, `pulse cleanup`, `pulse registry reconcile`).
 """
 
 import dagster as dg
 from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.defs.lineage import this_runs_metadata
 from pulse_pipeline.defs.resources import (
     AnnotationStore,
     ArtifactStorage,
@@ -18,6 +21,7 @@ from pulse_pipeline.defs.resources import (
 )
 from pulse_pipeline.defs.retries import retry_transient
 from pulse_pipeline.defs.training.assets import created_by
+from pulse_pipeline.defs.training.locking import free_dead_trainings, step_lease
 
 
 def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
@@ -38,40 +42,40 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         training: TrainingEnvironment,
         serving: ServingEnvironment,
     ) -> dg.MaterializeResult:
-        """The production adapter: the new version when its evaluation said DEPLOY."""
-        from pulse_pipeline.core import promotion, registry
+        """The production adapter: the version this run evaluated, when its gate said DEPLOY."""
+        from pulse_pipeline.core.registry import Expected, Registry
 
-        event = context.instance.get_latest_materialization_event(report_key)
-        if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
-            event = None  # only this run's own evaluation may promote
-        meta = event.asset_materialization.metadata if event else {}
-        version = getattr(meta.get("version"), "value", None)
-        decision = getattr(meta.get("decision"), "value", None)
-        artifacts = artifact_storage.open()
-        if version is None or decision != "DEPLOY":
-            current = registry.read_current(artifacts, family.name) or {}
-            why = f"{version} was judged {decision}" if version else "no evaluation in this run"
-            context.log.info(f"{family.name}: not promoted ({why}); `pulse promote` decides")
-            return _metadata(current.get("version"), f"not promoted: {why}", "-", "-")
-        with serving.open() as server:
-            out = promotion.promote(
-                artifacts,
-                family.name,
-                version,
-                serving.targets(annotation_store.store, training.mlflow_tracking_uri, server),
-                by=created_by(context.run.tags, context.run.run_id),
+        evaluation = this_runs_metadata(context, report_key) or {}  # only this run's own evaluation
+        version, decision = evaluation.get("version"), evaluation.get("decision")
+        store = annotation_store.store
+        who = created_by(context.run.tags, context.run.run_id)
+        lock = training.lock(store, context.instance)
+        with step_lease(context, family.name, lock, who=who, acquire=False, release=True), serving.open() as server:
+            registry = Registry(store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, server))
+            production = (registry.current(family.name) or {}).get("version")
+            record = registry.record(family.name, str(version)) if version else None
+            why = (
+                "no evaluation in this run" if record is None
+                else f"{version} was judged {decision}" if decision != "DEPLOY"
+                else f"production is {production or 'none'} now, not {record.baseline_version or 'none'} as when "
+                f"{version} was evaluated; evaluate it again"
+                if production != record.baseline_version
+                else None
+            )  # fmt: skip
+            if why is not None:
+                context.log.info(f"{family.name}: not promoted ({why}); `pulse promote` decides")
+                return _metadata(production, f"not promoted: {why}", "-", "-")
+            out = registry.promote(
+                family.name, str(version), by=who, expect=Expected(record.baseline_version),
                 reason=f"the promotion gate said DEPLOY (run {context.run.run_id[:8]})",
-            )
+            )  # fmt: skip
             # Keep the newest `automation.keep_versions` (production, previous and a canary always
             # stay). Production has moved already: a failed cleanup is reported, not a failed run.
             try:
-                removed = ", ".join(promotion.cleanup(
-                    artifacts, family.name,
-                    serving.targets(annotation_store.store, training.mlflow_tracking_uri, server),
-                    keep=family.automation.keep_versions, by=created_by(context.run.tags, context.run.run_id),
-                ).removed) or "none"  # fmt: skip
+                cleaned = registry.cleanup(family.name, keep=family.automation.keep_versions, by=who)
+                removed = ", ".join(cleaned.removed) or "none"
             except Exception as exc:  # noqa: BLE001 - any cleanup error leaves the promotion standing
-                removed = f"cleanup failed: {type(exc).__name__}: {exc}; `pulse cleanup` retries it"
+                removed = f"cleanup failed: {exc}; `pulse cleanup` retries it"
                 context.log.warning(f"{family.name}: {removed}")
         context.log.info(
             f"{family.name}: {out.version} is production; serving {out.serving}; MLflow {out.mlflow}; "
@@ -137,24 +141,27 @@ def promote_version(
     serving: ServingEnvironment,
 ) -> dg.Output:
     """Promote, start a canary, or roll back; the registry first, then serving, records and aliases."""
-    from pulse_pipeline.core import promotion
+    from pulse_pipeline.core.registry import Registry
 
     by = config.requested_by or created_by(context.run.tags, context.run.run_id)
-    artifacts = artifact_storage.open()
     with serving.open() as server:
-        targets = serving.targets(annotation_store.store, training.mlflow_tracking_uri, server)
+        registry = Registry(
+            annotation_store.store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, server)
+        )
         if config.previous:
-            out = promotion.rollback(artifacts, config.family, targets, by=by, reason=config.reason)
+            out = registry.rollback(config.family, by=by, reason=config.reason)
         else:
             if not config.version:
                 raise dg.Failure("give `version`, or `previous: true` to roll back")
-            out = promotion.promote(
-                artifacts, config.family, config.version, targets, by=by, reason=config.reason,
+            out = registry.promote(
+                config.family, config.version, by=by, reason=config.reason,
                 traffic_share=config.traffic_share, force=config.force,
             )  # fmt: skip
     context.log.info(
         f"{config.family}: {out.action} -> {out.version}; serving {out.serving}; MLflow {out.mlflow}"
     )
+    for note in out.notes:
+        context.log.warning(f"{config.family}: {note}")
     return dg.Output(
         out.__dict__,
         metadata={
@@ -162,6 +169,7 @@ def promote_version(
             "version": out.version or "none",
             "previous_version": out.previous_version or "none",
             "challenger": out.challenger or "none",
+            "forced": out.forced,
             "serving": out.serving,
             "mlflow_aliases": out.mlflow,
         },
@@ -178,7 +186,7 @@ def cleanup_versions(
     serving: ServingEnvironment,
 ) -> dg.Output:
     """Remove old versions of a family: never production, the previous one or a canary."""
-    from pulse_pipeline.core import promotion
+    from pulse_pipeline.core.registry import Registry
 
     keep = config.keep
     if keep is None:
@@ -187,16 +195,52 @@ def cleanup_versions(
 
         keep = load_config(get_settings().pulse_config).family(config.family).automation.keep_versions
     with serving.open() as server:
-        out = promotion.cleanup(
-            artifact_storage.open(), config.family,
-            serving.targets(annotation_store.store, training.mlflow_tracking_uri, server),
-            keep=keep, by=created_by(context.run.tags, context.run.run_id),
-        )  # fmt: skip
+        registry = Registry(
+            annotation_store.store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, server)
+        )
+        out = registry.cleanup(config.family, keep=keep, by=created_by(context.run.tags, context.run.run_id))
     context.log.info(f"{config.family}: removed {out.removed or 'nothing'}; kept {out.kept}")
     return dg.Output(
         {"removed": out.removed, "kept": out.kept, "serving": out.serving, "mlflow": out.mlflow},
         metadata={"removed": ", ".join(out.removed) or "none", "kept": ", ".join(out.kept)},
     )
+
+
+class ReconcileConfig(dg.Config):
+    family: str = Field(description="The family, as in pulse.yaml.")
+    dry_run: bool = Field(False, description="Say what would change and change nothing.")
+    requested_by: str = Field("", description="Who asks (default: the Dagster user or the CLI).")
+
+
+@dg.op(tags={"pulse/stage": "deployment"})
+def reconcile_versions(
+    context: dg.OpExecutionContext,
+    config: ReconcileConfig,
+    artifact_storage: ArtifactStorage,
+    annotation_store: AnnotationStore,
+    training: TrainingEnvironment,
+) -> dg.Output:
+    """Repair a family's registry after a crash: see core/registry/reconcile.py. While a live
+    training of the family holds its lock, that training's own version is left alone."""
+    from pulse_pipeline.core.registry import Registry
+
+    store = annotation_store.store
+    by = config.requested_by or created_by(context.run.tags, context.run.run_id)
+    lock = training.lock(store, context.instance)
+    free_dead_trainings(store, context.instance, [config.family], lock, context.log.warning)
+    alive = lock.state(config.family).held
+    out = Registry(store, artifact_storage.open()).reconcile(
+        config.family, by=by, training_alive=alive, dry_run=config.dry_run
+    )
+    for line in out.changes:
+        context.log.info(f"{config.family}: {'would change' if config.dry_run else 'changed'}: {line}")
+    for line in out.problems:
+        context.log.warning(f"{config.family}: {line}")
+    report = {
+        "family": config.family, "dry_run": config.dry_run, "changes": out.changes, "problems": out.problems,
+        "training_alive": alive,
+    }  # fmt: skip
+    return dg.Output(report, metadata={"changes": len(out.changes), "problems": len(out.problems)})
 
 
 @dg.job(tags={"pulse/stage": "deployment"})
@@ -209,3 +253,10 @@ def promote_adapter() -> None:
 def cleanup_adapters() -> None:
     """Remove a family's old adapter versions, keeping the newest N, production and the previous one."""
     cleanup_versions()
+
+
+@dg.job(tags={"pulse/stage": "deployment"})
+def reconcile_adapters() -> None:
+    """Repair a family's registry: adopt or remove folders without a record, finish or fail
+    trainings that died, make records follow current.json."""
+    reconcile_versions()

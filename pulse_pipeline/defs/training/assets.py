@@ -1,7 +1,9 @@
 """`<family>/adapter`: a LoRA adapter trained on the family's newest dataset snapshot.
 
-A thin wrapper over `core.training.runner.train_family`. The asset runs in the `training`
-concurrency pool (limit 1 in dagster.yaml), so two trainings never share the machine.
+A thin wrapper over `core.training.runner.train_family`. The step takes the family's training
+lock for its run (kept through the run's evaluation and deployment; `locking.py`), and runs in
+the `training` concurrency pool (limit 1 in dagster.yaml), so two trainings never share the
+machine.
 """
 
 import dagster as dg
@@ -10,6 +12,7 @@ from pydantic import Field
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline.defs.retries import retry_transient
+from pulse_pipeline.defs.training.locking import run_holds_later_steps, step_lease
 
 TRAINING_POOL = "training"
 
@@ -48,38 +51,43 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         annotation_store: AnnotationStore,
         training: TrainingEnvironment,
     ) -> dg.MaterializeResult:
-        import datetime as dt
-
+        from pulse_pipeline.core.registry import Registry, Targets
+        from pulse_pipeline.core.registry.promotion import sync_mlflow
         from pulse_pipeline.core.training.runner import train_family
 
+        store = annotation_store.store
+        tracking_uri = training.mlflow_tracking_uri or None
+        registry = Registry(store, artifact_storage.open(), Targets(tracking_uri))
+        who = created_by(context.run.tags, context.run.run_id)
+        later = run_holds_later_steps(context, family.name, "eval_report", "deployment")
         report = _ProgressReport(context, config.progress_bar)
         try:
-            trained = train_family(
-                family,
-                artifact_storage.open(),
-                home=training.home_path,
-                tracking_uri=training.mlflow_tracking_uri or None,
-                overrides={"epochs": config.epochs, "max_samples": config.max_samples},
-                force=config.force,
-                on_progress=report,
-                created_by=created_by(context.run.tags, context.run.run_id),
-                store=annotation_store.store,
-                stale_after=dt.timedelta(hours=training.lock_stale_hours),
-                warn=context.log.warning,
-                lock_holder=f"{created_by(context.run.tags, context.run.run_id)} (run {context.run.run_id})",
-            )
+            with step_lease(
+                context, family.name, training.lock(store, context.instance), who=who, acquire=True,
+                release=not later,
+            ) as lease:  # fmt: skip
+                trained = train_family(
+                    family,
+                    registry,
+                    home=training.home_path,
+                    tracking_uri=tracking_uri,
+                    overrides={"epochs": config.epochs, "max_samples": config.max_samples},
+                    force=config.force,
+                    on_progress=report,
+                    created_by=who,
+                    run_id=context.run.run_id,
+                    lease=lease,
+                )
         finally:
             report.close()
-        if not trained.reused or annotation_store.store.version_record(family.name, trained.version) is None:
-            from pulse_pipeline.core.promotion import Targets, announce_candidate, record_trained
-
-            artifacts = artifact_storage.open()
-            record_trained(annotation_store.store, artifacts, family.name, trained.version)
-            targets = Targets(annotation_store.store, training.mlflow_tracking_uri or None)
-            context.log.info(f"MLflow registry: {announce_candidate(artifacts, family.name, targets)}")
+        for line in trained.repaired:
+            context.log.warning(f"{family.name}: reconciled before training: {line}")
+        if not trained.reused:
+            context.log.info(f"MLflow registry: {sync_mlflow(registry, family.name)}")
         m = trained.metadata
         verb = "reused" if trained.reused else "trained"
-        context.log.info(f"{family.name}: {verb} {trained.version} on dataset {m['dataset_version']}")
+        resumed = f", resumed from step {m['resumed_from_step']}" if m.get("resumed_from_step") else ""
+        context.log.info(f"{family.name}: {verb} {trained.version} on dataset {m['dataset_version']}{resumed}")
         epochs = [
             f"| {e['epoch']} | {e['train_loss']:.4f} | {e.get('val_loss', float('nan')):.4f} |"
             for e in m.get("epoch_history", [])
@@ -94,6 +102,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 "validation_loss": dg.MetadataValue.float(float(m["best_validation_loss"] or 0.0)),
                 "best_epoch": m["best_epoch"],
                 "samples_used": m["samples_used"],
+                "resumed_from_step": m.get("resumed_from_step") or 0,
                 "training_time_seconds": dg.MetadataValue.float(float(m["training_time_seconds"])),
                 "tokens_per_second": dg.MetadataValue.float(float(m["tokens_per_second"] or 0.0)),
                 "device": f"{m['hardware']['device']} {m['hardware']['precision']} quantization={m['hardware']['quantization']}",

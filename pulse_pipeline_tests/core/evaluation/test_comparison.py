@@ -48,6 +48,27 @@ def test_identical_systems_have_an_interval_of_zero():
     assert all(r["delta"] == 0 and r["ci_low"] == 0 and r["ci_high"] == 0 for r in rows)
 
 
+def test_the_candidate_interval_brackets_its_value_and_narrows_with_more_examples():
+    def accuracy_row(n):
+        refs, good, bad = _systems(n=n)
+        rows = paired_bootstrap(
+            [metrics.load("classification")], SystemOutputs(good), SystemOutputs(bad), Inputs(refs),
+            resamples=300, seed=3,
+        )  # fmt: skip
+        return next(r for r in rows if r["metric"] == "accuracy")
+
+    small, large = accuracy_row(30), accuracy_row(600)
+    for row in (small, large):
+        assert row["candidate_ci_low"] < row["candidate"] < row["candidate_ci_high"]
+        assert row["ci_low"] < row["delta"] < row["ci_high"]  # the delta's interval is still there
+    width = {n: r["candidate_ci_high"] - r["candidate_ci_low"] for n, r in ((30, small), (600, large))}
+    assert width[600] < width[30] / 2  # ~1/sqrt(n): 20x the examples, about 4.5x narrower
+    lone = paired_bootstrap(
+        [metrics.load("classification")], SystemOutputs(["a"]), SystemOutputs(["b"]), Inputs(["a"])
+    )
+    assert all(r["candidate_ci_low"] is None and r["candidate_ci_high"] is None for r in lone)
+
+
 def test_flipped_lists_right_to_wrong_only():
     examples = [EvalExample(f"e{i}", "intent_label", f"text {i}", "a") for i in range(4)]
     out = flipped(

@@ -102,3 +102,156 @@ def test_lower_is_better_regressions_read_as_worsening():
     out = decide(gate, {}, {"test": [_row("mae", 1.0, 0.8, 0.1, 0.3, False)]}, MAIN)
     assert out["reasons"][0].startswith("mae worsened from 0.800 to 1.000 on test (+0.200")
     assert "90% interval" in out["reasons"][0]
+
+
+# --- minimum evidence -------------------------------------------------------------------------------
+
+ACCURACY = GateConfig(absolute={"accuracy": Threshold(fail_below=0.5)})
+
+
+def _evidence(out):
+    return [c for c in out["checks"] if c["kind"] == "evidence"]
+
+
+def test_three_test_examples_are_not_enough_evidence_to_deploy():
+    # The tester's case: every threshold met, every delta +0.0, on a 3-example test split.
+    gate = GateConfig(absolute={"accuracy": Threshold(fail_below=0.5)}, change=ChangeThresholds())
+    flat = _row("accuracy", 1.0, 1.0, 0.0, 0.0, True)
+    out = decide(
+        gate, {"test": {"accuracy": 1.0}}, {"test": [flat]}, ("accuracy",),
+        set_sizes={"test": 3}, profile="classification",
+    )  # fmt: skip
+    assert out["decision"] == "REVIEW"
+    assert out["reasons"] == ["not enough evidence: 3 test examples, fewer than 100"]
+    [check] = _evidence(out)
+    assert check == {
+        "metric": "examples", "set": "test", "kind": "evidence", "value": 3, "minimum": 100,
+        "threshold": "at least 100 examples", "outcome": "review",
+        "reason": "not enough evidence: 3 test examples, fewer than 100",
+    }  # fmt: skip
+
+
+def test_enough_examples_pass_the_evidence_check():
+    out = decide(
+        ACCURACY,
+        {"test": {"accuracy": 0.9}},
+        {},
+        ("accuracy",),
+        set_sizes={"test": 150},
+        profile="classification",
+    )
+    assert out["decision"] == "DEPLOY" and out["reasons"] == []
+    [check] = _evidence(out)
+    assert check["outcome"] == "pass" and check["reason"] == "evidence: 150 test examples (at least 100)"
+
+
+@pytest.mark.parametrize(
+    ("profile", "minimum"),
+    [("classification", 100), ("regression", 30), ("chat_structured", 20), ("chat_qa", 20)],
+)
+def test_each_task_has_its_default_minimum(profile, minimum):
+    def run(n):
+        return decide(ACCURACY, {"test": {"accuracy": 0.9}}, {}, (), set_sizes={"test": n}, profile=profile)
+
+    below, at = run(minimum - 1), run(minimum)
+    assert below["decision"] == "REVIEW"
+    assert below["reasons"] == [f"not enough evidence: {minimum - 1} test examples, fewer than {minimum}"]
+    assert at["decision"] == "DEPLOY" and _evidence(at)[0]["threshold"] == f"at least {minimum} examples"
+
+
+def test_an_explicit_minimum_and_set_replace_the_task_default():
+    gate = GateConfig(
+        absolute={"accuracy": Threshold(fail_below=0.5)}, evidence={"min_examples": 10, "set": "golden"}
+    )
+    sizes = {"test": 500, "golden": 12}
+    ok = decide(gate, {"test": {"accuracy": 0.9}}, {}, (), set_sizes=sizes, profile="classification")
+    assert ok["decision"] == "DEPLOY"
+    assert _evidence(ok)[0]["reason"] == "evidence: 12 golden examples (at least 10)"
+    thin = decide(
+        gate, {"test": {"accuracy": 0.9}}, {}, (), set_sizes={**sizes, "golden": 1}, profile="regression"
+    )
+    assert thin["reasons"] == ["not enough evidence: 1 golden example, fewer than 10"]
+    with pytest.raises(ValidationError):
+        GateConfig(evidence={"min_examples": 0})
+    with pytest.raises(ValidationError):
+        GateConfig(evidence={"max_interval_width": 0})
+    with pytest.raises(ValidationError, match="extra"):
+        GateConfig(evidence={"minimum": 5})
+
+
+def test_a_missing_or_empty_test_set_is_no_evidence():
+    for sizes in ({}, {"golden": 500}, {"test": 0}):
+        out = decide(ACCURACY, {"test": {"accuracy": 0.9}}, {}, (), set_sizes=sizes, profile="classification")
+        assert out["decision"] == "REVIEW"
+        assert out["reasons"] == ["not enough evidence: no test examples"]
+
+
+def test_thin_evidence_never_turns_a_fail_into_a_review():
+    out = decide(
+        ACCURACY, {"test": {"accuracy": 0.2}}, {}, (), set_sizes={"test": 3}, profile="classification"
+    )
+    assert out["decision"] == "FAIL"
+    assert out["reasons"][0].startswith("accuracy 20.0% on test < 50.0%: FAIL")
+    assert out["reasons"][1] == "not enough evidence: 3 test examples, fewer than 100"
+
+
+def test_evidence_alone_is_not_a_gate_check_that_ran():
+    # No thresholds and no comparison: a big enough set does not wave the version through.
+    out = decide(GateConfig(), {}, {}, ("accuracy",), set_sizes={"test": 500}, profile="classification")
+    assert out["decision"] == "REVIEW" and _evidence(out)[0]["outcome"] == "pass"
+    assert out["reasons"] == [
+        "no gate check could run (no thresholds, or no values for them): a person decides"
+    ]
+
+
+def test_without_set_sizes_or_a_profile_the_old_callers_work_as_before():
+    out = decide(ACCURACY, {"test": {"accuracy": 0.9}}, {}, ())
+    assert out["decision"] == "DEPLOY" and _evidence(out) == []
+    unknown = decide(ACCURACY, {"test": {"accuracy": 0.9}}, {}, (), set_sizes={"test": 3})
+    assert unknown["decision"] == "DEPLOY" and _evidence(unknown)[0]["outcome"] == "skipped"
+
+
+def _with_candidate_interval(row, low, high):
+    return {**row, "candidate_ci_low": low, "candidate_ci_high": high}
+
+
+def test_a_wide_candidate_interval_asks_a_person_when_a_width_is_configured():
+    gate = GateConfig(absolute={"accuracy": Threshold(fail_below=0.5)}, evidence={"max_interval_width": 0.2})
+    row = _row("accuracy", 0.7, 0.7, -0.05, 0.05, True)
+    wide = {"test": [_with_candidate_interval(row, 0.55, 0.86)]}
+    narrow = {"test": [_with_candidate_interval(row, 0.65, 0.75)]}
+    sizes = {"test": 400}
+    out = decide(
+        gate, {"test": {"accuracy": 0.7}}, wide, ("accuracy",), set_sizes=sizes, profile="classification"
+    )
+    assert out["decision"] == "REVIEW"
+    assert out["reasons"] == [
+        "not enough evidence: the 95% interval of accuracy on test is 0.31 wide (0.55 to 0.86), wider than 0.20"
+    ]
+    width = _evidence(out)[1]
+    assert width["metric"] == "accuracy" and width["value"] == pytest.approx(0.31)
+    assert width["threshold"] == "95% interval at most 0.20 wide"
+    ok = decide(
+        gate, {"test": {"accuracy": 0.7}}, narrow, ("accuracy",), set_sizes=sizes, profile="classification"
+    )
+    assert ok["decision"] == "DEPLOY"
+    assert _evidence(ok)[1]["reason"] == (
+        "evidence: the 95% interval of accuracy on test is 0.10 wide (0.65 to 0.75) (at most 0.20)"
+    )
+
+
+def test_the_width_check_reads_the_first_main_metric_with_a_value_or_the_named_one():
+    rows = [
+        {**_row("answer_accuracy", 0.0, 0.0, 0.0, 0.0, True), "candidate": None},  # no applicable example
+        _with_candidate_interval(_row("token_f1", 0.6, 0.5, 0.05, 0.15, True), 0.3, 0.9),
+        _with_candidate_interval(_row("mae", 0.8, 0.9, -0.2, 0.0, False), 0.7, 0.9),
+    ]
+    gate = GateConfig(change=ChangeThresholds(metrics=()), evidence={"max_interval_width": 0.25})
+    main = ("answer_accuracy", "token_f1")
+    out = decide(gate, {}, {"test": rows}, main)
+    assert _evidence(out)[0]["metric"] == "token_f1" and _evidence(out)[0]["outcome"] == "review"
+    named = GateConfig(evidence={"max_interval_width": 0.25, "metric": "mae"})
+    assert _evidence(decide(named, {}, {"test": rows}, main))[0]["outcome"] == "pass"
+    missing = GateConfig(evidence={"max_interval_width": 0.25, "metric": "bleu"})
+    check = _evidence(decide(missing, {}, {"test": rows}, main))[0]
+    assert check["outcome"] == "skipped" and check["reason"] == "evidence: no interval of bleu on test"

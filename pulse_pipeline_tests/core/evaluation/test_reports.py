@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pulse_pipeline.core.evaluation.config import MAIN_METRICS, GateConfig, Threshold
+from pulse_pipeline.core.evaluation.gate import decide
 from pulse_pipeline.core.evaluation.report_plots import confusion_subset
 from pulse_pipeline.core.evaluation.report_view import format_delta, format_value
 from pulse_pipeline.core.evaluation.reports import (
@@ -410,6 +412,38 @@ def test_markdown_regression_and_chat_families() -> None:
     assert "| bleu | 27.4 | 9.9 | +17.5 (+12.5 to +22.5) | better |" in chat
     assert "| 1.23 s | 980 ms |" in chat
     assert "refusal\\_consistency | n/a | n/a |" in chat
+
+
+def test_thin_evidence_is_a_gate_row_and_the_reason_for_review_in_both_reports() -> None:
+    results = classification_results()
+    results["sets"][0]["examples"] = 40
+    for row in results["comparison"]["test"]:
+        row["candidate_ci_low"], row["candidate_ci_high"] = row["candidate"] - 0.1, row["candidate"] + 0.05
+    gate = GateConfig(absolute={"accuracy": Threshold(fail_below=0.7)}, evidence={"max_interval_width": 0.1})
+    results["gate"] = decide(
+        gate,
+        {name: m["candidate"] for name, m in results["metrics"].items()},
+        results["comparison"],
+        MAIN_METRICS["classification"],
+        set_sizes={s["name"]: s["examples"] for s in results["sets"]},
+        profile="classification",
+    )
+    assert results["gate"]["decision"] == "REVIEW"
+    markdown = render_markdown(results)
+    assert (
+        "**REVIEW**: not enough evidence: 40 test examples, fewer than 100; not enough evidence: the 95% "
+        "interval of accuracy on test is 0.15 wide (0.81 to 0.96), wider than 0.10"
+    ) in markdown
+    checks = _section(markdown, "Gate checks")
+    assert "| examples | test | evidence | 40 | at least 100 examples | **REVIEW** |" in checks
+    assert (
+        "| accuracy | test | evidence | 0.15 wide (0.81 to 0.96) | 95% interval at most 0.10 wide | **REVIEW** |"
+        in checks
+    )
+    assert all(len(_cells(line)) == 6 for line in checks if line.startswith("|"))
+    html = render_html(results, {})
+    assert "<td>at least 100 examples</td>" in html
+    assert "not enough evidence: 40 test examples, fewer than 100" in html
 
 
 def test_minimal_results_render_without_crashing(tmp_path: Path) -> None:

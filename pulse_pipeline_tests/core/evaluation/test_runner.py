@@ -1,7 +1,8 @@
 """The gate end to end on real adapters: CLINC150 intents on `minilm-l6`, an adapter trained on
 shuffled labels against a good production adapter (FAIL, naming the metric), the good one
 against the shuffled one (DEPLOY), the first version against the base model, the same inputs
-giving the same intervals, and the reports written next to the adapter."""
+giving the same intervals, the reports written next to the adapter, and a test split too small
+for the task's default minimum of examples asking a person (REVIEW)."""
 
 import json
 import random
@@ -10,12 +11,13 @@ import orjson
 import pytest
 from mlflow import MlflowClient
 
-from pulse_pipeline.core import adapters, registry
 from pulse_pipeline.core.artifacts import LocalArtifactStore
+from pulse_pipeline.core.evaluation.config import EvidenceConfig
 from pulse_pipeline.core.evaluation.runner import evaluate_version
 from pulse_pipeline.core.examples import build_examples
 from pulse_pipeline.core.families import parse_config
 from pulse_pipeline.core.ingestion import ingest_file
+from pulse_pipeline.core.registry import files, pointer
 from pulse_pipeline.core.snapshots import read_split, write_snapshot
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.core.training.base_models import resolve_base_model
@@ -23,6 +25,7 @@ from pulse_pipeline.core.training.config import resolve_training_config
 from pulse_pipeline.core.training.recipe import TrainingJob, train
 from pulse_pipeline.core.training.tracking import MlflowRun
 from pulse_pipeline_tests.conftest import CLINC150
+from pulse_pipeline_tests.versions import publish_files
 
 INTENTS = ("balance", "transfer", "freeze_account", "book_flight", "weather", "timer", "oos")
 
@@ -41,7 +44,14 @@ def world(tmp_path_factory, model_cache):
                     "base_model": "minilm-l6",
                     "labels": list(INTENTS),
                     "split": {"train": 0.6, "val": 0.2, "test": 0.2},
-                    "evaluation": {"gate": {"absolute": {"accuracy": {"fail_below": 0.5}}}},
+                    # ~42 test examples: under classification's default minimum (100), so the
+                    # DEPLOY paths lower it; the test also runs once with the default.
+                    "evaluation": {
+                        "gate": {
+                            "absolute": {"accuracy": {"fail_below": 0.5}},
+                            "evidence": {"min_examples": 30},
+                        }
+                    },
                 }
             }
         }
@@ -88,17 +98,17 @@ def _publish(world, *, shuffled: bool) -> str:
     result = train(job)
     run.finish(ok=True)
     meta = {**result.metadata, "mlflow": {"run_id": run.run_id}}
-    return adapters.publish(artifacts, family.name, result.folder, meta)
+    return publish_files(artifacts, family.name, result.folder, meta)
 
 
 def _point_current(artifacts, version):
-    artifacts.write_bytes(registry.current_key("intents"), orjson.dumps({"version": version}))
+    artifacts.write_bytes(pointer.current_key("intents"), orjson.dumps({"version": version}))
 
 
-def _evaluate(world, version):
-    config, family, artifacts, _, tmp, _ = world
+def _evaluate(world, version, family=None):
+    config, default, artifacts, _, tmp, _ = world
     return evaluate_version(
-        family,
+        family or default,
         config,
         artifacts,
         home=tmp / "home",
@@ -115,6 +125,18 @@ def test_shuffled_labels_fail_against_a_good_adapter_and_a_good_one_deploys(worl
     first = _evaluate(world, good)  # no production yet: judged against the base model
     assert first.results["baseline"]["kind"] == "base_model"
     assert first.decision == "DEPLOY", first.results["gate"]
+    test_size = next(s["examples"] for s in first.results["sets"] if s["name"] == "test")
+    assert f"evidence: {test_size} test examples (at least 30)" in [
+        c["reason"] for c in first.results["gate"]["checks"]
+    ]
+
+    family = world[1]  # the same run under the task's default minimum: too few examples to deploy
+    gate = family.evaluation.gate.model_copy(update={"evidence": EvidenceConfig()})
+    thin = family.model_copy(update={"evaluation": family.evaluation.model_copy(update={"gate": gate})})
+    small = _evaluate(world, good, thin)
+    assert small.decision == "REVIEW" and small.results["gate"]["reasons"] == [
+        f"not enough evidence: {test_size} test examples, fewer than 100"
+    ]
 
     bad = _publish(world, shuffled=True)
     _point_current(artifacts, good)
@@ -140,13 +162,13 @@ def test_shuffled_labels_fail_against_a_good_adapter_and_a_good_one_deploys(worl
 
     assert quality(again) == quality(better) and len(quality(better)) >= 4  # same inputs, same intervals
 
-    folder = artifacts.local_path(adapters.prefix("intents", good)) / "eval"
+    folder = artifacts.local_path(files.key("intents", good)) / "eval"
     assert {p.name for p in folder.iterdir()} == {"results.json", "report.md", "report.html"}
     assert json.loads((folder / "results.json").read_text())["gate"]["decision"] == "DEPLOY"
     assert "DEPLOY" in (folder / "report.md").read_text()
 
     client = MlflowClient(f"sqlite:///{world[4] / 'mlflow.db'}")
-    run_id = adapters.read_metadata(artifacts, "intents", bad)["mlflow"]["run_id"]
+    run_id = files.read_metadata(artifacts, "intents", bad)["mlflow"]["run_id"]
     logged = client.get_run(run_id)
     assert logged.data.tags["pulse.decision"] == "FAIL" and "eval.test.accuracy" in logged.data.metrics
     assert {

@@ -7,7 +7,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pulse_pipeline.core import adapters
 from pulse_pipeline.core.artifacts import LocalArtifactStore
 from pulse_pipeline.core.evaluation.inference import AdapterPredictor, VllmPredictor
 from pulse_pipeline.core.evaluation.runner import evaluate_version
@@ -15,10 +14,12 @@ from pulse_pipeline.core.evaluation.sets import from_snapshot
 from pulse_pipeline.core.examples import build_examples
 from pulse_pipeline.core.families import parse_config
 from pulse_pipeline.core.ingestion import ingest_file
+from pulse_pipeline.core.registry import files
 from pulse_pipeline.core.serving import VllmServer, served_name
 from pulse_pipeline.core.snapshots import write_snapshot
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.core.training.models import load_adapter
+from pulse_pipeline_tests.versions import publish_files
 from pulse_pipeline_tests.vllm_server import TEST_API_KEY
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,7 @@ def world(tmp_path_factory, smollm2, vllm_server):
     )
     get_peft_model(model, lora).save_pretrained(folder)
     AutoTokenizer.from_pretrained(smollm2).save_pretrained(folder)
-    version = adapters.publish(
+    version = publish_files(
         artifacts, family.name, folder, {"dataset_version": dataset, "base_model": "smollm2"}
     )
     return config, family, artifacts, dataset, version, tmp
@@ -86,7 +87,7 @@ def world(tmp_path_factory, smollm2, vllm_server):
 
 def test_answers_come_from_the_server_and_agree_with_peft(world, vllm_server, monkeypatch):
     config, family, artifacts, dataset, version, tmp = world
-    folder = artifacts.local_path(adapters.prefix(family.name, version))
+    folder = artifacts.local_path(files.key(family.name, version))
     examples = from_snapshot(family, artifacts, dataset, "test").examples
     assert len(examples) >= 6
     with VllmServer(vllm_server.url, api_key=TEST_API_KEY) as server:
@@ -115,7 +116,7 @@ def test_an_adapter_for_another_base_model_is_answered_through_peft(
     world, vllm_server, monkeypatch, tmp_path
 ):
     config, family, artifacts, dataset, version, tmp = world
-    folder = artifacts.local_path(adapters.prefix(family.name, version))
+    folder = artifacts.local_path(files.key(family.name, version))
     adapter_config = orjson.loads((folder / "adapter_config.json").read_bytes())
     moved = tmp_path / "elsewhere" / "other-base"
     moved.parent.mkdir()
@@ -132,7 +133,7 @@ def test_an_adapter_for_another_base_model_is_answered_through_peft(
         key = f"datasets/{family.name}/{dataset}/{name}"
         store.write_bytes(key, artifacts.read_bytes(key))
     (copy / "training_metadata.json").unlink()
-    other = adapters.publish(store, family.name, copy, {"dataset_version": dataset, "base_model": "other"})
+    other = publish_files(store, family.name, copy, {"dataset_version": dataset, "base_model": "other"})
     monkeypatch.setenv("PULSE_VLLM_URL", vllm_server.url)
     monkeypatch.setenv("PULSE_VLLM_API_KEY", TEST_API_KEY)
     judged = evaluate_version(family, config, store, home=tmp_path / "home", version=other)

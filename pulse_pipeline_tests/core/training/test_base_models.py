@@ -1,5 +1,8 @@
 import hashlib
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -102,6 +105,28 @@ def test_local_folders_and_unknown_names(tmp_path):
         BaseModelError, match="not one of tiny, smollm2-135m, minilm-l6.*set base_model to its folder"
     ):
         resolve_base_model("someone/not-downloaded-model", tmp_path)
+
+
+def test_training_does_not_import_the_demo_generator(model_cache):
+    """The tiny model's tokenizer corpus lives in core; production training never loads the demo."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+
+        import pulse_pipeline.core.training.base_models
+        import pulse_pipeline.core.training.recipe
+        import pulse_pipeline.core.training.runner
+        from pulse_pipeline.core.training.base_models import resolve_base_model
+
+        model = resolve_base_model("tiny", Path({str(model_cache)!r}))
+        assert (model.path / "tokenizer.json").is_file(), model.path
+        demo = sorted(m for m in sys.modules if m.startswith("pulse_pipeline.demo"))
+        assert not any(m.startswith("pulse_pipeline.demo") for m in sys.modules), demo
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -3,12 +3,12 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.store import Store, annotations
 from pulse_pipeline.definitions import annotation_partitions
 from pulse_pipeline.defs.annotations.assets import CHECK_ACCOUNTED, annotations_asset
 from pulse_pipeline.defs.resources import AnnotationStore
+from pulse_pipeline.demo.data import DemoScale, write_demo_file
 
 ANCHOR = dt.date(2026, 6, 30)
 
@@ -39,7 +39,7 @@ def test_partition_materializes_counts_breakdowns_and_passing_check(loaded, conf
         mat = result.asset_materializations_for_node("call_analysis__annotations")[0]
         meta = {k: v.value for k, v in mat.metadata.items()}
         with Store(loaded) as store:
-            expected = sum(1 for _ in store.iter_day("call-analysis", ANCHOR))
+            expected = sum(1 for _ in store.annotations.iter_day("call-analysis", ANCHOR))
         assert expected > 0 and meta["annotations"] == expected
         assert sum(meta["by_kind"].values()) == expected
         assert set(meta["by_segment_type"]) <= {"agent_action", "score_impact", "compliance_flag"}
@@ -62,7 +62,7 @@ def test_intent_partition_lists_labels(loaded, config):
 
 def test_check_fails_when_a_received_line_is_missing(loaded, config):
     with Store(loaded) as store, store.engine.begin() as conn:
-        victim = next(r.seq for r in store.iter_day("access-qa", ANCHOR))
+        victim = next(r.seq for r in store.annotations.iter_day("access-qa", ANCHOR))
         conn.execute(annotations.delete().where(annotations.c.seq == victim))
     with dg.DagsterInstance.ephemeral() as instance:
         result = _run(config, loaded, "access-qa", ANCHOR, instance)

@@ -65,8 +65,8 @@ def test_invalidate_a_day_then_backfill_it_and_the_snapshot(config, tmp_path):
         )
 
         with Store(url) as store:
-            bad_ids = {r.id for r in store.iter_day("intent-router", BAD)}
-            fix = store.invalidate("intent-router", day=BAD, reason="a broken export", by="test")
+            bad_ids = {r.id for r in store.annotations.iter_day("intent-router", BAD)}
+            fix = store.fixes.invalidate("intent-router", day=BAD, reason="a broken export", by="test")
         assert fix.invalidated == 30
 
         after = day_run(BAD)  # the backfill of the fixed day's partition

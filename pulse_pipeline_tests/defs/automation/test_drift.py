@@ -14,12 +14,14 @@ import pytest
 
 from pulse_pipeline.core.examples import build_examples
 from pulse_pipeline.core.ingestion import ingest_file
-from pulse_pipeline.core.registry import write_current
-from pulse_pipeline.core.snapshots import write_snapshot
+from pulse_pipeline.core.registry import Registry
+from pulse_pipeline.core.registry.pointer import write_current
+from pulse_pipeline.core.snapshots import latest_manifest, read_manifest, write_snapshot
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.defs.automation.drift import drift_report_asset, drift_sensor
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline_tests.conftest import CLINC150
+from pulse_pipeline_tests.core.registry.conftest import adapter_folder
 
 FAMILY = "intent-router"
 PRODUCTION = "intent-router-20260601-0900"
@@ -59,6 +61,7 @@ class Setup:
         self.batches = itertools.count()
         self.ingest(clinc(BEFORE, 0, 200), days_ago=90)
         version = self.snapshot()
+        self.trained(version, when=dt.datetime(2026, 6, 1, 9, 0, tzinfo=dt.UTC))
         write_current(self.artifacts, FAMILY, {"version": PRODUCTION, "dataset_version": version})
 
     def ingest(self, pairs, days_ago):
@@ -78,6 +81,23 @@ class Setup:
             table, stats = build_examples(store, self.family)
         return write_snapshot(self.artifacts, self.family, table, stats).version
 
+    def trained(self, dataset_version, when=None):
+        """A version trained on the snapshot (recorded with its watermark, as a training does)."""
+        manifest = read_manifest(self.artifacts, FAMILY, dataset_version)
+        with Store(self.url) as store:
+            registry = Registry(store, self.artifacts)
+            record = registry.begin(
+                FAMILY, dataset_version=dataset_version, base_model="minilm-l6", training_config={},
+                created_by="test", watermark=latest_manifest(self.artifacts, FAMILY)["watermark"]["seq"],
+                when=when,
+            )  # fmt: skip
+            registry.publish(
+                record,
+                adapter_folder(self.tmp_path, next(self.batches)),
+                {"dataset": manifest["dataset_version"]},
+            )
+        return record.version
+
     def report(self, instance):
         result = dg.materialize(
             [drift_report_asset(self.family)], resources=self.resources, instance=instance
@@ -87,8 +107,7 @@ class Setup:
 
     def tick(self, instance, cursor=None):
         sensor = drift_sensor(self.family, "retrain_intent_router")
-        resources = {k: v for k, v in self.resources.items() if k != "training"}
-        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=self.resources) as context:
             return sensor(context), context.cursor
 
 
@@ -119,9 +138,9 @@ def test_other_domains_request_one_retrain_per_data_state_once_enough_is_new(con
     setup = Setup(config, tmp_path, clinc)
     shifted = clinc(AFTER, 0, 112)
     setup.ingest(shifted[:100], days_ago=1)
-    # A retrain built a snapshot with the shifted data but was not promoted: production still
-    # trains on banking and travel, and nothing is new since the newest snapshot.
-    setup.snapshot()
+    # A retrain trained a version on the shifted data but did not promote it: production still
+    # trains on banking and travel, and nothing is new since the newest trained version.
+    setup.trained(setup.snapshot())
     with dg.instance_for_test() as instance:
         assert setup.tick(instance)[0].skip_message == (
             f"no drift report yet: materialize {FAMILY}/drift_report"
@@ -143,7 +162,7 @@ def test_other_domains_request_one_retrain_per_data_state_once_enough_is_new(con
         setup.ingest(clinc(AFTER, 112, 120), days_ago=0)
         result, cursor = setup.tick(instance, cursor)
         (request,) = result.run_requests
-        assert request.run_key == f"drift:{FAMILY}:300"  # the newest snapshot's watermark
+        assert request.run_key == f"drift:{FAMILY}:300"  # the newest trained version's watermark
         assert request.tags["pulse/trigger"] == "drift" and request.tags["pulse/new_annotations"] == "20"
         again, _ = setup.tick(instance, cursor)
         assert [r.run_key for r in again.run_requests] == [request.run_key]  # same data, same key

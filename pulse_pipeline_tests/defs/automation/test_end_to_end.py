@@ -8,12 +8,12 @@ import dagster as dg
 import orjson
 import pytest
 
-from pulse_pipeline.core.demo_data import DIMENSIONS, DemoScale, write_demo_file
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.registry import read_current
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.definitions import build_definitions
 from pulse_pipeline.defs.resources import default_resources
+from pulse_pipeline.demo.data import DIMENSIONS, DemoScale, write_demo_file
 from pulse_pipeline.settings import get_settings
 
 FAMILY = "article-scorer"  # minilm-l6 (22M parameters): small enough to train twice in a test
@@ -31,6 +31,15 @@ def _more_scores(n: int, start: int) -> list[dict]:
     return records  # fmt: skip
 
 
+def _min_examples(config, family, n):
+    """`config` with the family's gate asking for `n` test examples (evaluation.gate.evidence)."""
+    fam = config.family(family)
+    gate = fam.evaluation.gate
+    gate = gate.model_copy(update={"evidence": gate.evidence.model_copy(update={"min_examples": n})})
+    fam = fam.model_copy(update={"evaluation": fam.evaluation.model_copy(update={"gate": gate})})
+    return config.model_copy(update={"families": {**config.families, family: fam}})
+
+
 def _tick(sensor, instance, cursor):
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=default_resources()) as context:
         result = sensor(context)
@@ -46,7 +55,9 @@ def test_sensor_requests_a_retrain_whose_run_promotes_a_new_version(config, mode
     demo = write_demo_file(tmp_path / "demo.jsonl", anchor=dt.date(2026, 6, 30), scale=DemoScale().scaled(0.5))
     with Store(settings.database_url) as store:
         ingest_file(store, demo.path, config)
-    defs = build_definitions(config)
+    # Half the demo gives a test split of ~15 scored articles: below the regression default of 30,
+    # the gate would ask a person (REVIEW) and nothing would be promoted on its own.
+    defs = build_definitions(_min_examples(config, FAMILY, 10))
     sensor = defs.resolve_sensor_def("new_annotations_article_scorer")
     job = defs.resolve_job_def("retrain_article_scorer")
     artifacts = settings.artifact_store()
@@ -64,7 +75,7 @@ def test_sensor_requests_a_retrain_whose_run_promotes_a_new_version(config, mode
         v1 = run(request)
         assert v1 is not None, "the first version was not promoted"
 
-        idle, cursor = _tick(sensor, instance, cursor)  # the run's snapshot moved the watermark
+        idle, cursor = _tick(sensor, instance, cursor)  # the run's training moved the watermark
         assert isinstance(idle, dg.SkipReason) and idle.skip_message == "0 of 50 new annotations"
 
         path = tmp_path / "more.jsonl"

@@ -11,9 +11,9 @@ import dagster as dg
 import orjson
 import pytest
 
-from pulse_pipeline.core import adapters, registry
 from pulse_pipeline.core.artifacts import open_artifact_store
 from pulse_pipeline.core.ingestion import ingest_file
+from pulse_pipeline.core.registry import Registry, read_current
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.defs.automation.production import production_accuracy_asset, production_accuracy_sensor
 from pulse_pipeline.defs.registry.assets import promote_adapter
@@ -24,6 +24,7 @@ from pulse_pipeline.defs.resources import (
     TrainingEnvironment,
 )
 from pulse_pipeline.settings import get_settings
+from pulse_pipeline_tests.core.registry.conftest import adapter_folder
 
 FAMILY = "intent-router"
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
@@ -61,19 +62,26 @@ def lab(config, tmp_path):
     url = f"sqlite:///{tmp_path / 'pulse.db'}"
     artifacts = open_artifact_store(str(tmp_path / "artifacts"))
     versions = []
-    for minute in (0, 1):
-        folder = tmp_path / f"src-{minute}"
-        folder.mkdir()
-        (folder / "adapter_config.json").write_text('{"r": 8}')
-        (folder / "adapter_model.safetensors").write_bytes(bytes([minute]) * 256)
-        meta = {"trained_at": T0.isoformat(), "samples_used": 100, "training_loss": 0.5,
-                "dataset_version": f"d{minute}", "base_model": "minilm-l6"}  # fmt: skip
-        version = adapters.publish(artifacts, FAMILY, folder, meta, now=T0 + dt.timedelta(minutes=minute))
-        accuracy = (0.85, 0.9)[minute]
-        results = {"metrics": {"test": {"candidate": {"accuracy": accuracy}}}, "gate": {"decision": "DEPLOY"}}
-        artifacts.write_bytes(f"adapters/{FAMILY}/{version}/eval/results.json", orjson.dumps(results))
-        registry.promote(artifacts, FAMILY, version, by="test")
-        versions.append(version)
+    with Store(url) as store:
+        registry = Registry(store, artifacts)
+        for minute in (0, 1):
+            record = registry.begin(
+                FAMILY, dataset_version=f"d{minute}", base_model="minilm-l6", training_config={},
+                created_by="test", when=T0 + dt.timedelta(minutes=minute),
+            )  # fmt: skip
+            meta = {"trained_at": T0.isoformat(), "samples_used": 100, "training_loss": 0.5,
+                    "dataset_version": f"d{minute}", "base_model": "minilm-l6"}  # fmt: skip
+            registry.publish(record, adapter_folder(tmp_path, minute), meta)
+            accuracy = (0.85, 0.9)[minute]
+            results = {
+                "metrics": {"test": {"candidate": {"accuracy": accuracy}}},
+                "gate": {"decision": "DEPLOY", "reasons": []},
+                "baseline": {"version": versions[-1] if versions else None},
+            }
+            artifacts.write_bytes(f"adapters/{FAMILY}/{record.version}/eval/results.json", orjson.dumps(results))
+            registry.record_evaluation(FAMILY, record.version, results)
+            registry.promote(FAMILY, record.version, by="test")
+            versions.append(record.version)
     resources = {
         "annotation_store": AnnotationStore(database_url=url),
         "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
@@ -165,11 +173,11 @@ def test_a_drop_alerts_and_rolls_back_once(lab, webhook):
                        "serving": ServingEnvironment()},
         )  # fmt: skip
         assert run.success
-        current = registry.read_current(lab["artifacts"], FAMILY)
+        current = read_current(lab["artifacts"], FAMILY)
         assert (current["version"], current["previous_version"], current["reason"]) == (v1, v2, reason)
         with Store(lab["url"]) as store:
-            (audit,) = [d for d in store.deployments(FAMILY) if d["action"] == "rollback"]
-        assert (audit["from_version"], audit["to_version"], audit["by"]) == (
+            (audit,) = [d for d in Registry(store, lab["artifacts"]).audit.list(FAMILY) if d.action == "rollback"]
+        assert (audit.from_version, audit.to_version, audit.by) == (
             v2, v1, "sensor:production_accuracy_intent_router"
         )  # fmt: skip
 

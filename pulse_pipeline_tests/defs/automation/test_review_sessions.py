@@ -2,27 +2,17 @@
 session with new segment reviews requests the retrain once; a session whose reviews are all in the
 newest snapshot is skipped by name; a tick with no new closure requests nothing."""
 
-import datetime as dt
 
 import dagster as dg
-import orjson
 
+from pulse_pipeline.core.artifacts import LocalArtifactStore
 from pulse_pipeline.core.ingestion import ingest_lines
 from pulse_pipeline.core.review_sessions import close_session
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.defs.automation.review_sessions import closed_sessions_sensor
-from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
+from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline_tests.core.test_review_sessions import segment
-
-
-def _snapshot_at(artifacts, seq):
-    """A newest snapshot built up to store seq `seq` (what the sensor reads of it)."""
-    folder = artifacts / "datasets" / "call-analysis" / "v1"
-    folder.mkdir(parents=True)
-    (folder / "manifest.json").write_bytes(orjson.dumps({"dataset_version": "v1", "watermark": {"seq": seq}}))
-    (artifacts / "datasets" / "call-analysis" / "latest.json").write_bytes(
-        orjson.dumps({"dataset_version": "v1", "created_at": dt.datetime.now(dt.UTC).isoformat()})
-    )
+from pulse_pipeline_tests.versions import trained_version
 
 
 def test_closing_a_session_with_new_reviews_requests_one_retrain(config, tmp_path):
@@ -31,13 +21,15 @@ def test_closing_a_session_with_new_reviews_requests_one_retrain(config, tmp_pat
     resources = {
         "annotation_store": AnnotationStore(database_url=url),
         "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
+        "training": TrainingEnvironment(home=str(tmp_path / "home")),
     }
     sensor = closed_sessions_sensor(family, "retrain_call_analysis")
     assert sensor.name == "closed_review_sessions_call_analysis"
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     with Store(url) as store:
         ingest_lines(store, [segment(i, "dojo-old") for i in range(2)], config, source="a")
-        _snapshot_at(tmp_path / "artifacts", store.latest_seq("call-analysis"))
+        trained_version(store, LocalArtifactStore(tmp_path / "artifacts"), "call-analysis",
+                        store.annotations.latest_seq("call-analysis"))  # fmt: skip
         ingest_lines(store, [segment(i, "dojo-new") for i in range(2, 6)], config, source="b")
     with dg.instance_for_test() as instance:
 
@@ -51,7 +43,7 @@ def test_closing_a_session_with_new_reviews_requests_one_retrain(config, tmp_pat
             old = close_session(store, config, "dojo-old", by="lead")
         result, cursor = tick(cursor)
         assert (
-            result.skip_message == "no segment review newer than the snapshot in closed session(s) dojo-old"
+            result.skip_message == "no segment review newer than the last training in closed session(s) dojo-old"
         )
         assert cursor == str(old.seq)
 

@@ -9,14 +9,14 @@ import orjson
 import pytest
 import yaml
 
-from pulse_pipeline.core.demo_data import DIMENSIONS
 from pulse_pipeline.core.families import ScheduleConfig
 from pulse_pipeline.core.ingestion import ingest_lines
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.definitions import RETRAIN_JOB, annotation_partitions, build_definitions
 from pulse_pipeline.defs.automation.daily_report import daily_report_asset
 from pulse_pipeline.defs.automation.schedules import build_schedules, run_limit_tags, watch_keys
-from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
+from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.demo.data import DIMENSIONS
 from pulse_pipeline_tests.conftest import PROJECT
 
 NIGHT = dt.datetime(2026, 7, 1, 2, 0, tzinfo=dt.UTC)
@@ -47,6 +47,7 @@ def env(tmp_path):
     resources = {
         "annotation_store": AnnotationStore(database_url=url),
         "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
+        "training": TrainingEnvironment(home=str(tmp_path / "home")),
     }
 
     def ingest(config, records):
@@ -124,14 +125,15 @@ def test_weekly_runs_on_any_new_annotation(config, env):
     assert request.tags["dagster/max_runtime"] == "5400"
 
 
-def test_quarterly_retrains_only_the_families_that_ask_even_with_nothing_new(config):
+def test_quarterly_retrains_only_the_families_that_ask_even_with_nothing_new(config, env):
+    resources, _ = env
     config = _with_schedules(config, "intent-router", quarterly=True)
     defs = build_definitions(config)
     chains = _chains(defs, config)
     quarterly = _schedules(config, chains)["quarterly_retrain"]
     assert quarterly.cron_schedule == "0 4 1 1,4,7,10 *"
     with dg.instance_for_test() as instance:
-        (request,) = _tick(quarterly, instance, when=dt.datetime(2026, 7, 1, 4, tzinfo=dt.UTC))
+        (request,) = _tick(quarterly, instance, resources, when=dt.datetime(2026, 7, 1, 4, tzinfo=dt.UTC))
     assert request.run_key == "quarterly:intent-router:2026-07-01"
     assert request.tags == {"pulse/family": "intent-router", "dagster/max_runtime": "5400"}
     # training is forced (the same snapshot would otherwise reuse the last version), and the run
@@ -142,7 +144,7 @@ def test_quarterly_retrains_only_the_families_that_ask_even_with_nothing_new(con
 
     none = _schedules(_with_schedules(config, "intent-router", quarterly=False), chains)["quarterly_retrain"]
     with dg.instance_for_test() as instance:
-        skip = _tick(none, instance, when=dt.datetime(2026, 7, 1, 4, tzinfo=dt.UTC))
+        skip = _tick(none, instance, resources, when=dt.datetime(2026, 7, 1, 4, tzinfo=dt.UTC))
     assert (
         "intent-router: not in quarterly_retrain (automation.schedules.quarterly: false)" in skip.skip_message
     )

@@ -1,19 +1,25 @@
 """`new_annotations_<family>` ticks against a real store: a skip with the count below the minimum,
 one run request at it (the same run key on every later tick), counting only what is new, and a
-new snapshot starting the count again."""
+version trained on newer data starting the count again (a snapshot alone does not), and a tick
+while a training holds the family's lock naming the holder."""
 
 import datetime as dt
+import os
+import socket
 
 import dagster as dg
 import orjson
 from dagster._core.utils import make_new_run_id
 
+from pulse_pipeline.core.artifacts import LocalArtifactStore
 from pulse_pipeline.core.ingestion import ingest_file
+from pulse_pipeline.core.registry import Registry
 from pulse_pipeline.core.retraining import NewAnnotations
-from pulse_pipeline.core.store import Store
+from pulse_pipeline.core.store import LockHolder, Store
 from pulse_pipeline.defs.automation.runs import RETRAIN_KEY_TAG, retrain_request
 from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
-from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
+from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline_tests.core.registry.conftest import adapter_folder
 
 
 def _qa(n, start=0):
@@ -37,6 +43,7 @@ def test_skips_below_the_minimum_then_requests_one_run_per_watermark(config, tmp
     resources = {
         "annotation_store": AnnotationStore(database_url=url),
         "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
+        "training": TrainingEnvironment(home=str(tmp_path / "home")),
     }
     sensor = new_annotations_sensor(family, "retrain_access_qa")
     _ingest(config, url, tmp_path, _qa(37), "a.jsonl")
@@ -58,7 +65,7 @@ def test_skips_below_the_minimum_then_requests_one_run_per_watermark(config, tmp
         again, cursor = tick(cursor)
         assert [r.run_key for r in again.run_requests] == ["access-qa:0"]  # same data, same run key
 
-        # A retrain built a snapshot up to seq 57: counting starts again from there.
+        # A snapshot alone (`pulse snapshot`) trains nothing: still 57 new.
         (tmp_path / "artifacts" / "datasets" / "access-qa" / "v1").mkdir(parents=True)
         (tmp_path / "artifacts" / "datasets" / "access-qa" / "v1" / "manifest.json").write_bytes(
             orjson.dumps({"dataset_version": "v1", "watermark": {"seq": 57}})
@@ -67,8 +74,36 @@ def test_skips_below_the_minimum_then_requests_one_run_per_watermark(config, tmp
             orjson.dumps({"dataset_version": "v1", "created_at": dt.datetime.now(dt.UTC).isoformat()})
         )
         result, cursor = tick(cursor)
+        assert [r.run_key for r in result.run_requests] == ["access-qa:0"]
+
+        # A version trained on that snapshot up to seq 57: counting starts again from there.
+        _trained(url, tmp_path, "v1", 57)
+        result, cursor = tick(cursor)
         assert result.skip_message == "0 of 50 new annotations"
         assert NewAnnotations.from_cursor(cursor) == NewAnnotations(57, 57, 0)
+
+        # While a training of the family holds its lock, a tick that reaches the minimum says who.
+        _ingest(config, url, tmp_path, _qa(50, start=200), "c.jsonl")
+        with Store(url) as store:
+            holder = LockHolder("cli:alice", "abcdef0123456789", socket.gethostname(), os.getpid())
+            assert store.locks.insert("access-qa", holder)
+            result, cursor = tick(cursor)
+            assert result.skip_message.startswith("access-qa: training already in progress since ")
+            assert "cli:alice (run abcdef01, pid" in result.skip_message
+            store.locks.release("access-qa", holder)
+        result, cursor = tick(cursor)
+        assert [r.run_key for r in result.run_requests] == ["access-qa:57"]
+
+
+def _trained(url, tmp_path, dataset, watermark):
+    """A version of access-qa trained on `dataset` up to store seq `watermark`, as a training records it."""
+    with Store(url) as store:
+        registry = Registry(store, LocalArtifactStore(tmp_path / "artifacts"))
+        record = registry.begin(
+            "access-qa", dataset_version=dataset, base_model="tiny", training_config={}, created_by="t",
+            watermark=watermark,
+        )  # fmt: skip
+        registry.publish(record, adapter_folder(tmp_path, watermark), {})
 
 
 def test_a_data_fix_makes_the_next_tick_count_again(config, tmp_path):
@@ -77,6 +112,7 @@ def test_a_data_fix_makes_the_next_tick_count_again(config, tmp_path):
     resources = {
         "annotation_store": AnnotationStore(database_url=url),
         "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
+        "training": TrainingEnvironment(home=str(tmp_path / "home")),
     }
     sensor = new_annotations_sensor(family, "retrain_access_qa")
     _ingest(config, url, tmp_path, _qa(40), "a.jsonl")  # all on 2026-06-30
@@ -89,7 +125,7 @@ def test_a_data_fix_makes_the_next_tick_count_again(config, tmp_path):
         result, cursor = tick(None)
         assert result.skip_message == "40 of 50 new annotations"
         with Store(url) as store:
-            store.invalidate("access-qa", day=dt.date(2026, 6, 30), reason="broken export", by="test")
+            store.fixes.invalidate("access-qa", day=dt.date(2026, 6, 30), reason="broken export", by="test")
         later = [{**r, "created_at": "2026-07-01T09:00:00Z"} for r in _qa(10, start=500)]
         _ingest(config, url, tmp_path, later, "b.jsonl")
         result, cursor = tick(cursor)  # 40 + 10 without the fix; the 40 no longer count
@@ -108,15 +144,18 @@ def _past_run(instance, status, key, family="access-qa"):
     return run
 
 
-def test_a_retrain_under_way_skips_and_a_failed_one_is_tried_again_up_to_three_times(config):
+def test_a_retrain_under_way_skips_and_a_failed_one_is_tried_again_up_to_three_times(config, tmp_path):
     family = config.family("access-qa")
     key = "access-qa:57"
+    store = Store(f"sqlite:///{tmp_path / 'pulse.db'}")
+    training = TrainingEnvironment(home=str(tmp_path / "home"))
     with dg.instance_for_test() as instance:
 
         def request():
             return retrain_request(
-                instance, family, key, {"pulse/new_annotations": "60"}, job_name="retrain_access_qa"
-            )
+                instance, family, key, {"pulse/new_annotations": "60"}, job_name="retrain_access_qa",
+                store=store, training=training,
+            )  # fmt: skip
 
         first = request()
         assert (

@@ -4,12 +4,12 @@ import dagster as dg
 import orjson
 import pytest
 
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
 from pulse_pipeline.core.ingestion import ingest_file, ingest_lines
 from pulse_pipeline.core.snapshots import latest_manifest
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples_asset, review_queue_asset
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
+from pulse_pipeline.demo.data import DemoScale, write_demo_file
 
 ANCHOR = dt.date(2026, 6, 30)
 

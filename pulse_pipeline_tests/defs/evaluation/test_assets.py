@@ -5,8 +5,8 @@ metadata, numeric metrics as numeric metadata, and the reports in the version's 
 import dagster as dg
 import pytest
 
-from pulse_pipeline.core import adapters
 from pulse_pipeline.core.artifacts import LocalArtifactStore
+from pulse_pipeline.core.registry import files
 from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples_asset
 from pulse_pipeline.defs.evaluation.assets import GATE_CHECK, eval_report_asset
 from pulse_pipeline.defs.training.assets import adapter_asset
@@ -44,5 +44,5 @@ def test_eval_report_judges_the_new_adapter_and_gates_it(config, resources, tmp_
     assert "answer_accuracy" in check.description
 
     artifacts = LocalArtifactStore(tmp_path / "artifacts")
-    folder = artifacts.local_path(adapters.prefix("access-qa", version)) / "eval"
+    folder = artifacts.local_path(files.key("access-qa", version)) / "eval"
     assert {p.name for p in folder.iterdir()} == {"results.json", "report.md", "report.html"}

@@ -4,8 +4,8 @@ reused when nothing changed, and run in the one-at-a-time `training` pool."""
 import dagster as dg
 import yaml
 
-from pulse_pipeline.core.adapters import read_metadata, versions
 from pulse_pipeline.core.artifacts import LocalArtifactStore
+from pulse_pipeline.core.registry.files import complete_folders, read_metadata
 from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples_asset
 from pulse_pipeline.defs.training.assets import TRAINING_POOL, adapter_asset
 from pulse_pipeline_tests.conftest import PROJECT
@@ -32,7 +32,7 @@ def test_adapter_trains_publishes_tracks_and_is_reused(config, resources, tmp_pa
         forced_meta = forced.asset_materializations_for_node("access_qa__adapter")[0].metadata
     version = meta["version"].value
     artifacts = LocalArtifactStore(tmp_path / "artifacts")
-    assert versions(artifacts, "access-qa") == [version, forced_meta["version"].value]
+    assert complete_folders(artifacts, "access-qa") == [version, forced_meta["version"].value]
     stored = read_metadata(artifacts, "access-qa", version)
     assert stored["samples_used"] == 24 and stored["epochs"] == 1 and stored["created_by"].startswith("run:")
     assert meta["dataset_version"].value == stored["dataset_version"] and meta["reused"].value is False

@@ -1,4 +1,4 @@
-"""The MLflow Model Registry view of the adapter registry: one registered model per family.
+"""The MLflow Model Registry mirror of the adapter registry: one registered model per family.
 
 Every adapter version is registered as an MLflow model version whose `source` is the version's
 artifact location and whose tag `pulse.version` carries the Pulse version name; Pulse names map
@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from pulse_pipeline.core.registry.errors import ModelRegistryError
+from pulse_pipeline.core.secrets import mask
 from pulse_pipeline.core.training.tracking import disable_telemetry
 
 if TYPE_CHECKING:
@@ -56,10 +58,6 @@ HTTP_SETTINGS = {
 }
 _ENV_LOCK = threading.RLock()
 _FORBIDDEN_IN_VERSION = ("'", '"', "`", "\\", "\n", "\r")
-
-
-class ModelRegistryError(RuntimeError):
-    """One line: the tracking URI and what failed."""
 
 
 def registered_model_name(family: str) -> str:
@@ -198,7 +196,7 @@ def _scoped_env(values: dict[str, str]) -> Iterator[None]:
 
 
 def _line(tracking_uri: str, action: str, why: str) -> str:
-    return f"MLflow registry at {tracking_uri}: {action} failed: {why}"
+    return mask(f"MLflow registry at {tracking_uri}: {action} failed: {why}")
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pulse_pipeline.core.model_registry import (
+from pulse_pipeline.core.registry import mlflow_models
+from pulse_pipeline.core.registry.errors import ModelRegistryError
+from pulse_pipeline.core.registry.mlflow_models import (
     CHALLENGER,
     CHAMPION,
-    ModelRegistryError,
     aliases,
     forget_version,
     register_version,
@@ -170,13 +171,11 @@ def test_sync_aliases_on_unknown_family(sqlite_uri: str) -> None:
 
 def test_concurrent_duplicate_is_settled(sqlite_uri: str) -> None:
     """Another process registered the same version between our look-up and our create."""
-    from pulse_pipeline.core import model_registry
-
     name = registered_model_name(FAMILY)
     register_version(sqlite_uri, FAMILY, "v1", source="s3://b/v1", run_id=None, tags={})
     client = _client(sqlite_uri)
     duplicate = client.create_model_version(name, "s3://b/v1", tags={"pulse.version": "v1"})
-    assert model_registry._settle_duplicates(client, name, "v1", str(duplicate.version)) == "1"
+    assert mlflow_models._settle_duplicates(client, name, "v1", str(duplicate.version)) == "1"
     assert registered_versions(sqlite_uri, FAMILY) == {"v1": "1"}
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 

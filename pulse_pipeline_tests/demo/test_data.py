@@ -5,9 +5,9 @@ from collections import Counter
 
 import pytest
 
-from pulse_pipeline.core.demo_data import DemoScale, write_demo_file
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.store import Store
+from pulse_pipeline.demo.data import DemoScale, write_demo_file
 from pulse_pipeline_tests.conftest import CLINC150
 
 ANCHOR = dt.date(2026, 6, 30)

@@ -21,6 +21,15 @@ from typing import Any
 
 import orjson
 
+# The vocabulary is the tiny model's tokenizer corpus: the demo depends on core, never the reverse.
+from pulse_pipeline.core.training.tiny_corpus import (
+    DIMENSIONS,  # noqa: F401 (the article scores' names, which tests import from here)
+    RESOURCES,
+    SCENARIOS,
+    STATIC_QUESTIONS,
+    TOPICS,
+)
+
 # Deliberately flawed lines appended to the demo file, so the demo shows quarantine at work.
 FLAWED_LINES = (
     b'{"kind": "intent_label", "family": "intent-router", "text": "freeze my card", "label": "freeze_account", "confidence": 1.3}',
@@ -134,34 +143,6 @@ AGENTS = ("Priya", "Marcus", "Elena", "Tom", "Aisha", "Kenji")
 CUSTOMERS = ("Jane Doe", "Robert Chen", "Maria Garcia", "Sam Patel", "Olivia Brown", "Luis Ortega")
 TRAINERS = ("trainer.amy", "trainer.ben", "trainer.chloe")
 REVIEWERS = ("reviewer.dan", "reviewer.eve", "reviewer.fay", "reviewer.gus")
-
-SCENARIOS = {
-    "billing_dispute": (
-        "I was charged twice for my subscription this month and I want the second charge reversed.",
-        "I can see the duplicate charge of $49.99; I've raised a refund that will show in 3 to 5 business days.",
-        ["billing", "refund"],
-    ),
-    "lost_card": (
-        "I think I lost my card yesterday, I need it blocked right away.",
-        "I've blocked the card ending 1111 and ordered a replacement, it should arrive within a week.",
-        ["card_services", "fraud_prevention"],
-    ),
-    "address_change": (
-        "I moved last month and need to update my mailing address.",
-        "Your address is updated; you'll get a confirmation letter at the new address.",
-        ["account_maintenance"],
-    ),
-    "cancellation": (
-        "Honestly the service has been terrible and I want to cancel today.",
-        "I'm sorry to hear that. I've processed the cancellation and waived the early termination fee.",
-        ["cancellation", "retention", "complaint"],
-    ),
-    "technical_issue": (
-        "The mobile app keeps logging me out every time I try to pay a bill.",
-        "Please update the app to the latest version; I've also reset your session so you can log in again.",
-        ["technical_support", "mobile_app"],
-    ),
-}
 
 
 def _pii(rng: random.Random, name: str) -> dict[str, str]:
@@ -422,30 +403,6 @@ def _intent_labels(
         yield record
 
 
-DIMENSIONS = (
-    "clarity",
-    "accuracy",
-    "depth",
-    "relevance",
-    "originality",
-    "structure",
-    "engagement",
-    "sourcing",
-)
-TOPICS = (
-    "battery recycling",
-    "urban heat islands",
-    "open-source maintainers",
-    "coastal erosion",
-    "sleep research",
-    "microgrids",
-    "library funding",
-    "wildfire smoke",
-    "remote work",
-    "vaccine logistics",
-)
-
-
 def _score_labels(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[str, Any]]:
     for i in range(n):
         topic = rng.choice(TOPICS)
@@ -490,50 +447,6 @@ def _score_labels(rng: random.Random, clock: _Clock, n: int) -> Iterator[dict[st
         }
 
 
-# Illustrative facts for the demo's source registry; not authoritative figures.
-RESOURCES = {
-    "delta": {
-        "name": "Delta",
-        "site": "NCSA",
-        "cores": 128,
-        "memory": "256 GB",
-        "gpu": "NVIDIA A100 and A40",
-    },
-    "bridges-2": {"name": "Bridges-2", "site": "PSC", "cores": 128, "memory": "256 GB", "gpu": "NVIDIA V100"},
-    "expanse": {"name": "Expanse", "site": "SDSC", "cores": 128, "memory": "256 GB", "gpu": "NVIDIA V100"},
-    "anvil": {"name": "Anvil", "site": "Purdue", "cores": 128, "memory": "256 GB", "gpu": "NVIDIA A100"},
-    "stampede3": {
-        "name": "Stampede3",
-        "site": "TACC",
-        "cores": 112,
-        "memory": "128 GB",
-        "gpu": "Intel Max 1550",
-    },
-}
-STATIC_QUESTIONS = (
-    (
-        "How many cores does a standard compute node on {name} have?",
-        "A standard {name} compute node has {cores} CPU cores.",
-        "compute-resources",
-    ),
-    (
-        "How much memory is on a regular {name} node?",
-        "Regular {name} nodes have {memory} of memory.",
-        "compute-resources",
-    ),
-    ("What GPUs does {name} offer?", "{name} offers {gpu} GPUs.", "compute-resources"),
-    ("Which site operates {name}?", "{name} is operated by {site}.", "compute-resources"),
-    (
-        "Where do I find the user guide for {name}?",
-        "The {name} user guide is linked from its ACCESS resource page.",
-        "documentation",
-    ),
-    (
-        "Can I install my own Python packages on {name}?",
-        "Yes: create a virtual environment or conda environment in your home or project space on {name}.",
-        "software",
-    ),
-)
 # Users ask the same thing in many ways; without this, deduplication would rightly fold the
 # demo's questions into a few dozen.
 OPENERS = (

@@ -1,0 +1,20 @@
+"""The `pulse` command: one module per command group, the Dagster run plumbing in `runs.py`.
+
+    annotations.py  ingest, quarantine, annotations invalidate, sessions close, review export/import
+    training.py     snapshot, export, status, train, evaluate
+    registry.py     promote, cleanup, merge, registry reconcile, registry versions
+    demo.py         demo
+    db.py           db upgrade
+
+Work that has a Dagster asset or job runs through it, so its runs show in the UI. Every failure is
+one line on stderr (`--debug` adds the traceback); every output line is masked (output.py).
+"""
+
+from pulse_pipeline.cli import annotations, db, demo, registry, training  # noqa: F401 - registers the commands
+from pulse_pipeline.cli.app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
