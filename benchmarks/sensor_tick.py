@@ -8,11 +8,14 @@ Per size, a fresh database on a local PostgreSQL gets N-60 intent-router `intent
 written server-side (`INSERT ... SELECT generate_series`, the columns ingestion writes, CLINC150
 utterances when ../shared is there, a third of them unreviewed router captures); a real snapshot
 is built from them (as the `intent-router/dataset_snapshot` asset does, so its manifest is the
-real one, example ids and all), then 60 more records come in through the real ingestion path and
-the table is ANALYZEd. In a fresh process the REAL sensor (`new_annotations_sensor`, evaluated
-with `dg.build_sensor_context` and the real `annotation_store` / `artifact_storage` resources) is
-ticked: first ticks (no cursor: the sensor reads the snapshot watermark and counts the 60) and
-steady ticks (the cursor of a first tick, nothing new). Each tick's time includes building the
+real one, example ids and all) and a version trained on it is recorded (its record carries the
+snapshot's watermark, as a training's does), then 60 more records come in through the real
+ingestion path and the table is ANALYZEd. In a fresh process the REAL sensor
+(`new_annotations_sensor`, evaluated with `dg.build_sensor_context` and the real
+`annotation_store`, `artifact_storage` and `training` resources) is ticked: first ticks (no cursor:
+the sensor reads the newest trained version's watermark and counts the 60) and steady ticks (the
+cursor of a first tick, nothing new); at the minimum a tick would also look at the family's
+training lock. Each tick's time includes building the
 context and the resources, as every daemon tick does. The ratio to the smallest size is the
 flatness figure; EXPLAIN ANALYZE of the sensor's own query shows the index range scan.
 """
@@ -198,7 +201,9 @@ def snapshot_worker(url: str, artifacts_dir: str) -> dict:
     start = time.perf_counter()
     with Store(url) as store:
         table, stats = build_examples(store, family)
-        snapshot = write_snapshot(LocalArtifactStore(artifacts_dir), family, table, stats)
+        artifacts = LocalArtifactStore(artifacts_dir)
+        snapshot = write_snapshot(artifacts, family, table, stats)
+        _record_trained(store, artifacts, snapshot.version, snapshot.manifest["watermark"]["seq"])
     manifest = Path(artifacts_dir) / prefix(FAMILY, snapshot.version) / "manifest.json"
     return {
         "seconds": time.perf_counter() - start,
@@ -209,17 +214,32 @@ def snapshot_worker(url: str, artifacts_dir: str) -> dict:
     }
 
 
+def _record_trained(store, artifacts, dataset_version: str, watermark: int) -> None:
+    """A version trained on the snapshot, recorded as a training records it (its files a stand-in)."""
+    from pulse_pipeline.core.registry import Registry
+
+    registry = Registry(store, artifacts)
+    record = registry.begin(
+        FAMILY, dataset_version=dataset_version, base_model="minilm-l6", training_config={},
+        created_by="benchmark", watermark=watermark,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "adapter_config.json").write_text("{}")
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+        registry.publish(record, Path(folder), {"dataset_version": dataset_version})
+
+
 def ticks_worker(n: int, targets: list[tuple[str, str]]) -> list[dict]:
     """Tick the real sensor against every (database, artifacts) target in turn, round-robin, so
     the machine's load at any moment falls on every size alike."""
     import dagster as dg
 
     from pulse_pipeline.core.families import load_config
-    from pulse_pipeline.core.retraining import NewAnnotations, count_new, snapshot_watermark
+    from pulse_pipeline.core.retraining import NewAnnotations, count_new, training_watermark
     from pulse_pipeline.core.snapshots import latest_manifest
     from pulse_pipeline.core.store import Store
     from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
-    from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
+    from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 
     family = load_config(ROOT / "pulse.yaml").family(FAMILY)
     sensor = new_annotations_sensor(family, "retrain")
@@ -227,6 +247,7 @@ def ticks_worker(n: int, targets: list[tuple[str, str]]) -> list[dict]:
         {
             "annotation_store": AnnotationStore(database_url=url),
             "artifact_storage": ArtifactStorage(location=d),
+            "training": TrainingEnvironment(home=d),
         }
         for url, d in targets
     ]
@@ -264,7 +285,7 @@ def ticks_worker(n: int, targets: list[tuple[str, str]]) -> list[dict]:
                 t0 = time.perf_counter()
                 store = Store(url)
                 t1 = time.perf_counter()
-                watermark = snapshot_watermark(artifacts.open(), FAMILY)
+                watermark = training_watermark(store, artifacts.open(), FAMILY)
                 t2 = time.perf_counter()
                 count_new(store, family, watermark)
                 t3 = time.perf_counter()
@@ -334,7 +355,7 @@ def main() -> None:
         return
     base = results[0]
     print(
-        f"{FAMILY}: {NEW} new annotations after the newest snapshot; {args.ticks} ticks of each kind; "
+        f"{FAMILY}: {NEW} new annotations after the newest trained version; {args.ticks} ticks of each kind; "
         f"load average {report['load_before']:.1f} before, {report['load_after']:.1f} after\n"
     )
     print(
@@ -353,7 +374,7 @@ def main() -> None:
         "\nMedian ms per piece, outside Dagster (Store() = the resource's setup, with its migration check):\n"
     )
     print(
-        "| rows | Store() | snapshot watermark (pointer) | count, no cursor | count, with cursor "
+        "| rows | Store() | training watermark (records) | count, no cursor | count, with cursor "
         "| whole manifest (baseline) |"
     )
     print("|---:|---:|---:|---:|---:|---:|")

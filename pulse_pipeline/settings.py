@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from pulse_pipeline.core.artifacts import ArtifactStore
+    from pulse_pipeline.core.evaluation.judge import JudgeSettings
 
 
 class Settings(BaseSettings):
@@ -84,6 +85,14 @@ class Settings(BaseSettings):
     pulse_judge_model: str | None = Field(
         None, description="The judge's model; default: the endpoint's first."
     )
+    pulse_judge_timeout: float = Field(60, gt=0, description="Seconds the judge may take per request.")
+    pulse_judge_max_concurrency: int = Field(4, ge=1, description="Requests to the judge in flight at once.")
+    pulse_judge_retries: int = Field(
+        2,
+        ge=0,
+        description="Retries of a judge request after a connection error, HTTP 429 or 5xx, with "
+        "exponential backoff.",
+    )
     pulse_clinc150: Path | None = Field(
         None,
         description="The CLINC150 dataset's folder (with data_full.json), for the demo's intent data; "
@@ -119,6 +128,23 @@ class Settings(BaseSettings):
             secret_key=self.pulse_s3_secret_key.get_secret_value(),
         )
 
+    def judge(self) -> JudgeSettings | None:
+        """The LLM judge's settings (core/evaluation/judge.py); None when PULSE_JUDGE_URL is unset
+        or blank, and the judge is skipped. A URL that is no http(s) URL raises ValueError."""
+        from pulse_pipeline.core.evaluation.judge import JudgeSettings
+
+        url = (self.pulse_judge_url or "").strip()
+        if not url:
+            return None
+        return JudgeSettings(
+            url=url,
+            api_key=self.pulse_judge_api_key.get_secret_value(),
+            model=self.pulse_judge_model,
+            timeout=self.pulse_judge_timeout,
+            max_concurrency=self.pulse_judge_max_concurrency,
+            retries=self.pulse_judge_retries,
+        )
+
     def from_environment(self, name: str) -> bool:
         """Whether the field of environment variable `name` (any case, e.g. "PULSE_DATABASE_URL")
         was set from the environment (pydantic's `model_fields_set` before the defaults are filled
@@ -138,7 +164,12 @@ class Settings(BaseSettings):
             for secret in (self.pulse_s3_secret_key, self.pulse_vllm_api_key, self.pulse_judge_api_key)
         ]
         found.append(self.pulse_alert_webhook.get_secret_value())
-        for url in (self.pulse_database_url, self.mlflow_tracking_uri, self.pulse_vllm_url, self.pulse_judge_url):
+        for url in (
+            self.pulse_database_url,
+            self.mlflow_tracking_uri,
+            self.pulse_vllm_url,
+            self.pulse_judge_url,
+        ):
             found += url_secrets(url or "")
         return [value for value in found if value]
 

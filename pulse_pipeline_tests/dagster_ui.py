@@ -36,7 +36,7 @@ def prepare_dagster_home(dagster_home: Path) -> None:
     """The project's dagster.yaml, and the first-visit modal marked as seen (it covers the page)."""
     (dagster_home / ".nux").mkdir(parents=True, exist_ok=True)
     (dagster_home / ".nux" / "nux.yaml").write_text("seen: 1\n")
-    (dagster_home / "dagster.yaml").write_text((PROJECT / "dagster.yaml").read_text())
+    (dagster_home / "dagster.yaml").write_text((PROJECT / "pulse_pipeline" / "dagster.yaml").read_text())
 
 
 def _default_sigint() -> None:

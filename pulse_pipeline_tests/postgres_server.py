@@ -63,29 +63,22 @@ class PostgresServer:
             pw = pwd.getpwnam("postgres")
             os.chown(self.data, pw.pw_uid, pw.pw_gid)
         self.data.chmod(0o700)
-        cluster = self.data / "cluster"
         self._run(
-            "initdb", "-D", str(cluster), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"
-        )
+            "initdb", "-D", str(self.data / "cluster"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+            "--locale=C.UTF-8",
+        )  # fmt: skip
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
+        cluster = self.data / "cluster"
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='{self.data}' "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(cluster),
-            "-l",
-            str(self.data / "server.log"),
-            "-w",
-            "-t",
-            "30",
-            "-o",
-            options,
-            "start",
-        )
+        log = str(self.data / "server.log")
+        self._run("pg_ctl", "-D", str(cluster), "-l", log, "-w", "-t", "30", "-o", options, "start")
         self.pid = int((cluster / "postmaster.pid").read_text().splitlines()[0])
-        return self
 
     def halt(self) -> None:
         """Stop the server as an outage would (fast shutdown), keeping its data for `resume`."""
@@ -94,25 +87,7 @@ class PostgresServer:
 
     def resume(self) -> None:
         """Start the halted server again on the same port, with its data."""
-        cluster = self.data / "cluster"
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='{self.data}' "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(cluster),
-            "-l",
-            str(self.data / "server.log"),
-            "-w",
-            "-t",
-            "30",
-            "-o",
-            options,
-            "start",
-        )
-        self.pid = int((cluster / "postmaster.pid").read_text().splitlines()[0])
+        self._pg_ctl_start()
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"

@@ -323,8 +323,10 @@ def test_the_cli_starts_without_ml_libraries():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_one_training_at_a_time_and_a_stale_lock_is_taken_over(demo_loaded, pulse_env):
-    from pulse_pipeline.core.store import Store
+def test_the_entry_point_without_dagster_holds_the_same_lock(demo_loaded, pulse_env):
+    """`python -m pulse_pipeline.core.training` takes the family's lock like `pulse train`: each
+    refuses while the other trains, and a dead holder's lock (a heartbeat 5 minutes old) is taken over."""
+    from pulse_pipeline.core.store import LockHolder, Store
     from pulse_pipeline.settings import get_settings
 
     assert runner.invoke(app, ["snapshot", "--family", "call-analysis"]).exit_code == 0
@@ -339,33 +341,42 @@ def test_one_training_at_a_time_and_a_stale_lock_is_taken_over(demo_loaded, puls
     url = get_settings().database_url
     with Store(url) as store:
         deadline = time.monotonic() + 120
-        while store.training_lock("call-analysis") is None:  # the first training holds the lock
+        while store.locks.get("call-analysis") is None:  # the first training holds the lock
             assert slow_one.poll() is None and time.monotonic() < deadline, slow_one.stderr.read()[-2000:]
             time.sleep(0.2)
-        since = store.training_lock("call-analysis")["acquired_at"]
+        held = store.locks.get("call-analysis")
+        assert held.holder.pid == slow_one.pid and held.holder.run_id is None  # no Dagster run
         st = json.loads(runner.invoke(app, ["status", "--family", "call-analysis", "--json"]).stdout)
-        assert st["is_training"] is True and st["lock_acquired_at"] == since.isoformat()
+        assert st["is_training"] is True and st["lock_acquired_at"] == held.acquired_at.isoformat()
         second = subprocess.run(
             [*cmd, "--force", "--epochs", "1"], cwd=PROJECT, capture_output=True, text=True
         )
         refused = runner.invoke(app, ["train", "--family", "call-analysis", "--force"])
+    since = f"{held.acquired_at:%Y-%m-%d %H:%M:%S} UTC"
     assert second.returncode == 3
-    assert f"training already in progress since {since:%Y-%m-%d %H:%M:%S} UTC" in second.stderr
-    assert refused.exit_code == 3 and "training already in progress since" in refused.stderr
+    assert (
+        f"call-analysis: training already in progress since {since} (cli (pid {slow_one.pid} on "
+        in second.stderr
+    )
+    assert refused.exit_code == 3 and f"training already in progress since {since}" in refused.stderr
     stdout, stderr = slow_one.communicate(timeout=300)
     assert slow_one.returncode == 0, stderr[-2000:]
 
-    with Store(url) as store:  # a crashed holder: its heartbeat stopped five hours ago
-        assert store.training_lock("call-analysis") is None  # released at the end
-        old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=5)
-        assert store.acquire_training_lock("call-analysis", "crashed (pid 1)", now=old).acquired
+    with Store(url) as store:  # a holder on another machine whose heartbeat stopped 5 minutes ago
+        assert store.locks.get("call-analysis") is None  # released at the end
+        gone = LockHolder("cli:bob", None, "another-host", 4242)
+        assert store.locks.insert("call-analysis", gone, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
     st = json.loads(runner.invoke(app, ["status", "--family", "call-analysis", "--json"]).stdout)
     assert st["is_training"] is False and st["lock_acquired_at"] is None  # stale: not training
     out = subprocess.run(
         [*cmd, "--force", "--epochs", "1", "--max-samples", "8"], cwd=PROJECT, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "warning: call-analysis: took over a stale training lock held by crashed (pid 1)" in out.stderr
+    assert (
+        "warning: took over call-analysis: a dead training's lock (cli:bob (pid 4242 on another-host)"
+        in out.stderr
+    )
+    assert re.search(r"no heartbeat for 30\d s \(stale after 120 s\)", out.stderr), out.stderr
 
 
 def test_promote_rollback_cleanup_and_status_through_the_jobs(pulse_env, tmp_path):
@@ -433,3 +444,50 @@ def test_promote_rollback_cleanup_and_status_through_the_jobs(pulse_env, tmp_pat
         assert {r.job_name for r in instance.get_runs()} == {
             "promote_adapter", "cleanup_adapters", "reconcile_adapters",
         }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql+psycopg2://u:pw-9Zk@127.0.0.1:99999/db", 'invalid port number: "99999"'),
+        ("postgresql+psycopg2://u:pw-9Zk@127.0.0.1:12x/db", "is not a database URL"),
+        ("host=127.0.0.1 port=1 dbname=x user=u password=pw-9Zk", "cannot connect to the annotation store"),
+        (
+            "postgresql+psycopg2://u@127.0.0.1:1/db?sslpassword=pw-9Zk",
+            "cannot connect to the annotation store",
+        ),
+    ],
+    ids=["port out of range", "port not a number", "libpq string", "secret query parameter"],
+)
+def test_a_bad_database_url_is_one_masked_line_without_a_class_path(monkeypatch, url, says):
+    monkeypatch.setenv("PULSE_DATABASE_URL", url)
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("pulse: ") and says in result.stderr
+    assert (
+        "pw-9Zk" not in result.stderr and "Error:" not in result.stderr and "Traceback" not in result.stderr
+    )
+    debug = runner.invoke(app, ["--debug", "status"])
+    assert "Traceback (most recent call last)" in debug.stderr and "pw-9Zk" not in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1] == result.stderr.rstrip()  # the same line, last
+
+
+def test_a_version_name_with_a_trailing_newline_is_refused(pulse_env):
+    result = runner.invoke(
+        app, ["promote", "--family", "intent-router", "--version", "intent-router-20261122-0930\n"]
+    )
+    assert result.exit_code == 1 and "is not a version name of family intent-router" in result.stderr
+
+
+def test_two_commands_at_once_on_a_new_home_create_one_dagster_storage(pulse_env):
+    """Two `pulse` processes that both run a job first on a new DAGSTER_HOME: both succeed."""
+    exe = PROJECT / ".venv" / "bin" / "pulse"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pulse_pipeline.cli"]
+    procs = [
+        subprocess.Popen([*cmd, "cleanup", "--family", "intent-router", "--keep", "5", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
+    assert all(json.loads(out) == {"removed": [], "kept": []} for out, _ in outs)

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from pulse_pipeline.cli.output import UserError, guarded, set_debug
+from pulse_pipeline.cli.output import UserError, guarded, secrets, set_debug
 from pulse_pipeline.core.families import PulseConfig, load_config
+from pulse_pipeline.logs import quiet_libraries
 from pulse_pipeline.settings import get_settings
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ def _options(
     ] = False,
 ) -> None:
     set_debug(debug)
+    quiet_libraries(secrets())
 
 
 def command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -34,15 +34,15 @@ _WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionErro
 
 
 def prepare_dagster_home() -> Path:
-    """DAGSTER_HOME with its dagster.yaml (copied from the project's template when missing)."""
+    """DAGSTER_HOME with its dagster.yaml (the package's embedded default, copied when missing)."""
     settings = get_settings()
     home = settings.dagster_home
     assert home is not None
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)  # Dagster reads its home from the environment
     target = home / "dagster.yaml"
-    template = settings.pulse_config.parent / "dagster.yaml"
-    if not target.exists() and template.is_file():
+    template = Path(__file__).resolve().parents[1] / "dagster.yaml"
+    if not target.exists():
         fd, tmp = tempfile.mkstemp(dir=home, prefix=".dagster.yaml.")
         os.close(fd)
         shutil.copyfile(template, tmp)
@@ -102,7 +102,8 @@ def failure(result: Any, what: str = "run") -> str:
 
 
 def failure_reason(result: Any) -> str:
-    """` at <step>: <cause>` from the run's first step failure, or the blocking checks that failed."""
+    """` at <step>: <cause>` from the run's first step failure (or a resource that could not be set
+    up), or the blocking checks that failed."""
     import dagster as dg
 
     names = _step_names(result)
@@ -110,6 +111,10 @@ def failure_reason(result: Any) -> str:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             step = names.get(event.step_key or "", event.step_key or "a step")
             return f" at {step}: {error_line(event.step_failure_data.error)}"
+    for event in result.all_events:  # before any step: a resource (the store, the artifacts) failed
+        error = getattr(event.event_specific_data, "error", None)
+        if event.event_type_value == "RESOURCE_INIT_FAILURE" and error is not None:
+            return f" setting up its resources: {error_line(error)}"
     failed = [
         f"{e.asset_key.to_user_string()} {e.check_name}"
         for e in result.get_asset_check_evaluations()

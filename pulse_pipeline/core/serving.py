@@ -1,9 +1,10 @@
 """A client for vLLM's OpenAI-compatible server: list the served models, load and unload LoRA
 adapters at run time, and chat with the base model or an adapter.
 
-Plain Python (no Dagster): `VllmServer(url, api_key=None, timeout=120)`, or `from_env()` for the
-server named by PULSE_VLLM_URL (and PULSE_VLLM_API_KEY). The URL is the server's root,
-`http://host:8000`; a trailing `/v1` is accepted and dropped (vLLM's /health lives at the root).
+Plain Python (no Dagster): `VllmServer(url, api_key=None, timeout=120)`. This module reads no
+environment variable; the Dagster `ServingEnvironment` resource opens the server named by
+PULSE_VLLM_URL (and PULSE_VLLM_API_KEY). The URL is the server's root, `http://host:8000`; a
+trailing `/v1` is accepted and dropped (vLLM's /health lives at the root).
 
 The server must run with `--enable-lora` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True for
 `load_adapter` / `unload_adapter`. An adapter is served under an immutable name,
@@ -48,14 +49,6 @@ class ServingUnavailable(ServingError):
 def served_name(family: str, version: int | str) -> str:
     """The immutable name an adapter version is served under: "family@version"."""
     return f"{family}@{version}"
-
-
-def from_env() -> VllmServer | None:
-    """The server named by PULSE_VLLM_URL (PULSE_VLLM_API_KEY optional); None when unset."""
-    url = os.environ.get("PULSE_VLLM_URL", "").strip()
-    if not url:
-        return None
-    return VllmServer(url, api_key=os.environ.get("PULSE_VLLM_API_KEY") or None)
 
 
 def _display_url(url: str) -> str:

@@ -1,11 +1,11 @@
-"""The vLLM client without a server: settings from the environment, and a server that is down
+"""The vLLM client without a server: its URL, and a server that is down
 fails fast with one line that names it and never the key (test_serving.py runs the real one)."""
 
 import time
 
 import pytest
 
-from pulse_pipeline.core.serving import ServingUnavailable, VllmServer, from_env, sync_family
+from pulse_pipeline.core.serving import ServingUnavailable, VllmServer, sync_family
 from pulse_pipeline_tests.vllm_server import _free_port
 
 COUNT = [{"role": "user", "content": "Count to 0"}]
@@ -24,13 +24,9 @@ def test_unreachable_server_raises_quickly() -> None:
     assert time.monotonic() - start < 5
 
 
-def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert from_env() is None  # PULSE_VLLM_URL is cleared for every test
-    monkeypatch.setenv("PULSE_VLLM_URL", "http://vllm.internal:8000/v1")
-    monkeypatch.setenv("PULSE_VLLM_API_KEY", "sk-x")
-    server = from_env()
-    assert server is not None and server.url == "http://vllm.internal:8000"
-    server.close()
+def test_the_url_is_the_servers_root() -> None:
+    with VllmServer("http://vllm.internal:8000/v1/", api_key="sk-x") as server:
+        assert server.url == "http://vllm.internal:8000"
     with pytest.raises(ValueError, match="http"):
         VllmServer("vllm.internal:8000")
 

@@ -1,5 +1,5 @@
 """Resources for Dagster runs of a family's lineage: demo annotations in a SQLite store, a local
-artifact folder, the session's base-model cache and a local MLflow store."""
+artifact folder, the session's base-model cache, a local MLflow store and no vLLM server."""
 
 import datetime as dt
 
@@ -8,7 +8,12 @@ import pytest
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.core.training.base_models import resolve_base_model
-from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.defs.resources import (
+    AnnotationStore,
+    ArtifactStorage,
+    ServingEnvironment,
+    TrainingEnvironment,
+)
 from pulse_pipeline.demo.data import DemoScale, write_demo_file
 
 
@@ -30,4 +35,5 @@ def resources(config, tmp_path, model_cache):
         "training": TrainingEnvironment(
             home=str(home), mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
         ),
+        "serving": ServingEnvironment(),  # no vLLM server: peft answers
     }

@@ -1,10 +1,11 @@
 """LLM-as-judge: score chat answers for relevance, correctness and completeness through an LLM.
 
 The judge is any OpenAI-compatible chat-completions endpoint (vLLM, Ollama, OpenAI, LM Studio,
-llama.cpp server...). It is optional: `JudgeSettings.from_env()` returns None, and
-`skip_reason()` says why, when PULSE_JUDGE_URL is unset.
+llama.cpp server...). It is optional: the caller passes a `JudgeSettings`, or None, and the
+evaluation skips the judge with the note `NOT_CONFIGURED` ("PULSE_JUDGE_URL is not set"). This
+module reads no environment variable: `pulse_pipeline.settings.Settings.judge()` builds the
+settings from these:
 
-Environment:
     PULSE_JUDGE_URL              base URL of the API, with or without the trailing `/v1`:
                                  `http://host:8000` and `http://host:8000/v1` are the same judge.
                                  A URL whose path already ends in a version (`/v1`, `/v2`...) is
@@ -25,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -141,39 +141,8 @@ class JudgeSettings:
         if self.retries < 0:
             raise ValueError(f"judge retries must be >= 0, got {self.retries}")
 
-    @classmethod
-    def from_env(cls) -> JudgeSettings | None:
-        """Settings from the PULSE_JUDGE_* variables; None when PULSE_JUDGE_URL is unset or empty."""
-        url = os.environ.get("PULSE_JUDGE_URL", "").strip()
-        if not url:
-            return None
-        return cls(
-            url=url,
-            api_key=os.environ.get("PULSE_JUDGE_API_KEY"),
-            model=os.environ.get("PULSE_JUDGE_MODEL"),
-            timeout=_env_number("PULSE_JUDGE_TIMEOUT", 60.0, float),
-            max_concurrency=_env_number("PULSE_JUDGE_MAX_CONCURRENCY", 4, int),
-            retries=_env_number("PULSE_JUDGE_RETRIES", 2, int),
-        )
 
-
-def _env_number(name: str, default: Any, kind: type) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(
-            f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
-        ) from None
-
-
-def skip_reason() -> str | None:
-    """Why the judge is skipped ("PULSE_JUDGE_URL is not set"), or None when it is configured."""
-    if not os.environ.get("PULSE_JUDGE_URL", "").strip():
-        return "PULSE_JUDGE_URL is not set"
-    return None
+NOT_CONFIGURED = "PULSE_JUDGE_URL is not set"  # why the judge is skipped when there are no settings
 
 
 # -- items and results -------------------------------------------------------------------------------

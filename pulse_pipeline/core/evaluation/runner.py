@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.evaluation import metrics
@@ -26,6 +26,10 @@ from pulse_pipeline.core.evaluation.scoring import SetScorer
 from pulse_pipeline.core.evaluation.sets import EvalExample, EvalSet, from_records_file, from_snapshot
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig, TaskKind
 from pulse_pipeline.core.registry import files, read_current
+
+if TYPE_CHECKING:
+    from pulse_pipeline.core.evaluation.judge import JudgeSettings
+    from pulse_pipeline.core.serving import VllmServer
 
 EVAL_FOLDER = "eval"
 
@@ -55,9 +59,15 @@ def evaluate_version(
     eval_files: tuple[Path, ...] = (),
     tracking_uri: str | None = None,
     log: Callable[[str], None] = lambda _: None,
+    vllm: VllmServer | None = None,
+    judge: JudgeSettings | None = None,
 ) -> Evaluation:
     """Judge `version` against production, or the base model. The caller checked that the version
-    is a recorded one (`Registry.require`): a folder without a record is not judged."""
+    is a recorded one (`Registry.require`): a folder without a record is not judged.
+
+    `vllm`: the vLLM server chat families answer through when it serves the adapter's base model
+    (else peft on this machine, with a note); the caller opened it and closes it, this never does.
+    `judge`: the optional LLM judge of chat answers; None: skipped, and the results say so."""
     meta = files.read_metadata(artifacts, family.name, version)
     dataset = meta["dataset_version"]
     ev = family.evaluation
@@ -70,11 +80,8 @@ def evaluate_version(
         raise EvaluationError(
             f"{family.name} {version}: no evaluation examples (empty test split, no golden file)"
         )
-    systems = _load_systems(family, artifacts, home, version, dataset, meta, log)
-    try:
-        results = _score_sets(family, profile, names, version, meta, sets, systems, log)
-    finally:
-        systems.close()
+    systems = _load_systems(family, artifacts, home, version, dataset, meta, log, vllm)
+    results = _score_sets(family, profile, names, version, meta, sets, systems, log, judge)
     for eval_set in empty:
         why = ", ".join(f"{n} {reason}" for reason, n in eval_set.not_used.items()) or "no records"
         results["skipped"].append(
@@ -93,12 +100,14 @@ def evaluate_version(
 
 def _score_sets(
     family: FamilyConfig, profile: str, names: list[str], version: str, meta: dict[str, Any],
-    sets: list[EvalSet], systems: Systems, log: Callable[[str], None],
+    sets: list[EvalSet], systems: Systems, log: Callable[[str], None], judge: JudgeSettings | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every set through both systems and the metrics: the results, before the gate."""
     ev = family.evaluation
     dataset = meta["dataset_version"]
-    evaluator = SetScorer(family, profile, [metrics.load(n) for n in names], metrics.combine(names), systems)
+    evaluator = SetScorer(
+        family, profile, [metrics.load(n) for n in names], metrics.combine(names), systems, judge
+    )
 
     results: dict[str, Any] = {
         "family": family.name,
@@ -134,18 +143,13 @@ class Systems:
     """The candidate and its baseline, ready to answer; `thresholds`: each one's out-of-scope
     threshold (classification with an OOS label)."""
 
-    candidate: Any  # AdapterPredictor, or VllmPredictor for chat families with PULSE_VLLM_URL
+    candidate: Any  # AdapterPredictor, or VllmPredictor for chat families given a vLLM server
     baseline: Any  # the candidate itself when the baseline is its base model
     baseline_is_adapter: bool  # production: its adapter on; base model: the candidate's off
     baseline_info: dict[str, Any]
     thresholds: dict[str, float] = field(default_factory=dict)
     inference: str = ""  # how the answers were made, for the report
     notes: list[dict[str, str]] = field(default_factory=list)  # what was not done as configured, and why
-    server: Any = None  # the vLLM client, closed with `close()`
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
     def answer(self, examples: list[EvalExample], *, baseline: bool) -> Predictions:
         if baseline:
@@ -170,13 +174,13 @@ def _evaluation_sets(
 
 def _load_systems(
     family: FamilyConfig, artifacts: ArtifactStore, home: Path, version: str, dataset: str,
-    meta: dict[str, Any], log: Callable[[str], None],
+    meta: dict[str, Any], log: Callable[[str], None], vllm: VllmServer | None,
 ) -> Systems:  # fmt: skip
     current = read_current(artifacts, family.name)
     production = current["version"] if current and current.get("version") != version else None
     cache = home / "cache" / "adapters"
     folders = {v: files.local_folder(artifacts, family.name, v, cache) for v in (version, production) if v}
-    server, note = _vllm_server(family, folders[version])
+    server, note = _vllm_server(family, folders[version], vllm)
     if server is not None:
         from pulse_pipeline.core.evaluation.inference import VllmPredictor
         from pulse_pipeline.core.serving import served_name
@@ -214,29 +218,29 @@ def _load_systems(
         systems = Systems(candidate, candidate, False, info)
     systems.inference = inference
     systems.notes = [note] if note else []
-    systems.server = server
     systems.thresholds = _oos_thresholds(family, artifacts, dataset, systems)
     return systems
 
 
-def _vllm_server(family: FamilyConfig, folder: Path) -> tuple[Any, dict[str, str] | None]:
-    """The vLLM server chat answers go through (PULSE_VLLM_URL), when it serves this adapter's
-    base model; else None, and a note saying why peft answered instead."""
+def _vllm_server(
+    family: FamilyConfig, folder: Path, vllm: VllmServer | None
+) -> tuple[Any, dict[str, str] | None]:
+    """The vLLM server chat answers go through (`vllm`, the caller's), when it serves this
+    adapter's base model; else None, and a note saying why peft answered instead. The server
+    stays open either way: its caller closes it."""
     import json
 
     from pulse_pipeline.core import serving
 
-    server = serving.from_env() if family.task is TaskKind.chat_sft else None
+    server = vllm if family.task is TaskKind.chat_sft else None
     if server is None:
         return None, None
     try:
         base = server.base_model()
     except serving.ServingError as exc:
-        server.close()
         return None, {"what": "vllm", "reason": f"{exc}; answered through peft instead"}
     ours = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
     if Path(base).name != Path(ours).name:  # vLLM would load the adapter and silently ignore it
-        server.close()
         reason = f"the server at {server.url} serves {base}, this adapter is for {ours}; answered through peft instead"
         return None, {"what": "vllm", "reason": reason}
     return server, None

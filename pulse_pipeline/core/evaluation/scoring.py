@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pulse_pipeline.core.evaluation import metrics
 from pulse_pipeline.core.evaluation.comparison import Inputs, SystemOutputs, flipped, paired_bootstrap, score
 from pulse_pipeline.core.evaluation.inference import Predictions
 from pulse_pipeline.core.evaluation.sets import EvalExample, EvalSet, load_sources
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
+
+if TYPE_CHECKING:
+    from pulse_pipeline.core.evaluation.judge import JudgeSettings
 
 
 @dataclass
@@ -23,6 +26,7 @@ class SetScorer:
     modules: list[Any]  # the metric modules, called directly on bootstrap resamples
     combined: Any  # the same modules as one `evaluate.combine`, for the full-set figures
     systems: Any  # runner.Systems: answer(examples, baseline=...) and thresholds
+    judge: JudgeSettings | None = None  # the optional LLM judge (chat families); None: skipped
 
     def score_set(self, eval_set: EvalSet, results: dict[str, Any], log: Callable[[str], None]) -> None:
         family, ev = self.family, self.family.evaluation
@@ -70,7 +74,7 @@ class SetScorer:
         if by_category:
             results.setdefault("by_category", {})[eval_set.name] = by_category
         if family.task is TaskKind.chat_sft:
-            _llm_judge(results, eval_set, cand.predictions, log)
+            _llm_judge(self.judge, results, eval_set, cand.predictions, log)
 
 
 def _shared_inputs(family: FamilyConfig) -> dict[str, Any]:
@@ -155,20 +159,25 @@ def _by_category(eval_set: EvalSet, modules: list[Any], system: SystemOutputs, i
     }
 
 
-def _llm_judge(results: dict, eval_set: EvalSet, answers: list[str], log: Callable[[str], None]) -> None:
-    """The optional LLM judge (PULSE_JUDGE_URL) on the candidate's answers: relevance,
-    correctness and completeness join the set's metrics; when it cannot run, the report says why."""
+def _llm_judge(
+    settings: JudgeSettings | None,
+    results: dict,
+    eval_set: EvalSet,
+    answers: list[str],
+    log: Callable[[str], None],
+) -> None:
+    """The optional LLM judge (`settings`, from PULSE_JUDGE_URL) on the candidate's answers:
+    relevance, correctness and completeness join the set's metrics; when it cannot run, the
+    report says why."""
     from pulse_pipeline.core.evaluation.judge import (
+        NOT_CONFIGURED,
         JudgeItem,
-        JudgeSettings,
         JudgeUnavailable,
         judge_answers,
-        skip_reason,
     )
 
-    settings = JudgeSettings.from_env()
     if settings is None:
-        note = {"what": "llm_judge", "reason": skip_reason() or "not configured"}
+        note = {"what": "llm_judge", "reason": NOT_CONFIGURED}
         if note not in results["skipped"]:
             results["skipped"].append(note)
         return

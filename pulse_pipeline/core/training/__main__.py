@@ -39,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from pulse_pipeline.core.training.progress import ProgressBar
     from pulse_pipeline.core.training.recipe import TrainingError
     from pulse_pipeline.core.training.runner import train_family
+    from pulse_pipeline.logs import quiet_libraries
     from pulse_pipeline.settings import get_settings
 
     settings = get_settings()
+    quiet_libraries(settings.secret_values())
     progress = ProgressBar()
 
     def say(message: str) -> None:

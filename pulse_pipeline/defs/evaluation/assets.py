@@ -2,7 +2,9 @@
 
 A thin wrapper over `core.evaluation.runner.evaluate_version`. It judges the version the adapter
 step of the same run trained (or the one named in run config), never "the newest
-materialization", and records the decision on the version's record. It runs outside the
+materialization", and records the decision on the version's record. Chat families answer through
+the `serving` resource's vLLM server (PULSE_VLLM_URL), opened and closed around the evaluation,
+and are graded by the optional LLM judge of `Settings.judge()` (PULSE_JUDGE_*). It runs outside the
 `training` pool: a run holding its family's training lock never waits for another family's
 training between its steps. The blocking asset check `promotion_gate` passes on DEPLOY, warns
 on REVIEW and fails (severity ERROR) on FAIL, so a run stops before anything downstream of the
@@ -14,7 +16,12 @@ from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
 from pulse_pipeline.defs.lineage import this_runs_metadata
-from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
+from pulse_pipeline.defs.resources import (
+    AnnotationStore,
+    ArtifactStorage,
+    ServingEnvironment,
+    TrainingEnvironment,
+)
 from pulse_pipeline.defs.retries import retry_transient
 from pulse_pipeline.defs.training.assets import created_by
 from pulse_pipeline.defs.training.locking import run_holds_later_steps, step_lease
@@ -60,6 +67,7 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         artifact_storage: ArtifactStorage,
         annotation_store: AnnotationStore,
         training: TrainingEnvironment,
+        serving: ServingEnvironment,
     ) -> dg.MaterializeResult:
         """The adapter trained in this run (or the version named in run config) against production
         (or the base model), on the test split and the golden set."""
@@ -68,6 +76,7 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         from pulse_pipeline.core.evaluation.runner import evaluate_version
         from pulse_pipeline.core.registry import Registry, Targets
         from pulse_pipeline.core.registry.promotion import sync_mlflow
+        from pulse_pipeline.settings import get_settings
 
         trained = this_runs_metadata(context, adapter_key)
         version = config.version or (str(trained["version"]) if trained else None)
@@ -84,16 +93,19 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         who = created_by(context.run.tags, context.run.run_id)
         lock = training.lock(store, context.instance)
         with step_lease(context, family.name, lock, who=who, acquire=False, release=not later) as lease:
-            evaluation = evaluate_version(
-                family,
-                pulse_config,
-                registry.artifacts,
-                home=training.home_path,
-                version=version,
-                eval_files=tuple(Path(f) for f in config.eval_files),
-                tracking_uri=tracking_uri,
-                log=context.log.info,
-            )
+            with serving.open() as server:  # None when PULSE_VLLM_URL is unset: peft answers
+                evaluation = evaluate_version(
+                    family,
+                    pulse_config,
+                    registry.artifacts,
+                    home=training.home_path,
+                    version=version,
+                    eval_files=tuple(Path(f) for f in config.eval_files),
+                    tracking_uri=tracking_uri,
+                    log=context.log.info,
+                    vllm=server,
+                    judge=get_settings().judge(),
+                )
             r = evaluation.results
             gate = r["gate"]
             registry.record_evaluation(family.name, version, r)

@@ -11,17 +11,21 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pydantic
 import pytest
 
 from pulse_pipeline.core.evaluation.judge import (
+    NOT_CONFIGURED,
     JudgeItem,
     JudgeSettings,
     JudgeUnavailable,
     judge_answers,
     normalize_url,
     parse_scores,
-    skip_reason,
 )
+from pulse_pipeline.core.evaluation.scoring import _llm_judge
+from pulse_pipeline.core.evaluation.sets import EvalExample, EvalSet
+from pulse_pipeline.settings import Settings, get_settings
 
 KEY = "sk-test-secret-0123456789"
 JUDGE_VARS = (
@@ -195,18 +199,21 @@ def assert_fair_scores(result: Any) -> None:
 # -- settings ----------------------------------------------------------------------------------------
 
 
-def test_from_env_and_skip_reason_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert JudgeSettings.from_env() is None
-    assert skip_reason() == "PULSE_JUDGE_URL is not set"
+def judge_from_env() -> JudgeSettings | None:
+    get_settings.cache_clear()  # read the variables set since the last call
+    return get_settings().judge()
+
+
+def test_no_judge_when_the_url_is_unset_or_blank(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert judge_from_env() is None
     monkeypatch.setenv("PULSE_JUDGE_URL", "  ")
-    assert JudgeSettings.from_env() is None
-    assert skip_reason() == "PULSE_JUDGE_URL is not set"
+    assert judge_from_env() is None
+    assert NOT_CONFIGURED == "PULSE_JUDGE_URL is not set"
 
 
-def test_from_env_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULSE_JUDGE_URL", "http://judge:8000/")
-    settings = JudgeSettings.from_env()
-    assert skip_reason() is None
+    settings = judge_from_env()
     assert settings == JudgeSettings(url="http://judge:8000/v1")
     assert (settings.url, settings.api_key, settings.model) == ("http://judge:8000/v1", None, None)
     assert (settings.timeout, settings.max_concurrency, settings.retries) == (60.0, 4, 2)
@@ -216,23 +223,66 @@ def test_from_env_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PULSE_JUDGE_TIMEOUT", "12.5")
     monkeypatch.setenv("PULSE_JUDGE_MAX_CONCURRENCY", "8")
     monkeypatch.setenv("PULSE_JUDGE_RETRIES", "0")
-    settings = JudgeSettings.from_env()
+    settings = judge_from_env()
     assert (settings.api_key, settings.model) == (KEY, "qwen2.5-7b")
     assert (settings.timeout, settings.max_concurrency, settings.retries) == (12.5, 8, 0)
-    assert KEY not in repr(settings)
+    assert KEY not in repr(settings) and KEY not in repr(get_settings())
+    assert KEY in get_settings().secret_values()  # masked wherever it shows up
 
 
-def test_from_env_rejects_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("PULSE_JUDGE_MAX_CONCURRENCY", "many"),
+        ("PULSE_JUDGE_MAX_CONCURRENCY", "0"),
+        ("PULSE_JUDGE_TIMEOUT", "soon"),
+        ("PULSE_JUDGE_TIMEOUT", "0"),
+        ("PULSE_JUDGE_RETRIES", "-1"),
+        ("PULSE_JUDGE_RETRIES", "2.5"),
+    ],
+)
+def test_settings_reject_bad_values(monkeypatch: pytest.MonkeyPatch, name: str, bad: str) -> None:
     monkeypatch.setenv("PULSE_JUDGE_URL", "http://judge:8000")
-    monkeypatch.setenv("PULSE_JUDGE_MAX_CONCURRENCY", "many")
-    with pytest.raises(ValueError, match="PULSE_JUDGE_MAX_CONCURRENCY must be an integer"):
-        JudgeSettings.from_env()
-    monkeypatch.setenv("PULSE_JUDGE_MAX_CONCURRENCY", "0")
-    with pytest.raises(ValueError, match="max_concurrency must be >= 1"):
-        JudgeSettings.from_env()
+    monkeypatch.setenv(name, bad)
+    with pytest.raises(pydantic.ValidationError, match=name.lower()):
+        Settings()
+
+
+def test_a_judge_url_that_is_no_http_url_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULSE_JUDGE_URL", "judge:8000")
-    with pytest.raises(ValueError, match="must be an http"):
-        JudgeSettings.from_env()
+    with pytest.raises(ValueError, match="PULSE_JUDGE_URL must be an http"):
+        judge_from_env()
+
+
+# -- in the evaluation -------------------------------------------------------------------------------
+
+
+def _results() -> dict[str, Any]:
+    return {"skipped": [], "metrics": {"test": {"candidate": {}}}}
+
+
+EVAL_SET = EvalSet(
+    "test",
+    "items",
+    [EvalExample(i.id, "qa_pair", [{"role": "user", "content": i.question}], i.reference) for i in ITEMS],
+)
+
+
+def test_the_evaluation_skips_the_judge_without_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULSE_JUDGE_URL", "http://127.0.0.1:9")  # the scorer reads no variable
+    results = _results()
+    _llm_judge(None, results, EVAL_SET, [i.answer for i in ITEMS], lambda _: None)
+    _llm_judge(None, results, EVAL_SET, [i.answer for i in ITEMS], lambda _: None)  # one note, not two
+    assert results["skipped"] == [{"what": "llm_judge", "reason": "PULSE_JUDGE_URL is not set"}]
+    assert results["metrics"]["test"]["candidate"] == {} and "judge" not in results
+
+
+def test_the_evaluation_judges_with_the_settings_it_is_given(judge: FakeJudge) -> None:
+    results, logged = _results(), []
+    _llm_judge(settings_for(judge), results, EVAL_SET, [i.answer for i in ITEMS], logged.append)
+    assert results["skipped"] == [] and set(results["judge"]) == {"test"}
+    assert results["metrics"]["test"]["candidate"]["judge_correctness"] == pytest.approx(2 / 3)
+    assert logged == ["test: LLM judge judge-model: 3 judged, 0 unparsed"]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
-"""Evaluation through a REAL vLLM server (PULSE_VLLM_URL): the version is loaded under
+"""Evaluation through a REAL vLLM server (the caller's `VllmServer`): the version is loaded under
 `<family>@<version>`, its answers and the base model's come from the server and agree with
-peft's, and an adapter for another base model is answered through peft with the reason noted."""
+peft's, an adapter for another base model is answered through peft with the reason noted, and
+the evaluation leaves the caller's client open either way."""
 
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def world(tmp_path_factory, smollm2, vllm_server):
     return config, family, artifacts, dataset, version, tmp
 
 
-def test_answers_come_from_the_server_and_agree_with_peft(world, vllm_server, monkeypatch):
+def test_answers_come_from_the_server_and_agree_with_peft(world, vllm_server):
     config, family, artifacts, dataset, version, tmp = world
     folder = artifacts.local_path(files.key(family.name, version))
     examples = from_snapshot(family, artifacts, dataset, "test").examples
@@ -102,9 +103,9 @@ def test_answers_come_from_the_server_and_agree_with_peft(world, vllm_server, mo
     assert vllm_adapter.outputs != vllm_base.outputs  # the adapter was applied, not ignored
     assert all(s > 0 for s in vllm_adapter.latencies)  # each request's own wall time
 
-    monkeypatch.setenv("PULSE_VLLM_URL", vllm_server.url)
-    monkeypatch.setenv("PULSE_VLLM_API_KEY", TEST_API_KEY)
-    judged = evaluate_version(family, config, artifacts, home=tmp / "home", version=version)
+    with VllmServer(vllm_server.url, api_key=TEST_API_KEY) as server:
+        judged = evaluate_version(family, config, artifacts, home=tmp / "home", version=version, vllm=server)
+        assert server.base_model()  # still open: the caller closes it, not the evaluation
     assert judged.results["inference"] == f"vLLM server at {vllm_server.url}"
     assert (
         judged.results["baseline"]["kind"] == "base_model" and judged.results["metrics"]["test"]["candidate"]
@@ -112,9 +113,7 @@ def test_answers_come_from_the_server_and_agree_with_peft(world, vllm_server, mo
     assert "vLLM server at" in judged.markdown
 
 
-def test_an_adapter_for_another_base_model_is_answered_through_peft(
-    world, vllm_server, monkeypatch, tmp_path
-):
+def test_an_adapter_for_another_base_model_is_answered_through_peft(world, vllm_server, tmp_path):
     config, family, artifacts, dataset, version, tmp = world
     folder = artifacts.local_path(files.key(family.name, version))
     adapter_config = orjson.loads((folder / "adapter_config.json").read_bytes())
@@ -134,9 +133,9 @@ def test_an_adapter_for_another_base_model_is_answered_through_peft(
         store.write_bytes(key, artifacts.read_bytes(key))
     (copy / "training_metadata.json").unlink()
     other = publish_files(store, family.name, copy, {"dataset_version": dataset, "base_model": "other"})
-    monkeypatch.setenv("PULSE_VLLM_URL", vllm_server.url)
-    monkeypatch.setenv("PULSE_VLLM_API_KEY", TEST_API_KEY)
-    judged = evaluate_version(family, config, store, home=tmp_path / "home", version=other)
+    with VllmServer(vllm_server.url, api_key=TEST_API_KEY) as server:
+        judged = evaluate_version(family, config, store, home=tmp_path / "home", version=other, vllm=server)
+        assert server.base_model()  # not closed though it was not used
     assert judged.results["inference"] == "peft on this machine"
     (note,) = [s for s in judged.results["skipped"] if s["what"] == "vllm"]
     assert "this adapter is for" in note["reason"] and "answered through peft instead" in note["reason"]

@@ -5,12 +5,9 @@ the tests (slow)."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,39 +28,6 @@ from pulse_pipeline.core.registry.mlflow_models import (
 from pulse_pipeline_tests.mlflow_server import MlflowServer
 
 FAMILY = "intent-router"
-
-
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Where the sqlite stores live: /dev/shm when there is one. MLflow commits every statement
-    of its 69 schema migrations, ~8 s on this disk and ~2 s in memory."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path_factory.mktemp("mlflow")
-        return
-    folder = Path(tempfile.mkdtemp(prefix="pulse-mlflow-", dir=shm))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def migrated_db(scratch: Path) -> Path:
-    """An empty MLflow sqlite store, migrated once per module; each test works on a copy."""
-    from mlflow import MlflowClient
-
-    path = scratch / "template.db"
-    MlflowClient(f"sqlite:///{path}").search_registered_models()
-    return path
-
-
-@pytest.fixture
-def sqlite_uri(migrated_db: Path, scratch: Path) -> Iterator[str]:
-    path = scratch / f"{uuid.uuid4().hex}.db"
-    shutil.copy(migrated_db, path)
-    yield f"sqlite:///{path}"
-    path.unlink(missing_ok=True)
 
 
 def _client(uri: str):
@@ -138,52 +102,52 @@ def test_registered_model_name() -> None:
     assert registered_model_name("call-analysis") == "pulse-call-analysis"
 
 
-def test_lifecycle_on_sqlite_store(sqlite_uri: str, tmp_path: Path) -> None:
+def test_lifecycle_on_sqlite_store(mlflow_uri: str, tmp_path: Path) -> None:
     root = tmp_path / "artifacts"
     sources = _sources(str(root))
     sources["v2"] = (root / "adapters" / FAMILY / "v2").as_uri()  # file:// URIs are accepted too
-    _check_lifecycle(sqlite_uri, sources)
+    _check_lifecycle(mlflow_uri, sources)
 
 
-def test_s3_sources_and_run_link_on_sqlite_store(sqlite_uri: str) -> None:
-    client = _client(sqlite_uri)
+def test_s3_sources_and_run_link_on_sqlite_store(mlflow_uri: str) -> None:
+    client = _client(mlflow_uri)
     run_id = client.create_run(client.create_experiment("training-intent-router")).info.run_id
-    _check_lifecycle(sqlite_uri, _sources("s3://pulse-bucket/pulse"), run_id=run_id)
+    _check_lifecycle(mlflow_uri, _sources("s3://pulse-bucket/pulse"), run_id=run_id)
 
 
-def test_families_are_separate_models(sqlite_uri: str) -> None:
-    register_version(sqlite_uri, "a", "v1", source="s3://b/a/v1", run_id=None, tags={})
-    register_version(sqlite_uri, "b", "v1", source="s3://b/b/v1", run_id=None, tags={})
-    sync_aliases(sqlite_uri, "a", champion="v1", challenger=None)
-    assert aliases(sqlite_uri, "a") == {CHAMPION: "v1"}
-    assert aliases(sqlite_uri, "b") == {}
-    assert forget_version(sqlite_uri, "b", "v1") is True
-    assert registered_versions(sqlite_uri, "a") == {"v1": "1"}
+def test_families_are_separate_models(mlflow_uri: str) -> None:
+    register_version(mlflow_uri, "a", "v1", source="s3://b/a/v1", run_id=None, tags={})
+    register_version(mlflow_uri, "b", "v1", source="s3://b/b/v1", run_id=None, tags={})
+    sync_aliases(mlflow_uri, "a", champion="v1", challenger=None)
+    assert aliases(mlflow_uri, "a") == {CHAMPION: "v1"}
+    assert aliases(mlflow_uri, "b") == {}
+    assert forget_version(mlflow_uri, "b", "v1") is True
+    assert registered_versions(mlflow_uri, "a") == {"v1": "1"}
 
 
-def test_sync_aliases_on_unknown_family(sqlite_uri: str) -> None:
-    sync_aliases(sqlite_uri, "nobody", champion=None, challenger=None)  # nothing to clear
+def test_sync_aliases_on_unknown_family(mlflow_uri: str) -> None:
+    sync_aliases(mlflow_uri, "nobody", champion=None, challenger=None)  # nothing to clear
     with pytest.raises(ModelRegistryError) as err:
-        sync_aliases(sqlite_uri, "nobody", champion="v1", challenger=None)
+        sync_aliases(mlflow_uri, "nobody", champion="v1", challenger=None)
     message = str(err.value)
-    assert "\n" not in message and sqlite_uri in message and "pulse-nobody" in message
+    assert "\n" not in message and mlflow_uri in message and "pulse-nobody" in message
 
 
-def test_concurrent_duplicate_is_settled(sqlite_uri: str) -> None:
+def test_concurrent_duplicate_is_settled(mlflow_uri: str) -> None:
     """Another process registered the same version between our look-up and our create."""
     name = registered_model_name(FAMILY)
-    register_version(sqlite_uri, FAMILY, "v1", source="s3://b/v1", run_id=None, tags={})
-    client = _client(sqlite_uri)
+    register_version(mlflow_uri, FAMILY, "v1", source="s3://b/v1", run_id=None, tags={})
+    client = _client(mlflow_uri)
     duplicate = client.create_model_version(name, "s3://b/v1", tags={"pulse.version": "v1"})
     assert mlflow_models._settle_duplicates(client, name, "v1", str(duplicate.version)) == "1"
-    assert registered_versions(sqlite_uri, FAMILY) == {"v1": "1"}
+    assert registered_versions(mlflow_uri, FAMILY) == {"v1": "1"}
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
 
 @pytest.mark.parametrize("bad", ["", "v1'--", 'v"1', "v`1"])
-def test_bad_version_names_refused(sqlite_uri: str, bad: str) -> None:
+def test_bad_version_names_refused(mlflow_uri: str, bad: str) -> None:
     with pytest.raises(ModelRegistryError, match="bad version name"):
-        register_version(sqlite_uri, FAMILY, bad, source="s3://b/x", run_id=None, tags={})
+        register_version(mlflow_uri, FAMILY, bad, source="s3://b/x", run_id=None, tags={})
 
 
 def _free_port() -> int:

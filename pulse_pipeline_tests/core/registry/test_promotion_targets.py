@@ -6,13 +6,9 @@ promote, canary, rollback and cleanup. Serving is not configured."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import socket
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,43 +19,10 @@ from pulse_pipeline_tests.mlflow_server import MlflowServer
 P, C, E, R, X = State.PRODUCTION, State.CANARY, State.EVALUATED, State.RETIRED, State.REMOVED
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Where the MLflow sqlite stores live: /dev/shm when there is one (MLflow's schema migrations
-    commit every statement: seconds on a disk, a fraction in memory)."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path_factory.mktemp("mlflow")
-        return
-    folder = Path(tempfile.mkdtemp(prefix="pulse-mlflow-", dir=shm))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def migrated_mlflow(scratch: Path) -> Path:
-    """An empty MLflow sqlite store, migrated once per module; each test works on a copy."""
-    from mlflow import MlflowClient
-
-    path = scratch / "template.db"
-    MlflowClient(f"sqlite:///{path}").search_registered_models()
-    return path
-
-
 @pytest.fixture
-def tracking_uri(migrated_mlflow: Path, scratch: Path) -> Iterator[str]:
-    path = scratch / f"{uuid.uuid4().hex}.db"
-    shutil.copy(migrated_mlflow, path)
-    yield f"sqlite:///{path}"
-    path.unlink(missing_ok=True)
-
-
-@pytest.fixture
-def mirrored(registry: Registry, tracking_uri: str) -> Registry:
+def mirrored(registry: Registry, mlflow_uri: str) -> Registry:
     """The `registry` fixture's store and files, with MLflow's model registry as a target."""
-    return Registry(registry.db, registry.artifacts, Targets(tracking_uri=tracking_uri))
+    return Registry(registry.db, registry.artifacts, Targets(tracking_uri=mlflow_uri))
 
 
 def _aliases(registry: Registry) -> dict[str, str]:
@@ -206,7 +169,7 @@ def test_rolling_back_a_canary_drops_the_challenger_in_the_audit_and_records(mir
     assert _aliases(registry) == {"champion": a}  # a retired challenger is no candidate
 
 
-def test_promoting_production_again_retries_mlflow(registry, tracking_uri, tmp_path):
+def test_promoting_production_again_retries_mlflow(registry, mlflow_uri, tmp_path):
     """MLflow that cannot be reached leaves the promotion standing, "not updated"; promoting the
     production version again (a REVIEW one, forced in: no force is needed again) re-syncs it."""
     down = Registry(registry.db, registry.artifacts, Targets(tracking_uri=f"http://127.0.0.1:{_free_port()}"))
@@ -217,7 +180,7 @@ def test_promoting_production_again_retries_mlflow(registry, tracking_uri, tmp_p
     assert _states(down) == {a: (P, 1.0)}
     assert [d.action for d in down.audit.list(FAMILY)] == ["force_promote"]
 
-    up = Registry(registry.db, registry.artifacts, Targets(tracking_uri=tracking_uri))
+    up = Registry(registry.db, registry.artifacts, Targets(tracking_uri=mlflow_uri))
     assert _aliases(up) == {}
     again = up.promote(FAMILY, a, by="alice")
     assert (again.action, again.changed, again.forced, again.decision, again.mlflow) == (

@@ -28,7 +28,9 @@ def _settled(registry: Registry) -> None:
 def test_a_dead_training_is_failed_and_its_damaged_staging_removed(registry, tmp_path):
     record = _training(registry, 0)
     files.stage(registry.artifacts, FAMILY, record.version, adapter_folder(tmp_path, 0), {})
-    registry.artifacts.write_bytes(f"{files.staging_key(FAMILY, record.version)}/adapter_model.safetensors", b"cut")
+    registry.artifacts.write_bytes(
+        f"{files.staging_key(FAMILY, record.version)}/adapter_model.safetensors", b"cut"
+    )
     alive = registry.reconcile(FAMILY, by="test", training_alive=True)
     assert alive.changes == [] and registry.record(FAMILY, record.version).state is State.TRAINING
     dry = registry.reconcile(FAMILY, by="test", dry_run=True)

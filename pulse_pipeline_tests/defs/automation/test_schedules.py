@@ -235,8 +235,8 @@ def test_run_limit_comes_from_the_family_and_dagster_yaml_enforces_it(config, tm
     )
     assert run_limit_tags(family) == {"dagster/max_runtime": "5400"}  # the default 90 minutes
     assert run_limit_tags(slow) == {"dagster/max_runtime": "14400"}
-    (tmp_path / "dagster.yaml").write_text((PROJECT / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((PROJECT / "pulse_pipeline" / "dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.run_monitoring_enabled  # without it the daemon never stops a run
-    assert yaml.safe_load((PROJECT / "dagster.yaml").read_text())["run_monitoring"]["enabled"] is True
+    assert yaml.safe_load((PROJECT / "pulse_pipeline" / "dagster.yaml").read_text())["run_monitoring"]["enabled"] is True

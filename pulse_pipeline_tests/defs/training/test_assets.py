@@ -67,5 +67,5 @@ def test_training_runs_in_a_pool_of_one():
         assert asset.get_op_def_for_asset_key(dg.AssetKey([name, "adapter"])).pool == TRAINING_POOL
         job = defs.resolve_job_def(f"retrain_{name.replace('-', '_')}")
         assert dg.AssetKey([name, "adapter"]) in job.asset_layer.executable_asset_keys
-    instance_config = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
+    instance_config = yaml.safe_load((PROJECT / "pulse_pipeline" / "dagster.yaml").read_text())
     assert instance_config["concurrency"]["pools"]["default_limit"] == 1
