@@ -158,6 +158,7 @@ def cleanup(registry: Registry, family: str, *, keep: int, by: str) -> Outcome:
     if keep < 0:
         raise RegistryError(f"{family}: --keep must be 0 or more, not {keep}")
     current = registry.current(family)
+    follow_pointer(registry, family, current)  # states as current.json says, before anything goes
     found = registry.available(family)
     protected = pointer.protected(current)
     newest = set(found[-keep:]) if keep else set()

@@ -109,8 +109,9 @@ def train_family(
             if on_progress is not None:
                 on_progress(p)
 
-    run = _mlflow_run(tracking_uri, family, job, created_by, run_id, len(train_split), len(val_split), home)
+    run = None
     try:
+        run = _mlflow_run(tracking_uri, family, job, created_by, run_id, len(train_split), len(val_split), home)
         result = train(job, on_progress=progress, on_metrics=run.log_metrics if run else None)
         if lease is not None:
             lease.check()

@@ -92,7 +92,11 @@ class MlflowRun:
     def url(self) -> str | None:
         """A link to the run in the MLflow UI when the store is a server."""
         if self.tracking_uri.startswith(("http://", "https://")):
-            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+            from urllib.parse import urlsplit, urlunsplit
+
+            parts = urlsplit(self.tracking_uri.rstrip("/"))  # a link people see: no user, password or query
+            base = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment=""))
+            return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         return None
 
 
