@@ -25,25 +25,6 @@ def publish_files(
     return version
 
 
-def record_published(store: Any, artifacts: ArtifactStore, family: str, version: str, **fields: Any) -> None:
-    """A record (state published) for files published by `publish_files`, as reconcile adopts them."""
-    from pulse_pipeline.core.registry.records import VersionRecords
-
-    meta = files.read_metadata(artifacts, family, version)
-    VersionRecords(store).adopt(
-        family,
-        version,
-        {
-            "base_model": meta.get("base_model", "unknown"),
-            "dataset_version": meta.get("dataset_version", "unknown"),
-            "training_config": meta.get("resolved_config") or {},
-            "created_by": "test",
-            "semantic_version": "1.0.0",
-            **fields,
-        },
-    )
-
-
 def trained_version(store: Any, artifacts: ArtifactStore, family: str, watermark: int, dataset: str = "v1") -> str:
     """A version of `family` trained on snapshot `dataset` built up to store seq `watermark`, recorded and
     published as a training does (its files are a small stand-in): what counts new annotations after it."""

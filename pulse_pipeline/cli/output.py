@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -90,7 +89,3 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(getattr(exc, "exit_code", 1)) from None
 
     return wrapper
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

@@ -271,7 +271,7 @@ class S3ArtifactStore(ArtifactStore):
             self.client.copy_object(
                 self.bucket, self._key(f"{target}/{name}"), CopySource(self.bucket, self._key(f"{source}/{name}"))
             )
-        self.delete_prefix(source)
+        self.delete_prefix(source, first=f"{source}/{last}")  # the source stops being complete first
 
     def delete_prefix(self, prefix: str, *, first: str | None = None) -> None:
         from minio.deleteobjects import DeleteObject

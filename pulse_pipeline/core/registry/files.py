@@ -105,13 +105,14 @@ class Verification:
     note: str = ""  # says when only presence could be checked
 
 
-def verify(artifacts: ArtifactStore, family: str, version: str) -> Verification:
+def verify(artifacts: ArtifactStore, family: str, version: str, *, staged: bool = False) -> Verification:
     """Check that a version is complete and untouched: its metadata is there and every file it
-    lists is present with the recorded sha256. Raises VersionFilesError naming the first problem.
-    Versions published before hashes were recorded (no `files`) are checked for the presence of
-    adapter_config.json and adapter_model.safetensors only, and the answer says so."""
-    prefix = key(family, version)
-    meta = _metadata_for_verify(artifacts, family, version)
+    lists is present with the recorded sha256 (`staged`: under its staging name). Raises
+    VersionFilesError naming the first problem. Versions published before hashes were recorded (no
+    `files`) are checked for the presence of adapter_config.json and adapter_model.safetensors
+    only, and the answer says so."""
+    prefix = staging_key(family, version) if staged else key(family, version)
+    meta = _metadata_for_verify(artifacts, family, version, prefix)
     files = meta.get("files")
     if files is None:
         for name in REQUIRED_FILES:
@@ -133,9 +134,9 @@ def verify(artifacts: ArtifactStore, family: str, version: str) -> Verification:
     return Verification(family, version, sorted(files), True)
 
 
-def _metadata_for_verify(artifacts: ArtifactStore, family: str, version: str) -> dict[str, Any]:
+def _metadata_for_verify(artifacts: ArtifactStore, family: str, version: str, prefix: str) -> dict[str, Any]:
     try:
-        meta = json.loads(artifacts.read_bytes(f"{key(family, version)}/{METADATA}"))
+        meta = json.loads(artifacts.read_bytes(f"{prefix}/{METADATA}"))
     except KeyError:
         raise VersionFilesError(f"{family} {version}: {METADATA} is missing (not a complete version)") from None
     except ValueError:

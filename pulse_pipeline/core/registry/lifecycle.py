@@ -2,10 +2,10 @@
 
     training   -> published, failed
     published  -> evaluated, removed; canary or production with --force and a reason only
-    evaluated  -> evaluated (judged again), canary, production, removed
-    canary     -> canary (a new share), production, retired
-    production -> production, retired
-    retired    -> retired, canary, production (a rollback), removed
+    evaluated  -> canary, production, removed
+    canary     -> production, retired
+    production -> retired
+    retired    -> canary, production (a rollback), removed
     failed, removed: final
 
 - training: the record exists and nothing is visible yet; the files are written under a
@@ -48,10 +48,10 @@ MOVES: dict[State, frozenset[State]] = {
     S.TRAINING: frozenset({S.PUBLISHED, S.FAILED}),
     # Served straight from published only with --force (no decision): `promotion_refusal` says so.
     S.PUBLISHED: frozenset({S.EVALUATED, S.CANARY, S.PRODUCTION, S.REMOVED}),
-    S.EVALUATED: frozenset({S.EVALUATED, S.CANARY, S.PRODUCTION, S.REMOVED}),
-    S.CANARY: frozenset({S.CANARY, S.PRODUCTION, S.RETIRED}),
-    S.PRODUCTION: frozenset({S.PRODUCTION, S.RETIRED}),
-    S.RETIRED: frozenset({S.RETIRED, S.CANARY, S.PRODUCTION, S.REMOVED}),
+    S.EVALUATED: frozenset({S.CANARY, S.PRODUCTION, S.REMOVED}),
+    S.CANARY: frozenset({S.PRODUCTION, S.RETIRED}),
+    S.PRODUCTION: frozenset({S.RETIRED}),
+    S.RETIRED: frozenset({S.CANARY, S.PRODUCTION, S.REMOVED}),
     S.FAILED: frozenset(),
     S.REMOVED: frozenset(),
 }

@@ -1,13 +1,16 @@
 """Promotion, rollback and cleanup end to end: the checks, the pointer, the records and the audit
 trail, then the serving engine and the MLflow aliases.
 
-Every change follows the same order. The checks first (a record, the lifecycle, the gate's
-decision or a forced reason, the files' hashes); then the pointer (`current.json`, written
-atomically), which is the source of truth for serving; then the records' states and traffic
-shares, moved to match the pointer through the lifecycle; then one audit entry. vLLM and MLflow
-follow last and report, without undoing anything, when they could not: a server that is down
-leaves serving "not updated: ...", and promoting the current version again (which changes nothing
-in the registry) retries them.
+Every change runs inside the family's registry section (`Registry.serialized`: one change of a
+family at a time, across processes) and follows the same order. The checks first (a record, the
+lifecycle, the gate's decision or a forced reason, the files' hashes); then the pointer
+(`current.json`, written atomically), which is the source of truth for serving; then the records'
+states and traffic shares, moved to match the pointer through the lifecycle; then the vLLM server;
+then one audit entry, which says what serving did; then the MLflow aliases. vLLM and MLflow report,
+without undoing anything, when they could not: a server that is down leaves serving "not updated:
+...", and promoting the current version again (which changes nothing in the registry) retries
+them. A crash after the pointer moved and before its audit entry is found by reconcile, which
+records the change from current.json (who, why, forced).
 """
 
 from __future__ import annotations

@@ -14,17 +14,17 @@ held, so no other training of it is alive). What it does, in order:
    backup): adopted as `published` when its hashes verify, so it must be evaluated before it can
    be promoted; removed when it is damaged.
 5. A staged folder, or an incomplete one (no metadata: an upload cut short), without a live
-   record: removed.
+   record, and a folder of a failed or removed version (a removal cut short): removed.
 6. Records' states and traffic shares follow current.json (the source of truth for serving), and
    a local `current` symlink follows current.json.
 
 Every change is one line of the result and, when anything changed, one `reconcile` entry in the
-deployments audit trail. `dry_run` says what would change and changes nothing.
+deployments audit trail; a repair that fails is a problem line and the others still run.
+`dry_run` says what would change and changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,13 +58,20 @@ def reconcile(
     staged = set(files.staged_versions(artifacts, family))
 
     def do(line: str, action: Any) -> None:
-        out.changes.append(line)
-        if not dry_run:
+        """One repair; one that fails (a folder gone meanwhile, a race) is a problem, not the end."""
+        if dry_run:
+            out.changes.append(line)
+            return
+        try:
             action()
+        except Exception as exc:  # noqa: BLE001 - the other repairs still run; a person reads why
+            out.problems.append(f"{line.split(': ', 1)[0]}: could not repair ({line.split(': ', 1)[1]}): {exc}")
+        else:
+            out.changes.append(line)
 
     for version, record in records.items():
         if record.state is State.TRAINING and not training_alive:
-            if version in staged and _intact_staging(registry, family, version):
+            if version in staged and _intact_staging(artifacts, family, version):
                 do(f"{version}: training finished but its record was not moved: published",
                    lambda r=record: registry.publish_staged(r))  # fmt: skip
             else:
@@ -79,9 +86,13 @@ def reconcile(
                     f"{version} is {record.state} but its files are gone: promote another version "
                     f"(`pulse promote --family {family} --previous` or `--version ...`)"
                 )
-            else:
+            elif not _present(artifacts, family, version):  # looked again: a reveal may just have ended
                 do(f"{version}: {record.state} but its files are gone: removed",
                    lambda r=record: registry.records.move(r, State.REMOVED, traffic_share=0.0))  # fmt: skip
+    for version in sorted(folders & set(records)):
+        if records[version].state in (State.FAILED, State.REMOVED):  # a removal cut short
+            do(f"{version}: a {records[version].state} version's folder: removed",
+               lambda v=version: files.remove(artifacts, family, v))  # fmt: skip
     for version in sorted(folders - set(records)):
         try:
             files.verify(artifacts, family, version)
@@ -109,7 +120,8 @@ def reconcile(
                lambda v=version: files.discard_staged(artifacts, family, v))  # fmt: skip
     _follow(registry, family, out, dry_run)
     if out.changed:
-        registry.audit.append(family, "reconcile", by=by, reason="; ".join(out.changes)[:2000])
+        forced = any(line.startswith("current.json changed") and "(forced)" in line for line in out.changes)
+        registry.audit.append(family, "reconcile", by=by, reason="; ".join(out.changes)[:2000], forced=forced)
     return out
 
 
@@ -151,9 +163,13 @@ def _unlogged_change(registry: Registry, family: str, current: pointer.Pointer) 
         at = dt.datetime.fromisoformat(changed)
     except ValueError:
         return None
-    newest = next(iter(registry.audit.list(family, limit=1)), None)
-    if newest is not None and newest.at >= at - dt.timedelta(seconds=1):
-        return None
+    since = at - dt.timedelta(seconds=1)  # current.json keeps whole seconds
+    pointer_moves = ("promote", "canary", "force_promote", "rollback", "reconcile")
+    for entry in registry.audit.list(family, limit=20):  # newest first
+        if entry.at < since:
+            break
+        if entry.action in pointer_moves:
+            return None
     forced = " (forced)" if current.get("forced") else ""
     return (
         f"current.json changed at {changed} by {current.get('promoted_by') or 'someone'}{forced} to serve "
@@ -167,20 +183,19 @@ def _follow_pointer(registry: Registry, family: str, current: pointer.Pointer) -
     return follow_pointer(registry, family, current)
 
 
-def _intact_staging(registry: Registry, family: str, version: str) -> bool:
+def _intact_staging(artifacts: Any, family: str, version: str) -> bool:
     """The staged folder holds every file its metadata lists, with the recorded hashes."""
-    import hashlib
-
-    prefix = files.staging_key(family, version)
     try:
-        meta = json.loads(registry.artifacts.read_bytes(f"{prefix}/{files.METADATA}"))
-        listed = meta["files"]
-        return all(
-            hashlib.sha256(registry.artifacts.read_bytes(f"{prefix}/{rel}")).hexdigest() == digest
-            for rel, digest in listed.items()
-        )
-    except (KeyError, ValueError, TypeError, AttributeError):
+        files.verify(artifacts, family, version, staged=True)
+    except VersionFilesError:
         return False
+    return True
+
+
+def _present(artifacts: Any, family: str, version: str) -> bool:
+    return artifacts.exists(f"{files.key(family, version)}/{files.METADATA}") or files.is_staged(
+        artifacts, family, version
+    )
 
 
 def _adopt(registry: Registry, family: str, version: str, by: str) -> None:
@@ -195,5 +210,13 @@ def _adopt(registry: Registry, family: str, version: str, by: str) -> None:
             "created_by": f"reconcile ({by}); trained by {meta.get('created_by') or 'unknown'}",
             "semantic_version": str(meta.get("semantic_version") or "0.0.0"),
             "run_id": (meta.get("dagster") or {}).get("run_id"),
+            "watermark": _watermark(registry.artifacts, family, meta.get("dataset_version")),
         },
     )
+
+
+def _watermark(artifacts: Any, family: str, dataset: str | None) -> int | None:
+    from pulse_pipeline.core.snapshots import read_manifest
+
+    manifest = read_manifest(artifacts, family, dataset) if dataset else None
+    return int(manifest["watermark"]["seq"]) if manifest and "watermark" in manifest else None

@@ -13,6 +13,7 @@ database left half done. A folder without a record is never a version: it is lis
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,7 +111,8 @@ class Registry:
             if record.state in (State.TRAINING, State.FAILED):
                 continue
             seq = _manifest_watermark(self.artifacts, family, record.dataset_version)
-            if seq is not None:
+            if seq is not None:  # kept on the record: a manifest is read once, not on every sensor tick
+                self.records.update(family, record.version, watermark=seq)
                 return seq
         return 0
 
@@ -183,9 +185,19 @@ class Registry:
         files.discard_staged(self.artifacts, record.family, record.version)
         return True
 
+    def serialized(self, family: str) -> AbstractContextManager[None]:
+        """One change of the family's registry at a time, across processes: promotions, rollbacks,
+        cleanups, reconciles and recorded evaluations each read the pointer and the records, decide,
+        and write inside it, so none acts on what another is changing."""
+        return self.db.exclusive(f"registry:{family}")
+
     def record_evaluation(self, family: str, version: str, results: dict[str, Any]) -> VersionRecord:
         """The gate's decision, the metrics and the baseline compared with, on the version's record;
         a published version becomes `evaluated`, a served or retired one keeps its state."""
+        with self.serialized(family):
+            return self._record_evaluation(family, version, results)
+
+    def _record_evaluation(self, family: str, version: str, results: dict[str, Any]) -> VersionRecord:
         record = self.require(family, version)
         changes = {
             "decision": results["gate"]["decision"],
@@ -212,27 +224,32 @@ class Registry:
         refuse when production is no longer what the evaluation compared with."""
         from pulse_pipeline.core.registry.promotion import promote
 
-        return promote(
-            self, family, version, by=by, reason=reason, traffic_share=traffic_share, force=force, expect=expect
-        )
+        with self.serialized(family):
+            return promote(
+                self, family, version, by=by, reason=reason, traffic_share=traffic_share, force=force,
+                expect=expect,
+            )  # fmt: skip
 
     def rollback(self, family: str, *, by: str, reason: str = "") -> Outcome:
         """Undo the pointer's last move: end a canary, or make the previous production version current."""
         from pulse_pipeline.core.registry.promotion import rollback
 
-        return rollback(self, family, by=by, reason=reason)
+        with self.serialized(family):
+            return rollback(self, family, by=by, reason=reason)
 
     def cleanup(self, family: str, *, keep: int, by: str) -> Outcome:
         """Remove all but the newest `keep` versions (never production, the previous one or a canary)."""
         from pulse_pipeline.core.registry.promotion import cleanup
 
-        return cleanup(self, family, keep=keep, by=by)
+        with self.serialized(family):
+            return cleanup(self, family, keep=keep, by=by)
 
     def reconcile(self, family: str, *, by: str, training_alive: bool = False, dry_run: bool = False) -> Reconciliation:
         """Repair what a crash left: see reconcile.py."""
         from pulse_pipeline.core.registry.reconcile import reconcile
 
-        return reconcile(self, family, by=by, training_alive=training_alive, dry_run=dry_run)
+        with self.serialized(family):
+            return reconcile(self, family, by=by, training_alive=training_alive, dry_run=dry_run)
 
     # -- pieces ---------------------------------------------------------------------------------
 

@@ -7,7 +7,11 @@ advisory lock). Every time handed back is tz-aware UTC: SQLite keeps naive UTC t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import hashlib
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +108,30 @@ class Database:
         """A connection in a transaction: committed on exit, rolled back on an exception."""
         with self.connect() as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """One holder of `name` at a time across processes, for the block: a session advisory lock on
+        PostgreSQL (on a connection of its own, so the block's own writes go through; the server
+        drops it when the process dies), a file lock beside the database on SQLite (one host)."""
+        if self.dialect == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            with self.connect() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(sa.exc.DBAPIError):  # the server gone: so is the lock
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+            return
+        database = self.engine.url.database
+        folder = Path(database).parent if database and database != ":memory:" else Path(tempfile.gettempdir())
+        digest = hashlib.sha256(f"{database}:{name}".encode()).hexdigest()[:16]
+        with open(folder / f".pulse-{digest}.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield
 
     def insert(self, table: sa.Table) -> Any:
         """An INSERT with ON CONFLICT support for this database's dialect."""

@@ -65,10 +65,6 @@ class TrainingLocks:
             row = conn.execute(sa.select(_T).where(_T.c.family == family)).first()
         return None if row is None else _row(row)
 
-    def all(self) -> list[LockRow]:
-        with self.db.connect() as conn:
-            return [_row(r) for r in conn.execute(sa.select(_T).order_by(_T.c.family))]
-
     def insert(self, family: str, holder: LockHolder, at: dt.datetime | None = None) -> bool:
         """Take a free lock; False when a row exists (someone holds it, live or not)."""
         at = as_utc(at) or now()
@@ -85,6 +81,18 @@ class TrainingLocks:
             sa.update(_T)
             .where(_T.c.family == family, _same_holder(holder))
             .values(heartbeat_at=as_utc(at) or now(), host=holder.host, pid=holder.pid)
+        )
+        with self.db.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def park(self, family: str, holder: LockHolder, at: dt.datetime | None = None) -> bool:
+        """The holder's run keeps the lock between two of its steps, each its own process: no process
+        holds it for a moment (pid 0), so a step that ended is not taken for a dead holder; its heartbeat
+        still ages, and its run's end frees it. False when the lock is not the holder's."""
+        stmt = (
+            sa.update(_T)
+            .where(_T.c.family == family, _same_holder(holder))
+            .values(heartbeat_at=as_utc(at) or now(), pid=0)
         )
         with self.db.begin() as conn:
             return conn.execute(stmt).rowcount == 1

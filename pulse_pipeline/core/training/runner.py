@@ -69,6 +69,8 @@ def train_family(
         if dataset_version is None
         else snapshots.read_manifest(artifacts, family.name, dataset_version)
     )
+    if manifest is None and dataset_version is not None:
+        raise TrainingError(f"{family.name} has no readable dataset snapshot {dataset_version}")
     if manifest is None:
         raise TrainingError(
             f"{family.name} has no dataset snapshot yet: run `pulse snapshot --family {family.name}` first"
@@ -127,9 +129,10 @@ def train_family(
             }
         registry.publish(record, result.folder, metadata)
     except BaseException:
-        if run:
-            run.finish(ok=False)
         _abandon(registry, record)
+        if run:
+            with contextlib.suppress(Exception):  # MLflow may be what failed: its error is the one raised
+                run.finish(ok=False)
         raise
     if run:
         run.log_artifact(result.folder / files.METADATA)

@@ -93,8 +93,10 @@ def step_lease(
 
     `acquire`: take it (the adapter step), else only re-enter it when this run holds it (evaluation
     and deployment of a run that trained; None otherwise). `release`: give it back when the step
-    ends (the run's last locked step). A step failing for good gives it back at once; a transient
-    failure (a dropped connection: the step is retried) keeps it for the retry."""
+    ends (the run's last locked step); otherwise it is parked for the next step (no process holds
+    it: pid 0, so the ended step's process is not taken for a dead holder). A step failing for good
+    gives it back at once; a transient failure (a dropped connection: the step is retried) parks it
+    for the retry."""
     holder = this_process(who, context.run.run_id)
     if not acquire and not lock.owned_by(family, holder):
         yield None
@@ -107,17 +109,16 @@ def step_lease(
         try:
             yield lease
         except Exception as exc:
-            if transient_cause(exc) is None:
-                _release(lock, family, holder)
+            _best_effort(lock.release if transient_cause(exc) is None else lock.locks.park, family, holder)
             raise
-    if release:
-        _release(lock, family, holder)
+    # Released, or handed to the run's next step (its own process, in a multiprocess executor).
+    _best_effort(lock.release if release else lock.locks.park, family, holder)
 
 
-def _release(lock: TrainingLock, family: str, holder: LockHolder) -> None:
-    """Best effort: with the database away the row stays, and it is free once this run has finished."""
+def _best_effort(action: Callable[[str, LockHolder], bool], family: str, holder: LockHolder) -> None:
+    """With the database away the row stays as it is, and it is free once this run has finished."""
     with contextlib.suppress(Exception):
-        lock.release(family, holder)
+        action(family, holder)
 
 
 def run_holds_later_steps(context: dg.AssetExecutionContext, family: str, *steps: str) -> bool:

@@ -158,3 +158,51 @@ def test_a_pointer_change_without_an_audit_entry_is_recorded(registry, tmp_path)
     entry = registry.audit.list(FAMILY)[0]
     assert entry.action == "reconcile" and "without an audit entry" in entry.reason
     _settled(registry)
+
+
+def test_a_removal_cut_short_is_finished(registry, tmp_path):
+    """Cleanup marks the record removed, then deletes the files: a kill between the two leaves a
+    whole folder of a removed version, which reconcile deletes."""
+    version = trained(registry, tmp_path, 0)
+    registry.records.move(registry.record(FAMILY, version), State.REMOVED)
+    assert version in files.complete_folders(registry.artifacts, FAMILY)
+    done = registry.reconcile(FAMILY, by="test")
+    assert done.changes == [f"{version}: a removed version's folder: removed"]
+    assert files.complete_folders(registry.artifacts, FAMILY) == []
+    _settled(registry)
+
+
+def test_a_later_cleanup_entry_does_not_hide_an_unlogged_forced_promotion(registry, tmp_path):
+    a, b, c = (trained(registry, tmp_path, m, "DEPLOY") for m in range(3))
+    registry.promote(FAMILY, a, by="cli:alice")
+    time.sleep(2.1)  # current.json's time has whole seconds; the audit's does not
+    moved = pointer.stamp()
+    meta = registry.metadata(FAMILY, b)
+    pointer.write_current(
+        registry.artifacts, FAMILY,
+        {**pointer.production(meta, b, a, moved), **pointer.change("cli:bob", "hotfix", True, moved)},
+    )  # fmt: skip
+    registry.audit.append(FAMILY, "cleanup", by="cli", reason=f"removed {c}")  # after the unlogged move
+    done = registry.reconcile(FAMILY, by="test")
+    assert any(
+        line.startswith(f"current.json changed at {moved} by cli:bob (forced)") for line in done.changes
+    )
+    entry = registry.audit.list(FAMILY)[0]
+    assert (entry.action, entry.forced) == ("reconcile", True)
+    _settled(registry)
+
+
+def test_a_repair_that_fails_is_a_problem_and_the_others_still_run(registry, tmp_path, monkeypatch):
+    dead = _training(registry, 0)
+    stray = f"{FAMILY}-20261201-0000"
+    files.stage(registry.artifacts, FAMILY, stray, adapter_folder(tmp_path, 1), {})
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(registry, "abandon", refuse)
+    done = registry.reconcile(FAMILY, by="test")
+    assert done.problems == [
+        f"{dead.version}: could not repair (training never finished (no run holds the lock): failed): the store went away"
+    ]
+    assert done.changes == [f"{stray}: a staged folder without a record: removed"]

@@ -141,3 +141,20 @@ def test_postgresql_down_at_publish_leaves_the_files_staged_then_reconcile_publi
             f"{record.version}: training finished but its record was not moved: published"
         ]
         assert registry.available(FAMILY) == [record.version]
+
+
+def test_changes_of_one_family_take_turns_across_connections(registry, tmp_path):
+    """A promotion waits while another change of the family holds its registry section."""
+    import threading
+
+    version = trained(registry, tmp_path, 0, "DEPLOY")
+    done = threading.Event()
+    with registry.serialized(FAMILY):
+        worker = threading.Thread(target=lambda: (registry.promote(FAMILY, version, by="test"), done.set()))
+        worker.start()
+        assert not done.wait(1.0)  # blocked behind the section
+        assert registry.current(FAMILY) is None
+    worker.join(timeout=30)
+    assert done.is_set() and registry.current(FAMILY)["version"] == version
+    with registry.serialized("other-family"):  # another family's section does not wait
+        pass

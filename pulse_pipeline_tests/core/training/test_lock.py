@@ -120,7 +120,7 @@ def test_acquired_then_refused_naming_the_holder_and_its_time(store):
     assert store.locks.get(FAMILY) == row  # the refusals changed nothing
 
     assert lock.acquire("intent-router", _holder("cli:bob", RUN_B)).taken_over is None  # one lock per family
-    assert [r.family for r in store.locks.all()] == [FAMILY, "intent-router"]
+    assert store.locks.get(FAMILY) == row and store.locks.get("intent-router").holder.who == "cli:bob"
     assert store.locks.get("absent") is None
     assert not lock.state("absent").held and lock.state("absent").describe() == "absent is not training"
 
@@ -593,3 +593,19 @@ def test_process_alive(dead_pid, zombie_pid):
     assert _proc_state(zombie_pid) == "Z"  # it still exists, and kill(pid, 0) reaches it
     os.kill(zombie_pid, 0)
     assert not process_alive(zombie_pid)
+
+
+def test_a_lock_parked_between_two_steps_of_a_live_run_is_not_taken_for_dead(store, dead_pid):
+    """In a multiprocess run each step is its own process: the step that ended parks the lock (pid 0)
+    for the next one, so its gone process does not make the live run's lock look dead."""
+    ended_step = LockHolder("sensor:s", RUN_A, socket.gethostname(), dead_pid)
+    lock = TrainingLock(store.locks, run_status=lambda _: "STARTED")
+    lock.acquire(FAMILY, ended_step)
+    assert lock.state(FAMILY).stale_because.startswith("its process")  # without parking: taken for dead
+    assert store.locks.park(FAMILY, ended_step)
+    assert lock.state(FAMILY).held and lock.free_stale(FAMILY) is None
+    next_step = LockHolder("sensor:s", RUN_A, socket.gethostname(), os.getpid())
+    assert lock.acquire(FAMILY, next_step).taken_over is None  # the run's next step takes it back
+    assert store.locks.get(FAMILY).holder.pid == os.getpid()
+    finished = TrainingLock(store.locks, run_status=lambda _: "FAILURE")
+    assert store.locks.park(FAMILY, next_step) and finished.state(FAMILY).stale_because.startswith("its run")
