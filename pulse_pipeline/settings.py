@@ -42,7 +42,19 @@ class Settings(BaseSettings):
         None, description="Dagster instance folder; default $PULSE_HOME/dagster."
     )
     pulse_vllm_url: str | None = Field(
-        None, description="vLLM server base URL; unset: serving is not configured (core/serving.py)."
+        None,
+        description="vLLM server base URL, or several replicas' URLs separated by commas (a promotion "
+        "loads the new version on every one); unset: serving is not configured (core/serving.py).",
+    )
+    pulse_pushgateway_url: str | None = Field(
+        None,
+        description="Prometheus Pushgateway URL (e.g. http://pushgateway:9091) that the metrics are "
+        "pushed to; unset: they are written as a node-exporter textfile (PULSE_METRICS_TEXTFILE).",
+    )
+    pulse_metrics_textfile: Path | None = Field(
+        None,
+        description="The node-exporter textfile the metrics are written to when no Pushgateway is set; "
+        "default $PULSE_HOME/metrics/pulse.prom.",
     )
     pulse_training_lock_stale_seconds: float = Field(
         120,
@@ -115,7 +127,13 @@ class Settings(BaseSettings):
         self.pulse_artifacts = self.pulse_artifacts or str(home / "artifacts")
         self.mlflow_tracking_uri = self.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow.db'}"
         self.dagster_home = (self.dagster_home or home / "dagster").expanduser().resolve()
+        textfile = self.pulse_metrics_textfile or home / "metrics" / "pulse.prom"
+        self.pulse_metrics_textfile = textfile.expanduser().resolve()
         return self
+
+    def vllm_urls(self) -> list[str]:
+        """The vLLM replicas named by PULSE_VLLM_URL (comma-separated), in order; empty when unset."""
+        return [url.strip() for url in (self.pulse_vllm_url or "").split(",") if url.strip()]
 
     def artifact_store(self) -> ArtifactStore:
         from pulse_pipeline.core.artifacts import open_artifact_store
@@ -167,8 +185,9 @@ class Settings(BaseSettings):
         for url in (
             self.pulse_database_url,
             self.mlflow_tracking_uri,
-            self.pulse_vllm_url,
+            *self.vllm_urls(),
             self.pulse_judge_url,
+            self.pulse_pushgateway_url,
         ):
             found += url_secrets(url or "")
         return [value for value in found if value]
