@@ -43,6 +43,8 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         "PULSE_JUDGE_MODEL",
         "PULSE_ALERT_WEBHOOK",
         "PULSE_DAGSTER_URL",
+        "PULSE_PUSHGATEWAY_URL",
+        "PULSE_METRICS_TEXTFILE",
     ):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()
