@@ -4,14 +4,22 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export PULSE_HOME ?= $(CURDIR)/.pulse
-export DAGSTER_HOME ?= $(PULSE_HOME)/dagster
+# Absolute, whatever the caller set (`export PULSE_HOME=.pulse-mine` works): Dagster needs absolute paths.
+PULSE_HOME ?= $(CURDIR)/.pulse
+override PULSE_HOME := $(abspath $(PULSE_HOME))
+DAGSTER_HOME ?= $(PULSE_HOME)/dagster
+override DAGSTER_HOME := $(abspath $(DAGSTER_HOME))
+export PULSE_HOME DAGSTER_HOME
+ifdef PULSE_CONFIG
+override PULSE_CONFIG := $(abspath $(PULSE_CONFIG))
+export PULSE_CONFIG
+endif
 export HF_HUB_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 UI_PORT ?= 3000
 
-.PHONY: setup demo test test-fast ui postgres chromium vllm lint clean
+.PHONY: setup demo test test-fast ui postgres prometheus chromium vllm lint clean
 
 setup: $(STAMP)
 
@@ -29,16 +37,20 @@ demo: setup
 	$(BIN)/pulse demo
 
 # Lint, then every test, slow ones included, on SQLite and on a real PostgreSQL started by the tests.
-test: setup postgres chromium vllm lint
+test: setup postgres prometheus chromium vllm lint
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # The default fast selection (what a bare `pytest` runs).
-test-fast: setup postgres chromium
+test-fast: setup postgres prometheus chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The tests start their own server; this only makes sure Debian's PostgreSQL binaries are installed.
 postgres:
 	@bash scripts/install-postgres.sh
+
+# Debian's Prometheus server and Pushgateway, started by the metrics tests.
+prometheus:
+	@bash scripts/install-prometheus.sh
 
 # vLLM's CPU build in its own venv (.venv-vllm: its pins differ from the project's) for the
 # serving tests against a real server; skipped on non-x86_64 machines.

@@ -1,0 +1,130 @@
+"""The README and docs/ work as written: their links resolve, they name nothing outside the
+repository, the contract matches the code, and every shell block marked to run does.
+
+A block runs when the line before it is an HTML comment a reader does not see:
+`<!-- docs-test: run -->` (on a fresh checkout) or `<!-- docs-test: run after make demo -->`
+(after `make demo`). A file's marked blocks of one kind run in order in one shell, from a copy of
+the project root (its entries linked), with no PULSE_, DAGSTER_ or MLFLOW_ variable set: as a new
+user types them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from pulse_pipeline.cli import app
+from pulse_pipeline.settings import Settings
+from pulse_pipeline_tests.conftest import PROJECT
+
+DOCS = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
+MARK = re.compile(r"<!-- docs-test: run( after make demo)? -->\n```sh\n(.*?)```", re.S)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {_slug(h) for h in re.findall(r"(?m)^#+ (.+)$", text)}
+
+
+def test_the_readme_is_a_front_page():
+    assert len((PROJECT / "README.md").read_bytes()) <= 12_500
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_links_resolve_inside_the_repository(doc: Path):
+    text = doc.read_text()
+    assert "../shared" not in text and not re.search(r"(?<![\w$)])/work/", text)
+    for target in LINK.findall(text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file).resolve() if file else doc
+        assert path.exists(), f"{doc.name}: link to {target}: no such file"
+        assert PROJECT in path.parents, f"{doc.name}: link to {target} leaves the repository"
+        if anchor:
+            assert anchor in _anchors(path), f"{doc.name}: link to {target}: no such heading"
+
+
+def test_the_contract_lists_every_environment_variable_the_project_reads():
+    contract = (PROJECT / "docs" / "contract.md").read_text()
+    table = contract[contract.index("## Environment variables") :]
+    table = table[: table.index("\n## ", 1)]
+    listed = set(re.findall(r"`((?:PULSE|MLFLOW|DAGSTER)_[A-Z0-9_]+)`", table))
+    read = {name.upper() for name in Settings.model_fields}
+    assert read - listed == set(), "read by settings.py but not in docs/contract.md"
+    deploy_only = {name for name in listed - read if name.startswith("DAGSTER_")}
+    assert listed - read - deploy_only == set(), "in docs/contract.md but read by nothing"
+
+
+def test_every_command_of_the_contract_exists():
+    contract = (PROJECT / "docs" / "contract.md").read_text()
+    commands = set(re.findall(r"^\| `pulse ([a-z]+(?: [a-z]+)?)", contract, flags=re.M))
+    commands |= set(re.findall(r"/ `pulse ([a-z]+ [a-z]+)`", contract))
+    click = typer.main.get_command(app)
+    for command in sorted(commands):
+        group = click
+        for word in command.split():
+            if word.startswith("-") or not hasattr(group, "commands"):
+                break
+            assert word in group.commands, f"docs/contract.md names `pulse {command}`, which does not exist"
+            group = group.commands[word]
+
+
+def _marked(doc: Path, after_demo: bool) -> list[str]:
+    return [block for demo, block in MARK.findall(doc.read_text()) if bool(demo) == after_demo]
+
+
+def _run_as_a_new_user(tmp_path: Path, script: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    root = tmp_path / "checkout"
+    root.mkdir()
+    for entry in PROJECT.iterdir():
+        if not entry.name.startswith((".pulse", ".git", "test-artifacts")):
+            (root / entry.name).symlink_to(entry)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSE_", "DAGSTER_", "MLFLOW_"))}
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=root,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+FRESH = [doc for doc in DOCS if _marked(doc, after_demo=False)]
+AFTER_DEMO = [doc for doc in DOCS if _marked(doc, after_demo=True)]
+
+
+def test_the_readme_tour_is_marked_to_run():
+    assert PROJECT / "README.md" in AFTER_DEMO
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", FRESH, ids=lambda p: p.name)
+def test_marked_commands_run_on_a_fresh_checkout(tmp_path: Path, doc: Path):
+    out = _run_as_a_new_user(tmp_path, "\n".join(_marked(doc, after_demo=False)), timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("doc", AFTER_DEMO, ids=lambda p: p.name)
+def test_marked_commands_run_after_make_demo(tmp_path: Path, doc: Path):
+    script = "\n".join(["make demo", *_marked(doc, after_demo=True)])
+    out = _run_as_a_new_user(tmp_path, script, timeout=1400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    if doc.name == "README.md":
+        assert "backfill" in out.stdout.lower()
+        assert re.search(r"intent-router-\d{8}-\d{4}", out.stdout)
