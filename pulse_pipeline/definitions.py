@@ -49,6 +49,15 @@ def retrain_job_name(family: FamilyConfig) -> str:
     return f"retrain_{family.snake}"
 
 
+def step_executor() -> dg.ExecutorDefinition | None:
+    """PULSE_STEP_EXECUTOR: `k8s` runs every step in its own Kubernetes job; `default` leaves Dagster's."""
+    if get_settings().pulse_step_executor != "k8s":
+        return None
+    from dagster_k8s import k8s_job_executor  # the `k8s` extra; only Kubernetes deployments need it
+
+    return k8s_job_executor
+
+
 def build_definitions(config: PulseConfig) -> dg.Definitions:
     partitions = annotation_partitions(config)
     families = list(config.families.values())
@@ -121,6 +130,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
         schedules=build_schedules(config, chain_keys, partitions, retrain_job=RETRAIN_JOB, watch_job=WATCH_JOB),
         sensors=sensors,
         resources=default_resources(),
+        executor=step_executor(),
     )
 
 

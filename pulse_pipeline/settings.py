@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +55,18 @@ class Settings(BaseSettings):
         None,
         description="The node-exporter textfile the metrics are written to when no Pushgateway is set; "
         "default $PULSE_HOME/metrics/pulse.prom.",
+    )
+    pulse_step_executor: Literal["default", "k8s"] = Field(
+        "default",
+        description="How a run's steps are executed: `default` (in the run's process, or one process "
+        "per step) or `k8s` (dagster-k8s's k8s_job_executor: every step in its own Kubernetes job, so "
+        "that the training step alone gets a GPU pod).",
+    )
+    pulse_training_k8s_config: dict[str, Any] | None = Field(
+        None,
+        description="JSON: the training step's `dagster-k8s/config` tag (container_config, "
+        "pod_spec_config, ...) on Kubernetes; unset: one nvidia.com/gpu, on a node labelled "
+        "nvidia.com/gpu.present=true, tolerating the nvidia.com/gpu taint; `{}`: nothing special.",
     )
     pulse_training_lock_stale_seconds: float = Field(
         120,

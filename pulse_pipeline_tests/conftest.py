@@ -45,6 +45,8 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         "PULSE_DAGSTER_URL",
         "PULSE_PUSHGATEWAY_URL",
         "PULSE_METRICS_TEXTFILE",
+        "PULSE_STEP_EXECUTOR",
+        "PULSE_TRAINING_K8S_CONFIG",
     ):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()

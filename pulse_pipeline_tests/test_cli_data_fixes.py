@@ -73,7 +73,7 @@ def test_invalidate_ids_or_a_whole_day_and_exports_and_status_follow(tmp_path, c
     whole = runner.invoke(app, ["annotations", "invalidate", "-f", "intent-router", "--day", str(DAY2)])
     assert whole.exit_code == 0, whole.output
     assert whole.stdout == f"invalidated 4 intent-router annotations of {DAY2} (2 were invalidated already)\n"
-    assert f"--partition {DAY2}" in whole.stderr  # the next step: backfill the day
+    assert f"`pulse backfill --family intent-router --day {DAY2}`" in whole.stderr  # the next step
     assert _exported_ids() == exported - set(day2)  # from that snapshot, without what was fixed since
     assert _snapshot(config) != built
 

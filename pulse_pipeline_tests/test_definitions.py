@@ -6,7 +6,7 @@ import dagster as dg
 from pulse_pipeline.definitions import ANNOTATIONS_JOB, build_definitions, defs
 from pulse_pipeline_tests.conftest import PROJECT
 
-HEAVY = ("torch", "transformers", "peft", "datasets", "mlflow", "bitsandbytes", "evaluate")
+HEAVY = ("torch", "transformers", "peft", "datasets", "mlflow", "bitsandbytes", "evaluate", "prometheus_client", "dagster_k8s")
 
 
 def test_every_family_gets_a_daily_partitioned_annotations_asset(config):

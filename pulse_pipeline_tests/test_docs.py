@@ -68,6 +68,19 @@ def test_the_contract_lists_every_environment_variable_the_project_reads():
     assert listed - read - deploy_only == set(), "in docs/contract.md but read by nothing"
 
 
+def test_the_runbook_lists_every_metric_with_its_type_and_labels():
+    from pulse_pipeline.core.metrics import METRICS
+
+    text = (PROJECT / "docs" / "operations.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (counter|gauge) \| ([^|]+) \|", text, re.MULTILINE)
+    documented = {name: (kind, re.findall(r"^\s*(\w+)|, (\w+)(?= \(|,|$)", labels)) for name, kind, labels in rows}
+    assert set(documented) == set(METRICS)
+    for name, spec in METRICS.items():
+        kind, labels = documented[name]
+        assert kind == spec.kind, name
+        assert [a or b for a, b in labels][: len(spec.labels)] == list(spec.labels), name
+
+
 def test_every_command_of_the_contract_exists():
     contract = (PROJECT / "docs" / "contract.md").read_text()
     commands = set(re.findall(r"^\| `pulse ([a-z]+(?: [a-z]+)?)", contract, flags=re.M))

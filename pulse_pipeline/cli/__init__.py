@@ -3,6 +3,8 @@
     annotations.py  ingest, quarantine, annotations invalidate, sessions close, review export/import
     training.py     snapshot, export, status, train, evaluate
     registry.py     promote, cleanup, merge, registry reconcile, registry versions
+    backfills.py    backfill (a Dagster backfill of annotation days)
+    doctor.py       doctor
     demo.py         demo
     db.py           db upgrade
 
@@ -10,7 +12,7 @@ Work that has a Dagster asset or job runs through it, so its runs show in the UI
 one line on stderr (`--debug` adds the traceback); every output line is masked (output.py).
 """
 
-from pulse_pipeline.cli import annotations, db, demo, registry, training  # noqa: F401 - registers the commands
+from pulse_pipeline.cli import annotations, backfills, db, demo, doctor, registry, training  # noqa: F401 - registers the commands
 from pulse_pipeline.cli.app import app
 
 __all__ = ["app", "main"]

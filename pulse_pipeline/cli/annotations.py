@@ -117,13 +117,11 @@ def quarantine(
 
 
 def _backfill_hint(config: PulseConfig, families: list[str], day: dt.date) -> str:
+    """The commands, as typed, that re-audit the day and rebuild the families' snapshots."""
     names = families or list(config.families)
-    select = ",".join(f"{name}/annotations" for name in names)
+    selected = " ".join(f"--family {name}" for name in names)
     snapshots = ", ".join(f"`pulse snapshot --family {name}`" for name in names)
-    return (
-        f"`dagster asset materialize -m pulse_pipeline.definitions --select '{select}' --partition {day}` "
-        f"(or that partition in the UI), then {snapshots}"
-    )
+    return f"`pulse backfill {selected} --day {day}` (a Dagster backfill, shown in the UI), then {snapshots}"
 
 
 

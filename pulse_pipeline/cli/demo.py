@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -17,6 +18,7 @@ from pulse_pipeline.core.families import PulseConfig
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.snapshots import latest_manifest
 from pulse_pipeline.core.store import Store
+from pulse_pipeline.demo.data import DemoScale
 from pulse_pipeline.settings import get_settings
 
 
@@ -26,7 +28,7 @@ def demo(
     scale: Annotated[float, typer.Option(help="Multiply the demo's record counts.")] = 1.0,
 ) -> None:
     """Set up the embedded default, load demo annotations, build snapshots and train every family in Dagster."""
-    from pulse_pipeline.demo.data import FALLBACK_INTENTS, DemoScale, write_demo_file
+    from pulse_pipeline.demo.data import FALLBACK_INTENTS, write_demo_file
 
     settings = get_settings()
     config = load_families()
@@ -35,15 +37,17 @@ def demo(
     runs.prepare_dagster_home()
     clinc = _find_clinc150(settings.pulse_config.parent)
     intent = config.families.get("intent-router")
+    today = dt.datetime.now(dt.UTC).date()
     demo_file = write_demo_file(
         home / "demo" / "annotations.jsonl",
         seed=seed,
-        anchor=dt.datetime.now(dt.UTC).date(),
-        scale=DemoScale().scaled(scale),
+        anchor=today,
+        scale=_demo_days(DemoScale().scaled(scale), config, today),
         clinc150_dir=clinc,
         intent_labels=intent.labels if intent and intent.labels else FALLBACK_INTENTS,
     )
     say(f"demo data: {sum(demo_file.counts.values())} records -> {demo_file.path}")
+    say(f"  created {today - dt.timedelta(days=demo_file_days(config, today) - 1)} to {today} (UTC)")
     say(f"  intent labels from {demo_file.intent_source}")
     with Store(settings.database_url) as store:
         result = ingest_file(store, demo_file.path, config)
@@ -119,11 +123,29 @@ def _find_clinc150(project_dir: Path) -> Path | None:
     return None
 
 
+def demo_file_days(config: PulseConfig, today: dt.date) -> int:
+    """How many days the demo's data covers: 14 up to today, none before annotations_start_date."""
+    start = config.annotations_start_date
+    if start > today:
+        raise UserError(f"annotations_start_date {start} in pulse.yaml is after today ({today}): no day to demo")
+    return min(DemoScale().days, (today - start).days + 1)
+
+
+def _demo_days(scale: Any, config: PulseConfig, today: dt.date) -> Any:
+    return dataclasses.replace(scale, days=demo_file_days(config, today))
+
+
 def _materialize_days(config: PulseConfig, days: list[dt.date]) -> int:
     """Run the daily annotations job for each day, recorded in the instance at DAGSTER_HOME."""
     from pulse_pipeline.definitions import ANNOTATIONS_JOB
 
     start = config.annotations_start_date
+    before = [day for day in days if day < start]
+    if before:
+        say(
+            f"  {len(before)} days of stored annotations ({before[0]} to {before[-1]}) are before "
+            f"annotations_start_date {start}: no partition holds them"
+        )
     done = 0
     with runs.instance() as instance:
         job = runs.definitions(config).resolve_job_def(ANNOTATIONS_JOB)

@@ -52,15 +52,26 @@ def promote(
     )  # fmt: skip
     report = {k: out[k] for k in ("family", "action", "version", "previous_version", "challenger", "traffic")}
     report.update(forced=out["forced"], serving=out["serving"], mlflow_aliases=out["mlflow"], changed=out["changed"])
+    report.update(partial=out["partial"], attempted=out["attempted"], vllm_replicas=out["replicas"])
+    # A replica that failed: nothing moved. The report, then one line naming it, and exit 1.
+    partial = f"{family}: {out['attempted']} not served, {out['version'] or 'none'} stays production: {out['serving']}"
     if as_json:
         emit(report)
+        if out["partial"]:
+            raise UserError(partial)
         return
-    if not out["changed"]:
+    if not out["changed"] and not out["partial"]:
         say(f"{family}: {out['version']} is already production; serving and aliases re-synced")
     for key, value in report.items():
+        if key == "vllm_replicas":
+            for replica in value:
+                say(f"{'vllm_replica':<18} {replica['url']}: {replica['status']}")
+            continue
         say(f"{key:<18} {value if value is not None else '-'}")
     for note in out["notes"]:
         say(f"note: {note}", err=True)
+    if out["partial"]:
+        raise UserError(partial)
 
 
 @command(app)

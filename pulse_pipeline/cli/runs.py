@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,3 +173,150 @@ def run_op_job(config: PulseConfig, job_name: str, op_name: str, op_config: dict
     if not result.success:
         raise UserError(failure_reason(result).removeprefix(f" at {op_name}: ").lstrip(": "))
     return result.output_for_node(op_name)
+
+
+# A backfill: recorded in the instance, run by the daemon when one is up, else by the command.
+BACKFILL_TAG = "dagster/backfill"
+CODE_LOCATION = "pulse_pipeline.definitions"  # the location name `make ui` (workspace.yaml) gives it
+# One step per partition: run it in the run's own process (no step subprocess), quietly.
+BACKFILL_RUN = {**QUIET_RUN, "execution": {"config": {"in_process": {}}}}
+_TERMINAL = ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "COMPLETED", "FAILED", "CANCELED")
+
+
+@dataclass
+class BackfillOutcome:
+    """A partition backfill as the instance records it; `runs` are its runs so far, oldest first."""
+
+    backfill_id: str
+    status: str
+    executed_by: str  # "this command", or "the dagster-daemon" (then it is still running)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # why it failed: its first failed run, or what stopped it
+
+
+def launch_backfill(
+    config: PulseConfig, keys: list[Any], days: list[str], *, title: str, tags: dict[str, str]
+) -> BackfillOutcome:
+    """Record a backfill of these assets' daily partitions in the instance at DAGSTER_HOME (the UI's
+    Overview > Backfills lists it); a running dagster-daemon executes it, else this process does,
+    through the daemon's own backfill logic, each run recorded and executed here."""
+    import time
+
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    with instance() as dagster:
+        backfill = PartitionBackfill.from_asset_partitions(
+            backfill_id=make_new_backfill_id(),
+            asset_graph=definitions(config).resolve_asset_graph(),
+            partition_names=days,
+            asset_selection=keys,
+            backfill_timestamp=time.time(),
+            tags=tags,
+            dynamic_partitions_store=dagster,
+            all_partitions=False,
+            title=title,
+            description=None,
+            run_config=BACKFILL_RUN,
+        )
+        dagster.add_backfill(backfill)
+        if backfill_daemon_running(dagster):
+            return _outcome(dagster, backfill.backfill_id, "the dagster-daemon")
+        error = _execute_backfill_here(dagster, backfill.backfill_id, max_iterations=len(days) + 10)
+        outcome = _outcome(dagster, backfill.backfill_id, "this command")
+    outcome.error = outcome.error or error
+    return outcome
+
+
+def backfill_daemon_running(dagster: dg.DagsterInstance) -> bool:
+    """Whether a dagster-daemon with a backfill loop has a recent heartbeat in this instance."""
+    from dagster._daemon.controller import get_daemon_statuses
+
+    return get_daemon_statuses(dagster, ["BACKFILL"], ignore_errors=True)["BACKFILL"].healthy
+
+
+def _execute_backfill_here(dagster: dg.DagsterInstance, backfill_id: str, *, max_iterations: int) -> str | None:
+    """Do what the daemon's backfill loop does, in this process, until the backfill is done: the
+    same instance storage, runs launched synchronously here instead of queued. None, or why it
+    stopped."""
+    import logging
+    import sys
+    import warnings
+
+    import dagster as dg
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster._daemon.backfill import execute_backfill_jobs
+    from dagster._serdes.config_class import ConfigurableClassData
+
+    ref = dagster.get_ref()._replace(  # the same storage; runs start at once and execute here
+        run_coordinator_data=ConfigurableClassData("dagster._core.run_coordinator", "DefaultRunCoordinator", "{}"),
+        run_launcher_data=ConfigurableClassData(
+            "dagster._core.launcher.sync_in_memory_run_launcher", "SyncInMemoryRunLauncher", "{}"
+        ),
+    )
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, module_name=CODE_LOCATION),
+        location_name=CODE_LOCATION,
+    )
+    quiet = logging.getLogger("pulse.backfill")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    with (
+        dg.DagsterInstance.from_ref(ref) as runner,
+        WorkspaceProcessContext(runner, InProcessWorkspaceLoadTarget(origin)) as workspace,
+        warnings.catch_warnings(),
+    ):
+        # A run executed inside the backfill loop's event loop cannot close its own one; harmless.
+        warnings.filterwarnings("ignore", "coroutine 'BaseEventLoop.shutdown_asyncgens'", RuntimeWarning)
+        first_error = None
+        for _ in range(max_iterations):
+            backfill = runner.get_backfill(backfill_id)
+            assert backfill is not None
+            if backfill.status.value in _TERMINAL:
+                return first_error
+            for error in execute_backfill_jobs(workspace, quiet, [backfill]):
+                first_error = first_error or (error_line(error) if error is not None else None)
+    return f"it did not finish in {max_iterations} rounds here; a dagster-daemon (`make ui`) carries it on"
+
+
+def _outcome(dagster: dg.DagsterInstance, backfill_id: str, executed_by: str) -> BackfillOutcome:
+    import dagster as dg
+
+    backfill = dagster.get_backfill(backfill_id)
+    assert backfill is not None
+    records = dagster.get_run_records(dg.RunsFilter(tags={BACKFILL_TAG: backfill_id}))
+    found = [
+        {
+            "run_id": r.dagster_run.run_id,
+            "partition": r.dagster_run.tags.get("dagster/partition"),
+            "status": r.dagster_run.status.value,
+        }
+        for r in sorted(records, key=lambda r: r.storage_id)
+    ]
+    failed = next((run for run in found if run["status"] == "FAILURE"), None)
+    error = None
+    if failed is not None:
+        error = mask(f"run {failed['run_id'][:8]} ({failed['partition']}) failed{run_failure_reason(dagster, failed['run_id'])}")
+    elif backfill.error is not None:
+        error = error_line(backfill.error)
+    return BackfillOutcome(backfill_id, backfill.status.value, executed_by, found, error)
+
+
+def run_failure_reason(dagster: dg.DagsterInstance, run_id: str) -> str:
+    """` at <step>: <cause>` for a recorded run, as `failure_reason` says it for a run of this
+    process: its first step failure, else a resource that could not be set up."""
+    run = dagster.get_run_by_id(run_id)
+    names = {key.to_python_identifier(): key.to_user_string() for key in (run and run.asset_selection) or ()}
+    events = [entry.dagster_event for entry in dagster.all_logs(run_id) if entry.dagster_event is not None]
+    for event in events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            step = names.get(event.step_key or "", event.step_key or "a step")
+            return f" at {step}: {error_line(event.step_failure_data.error)}"
+    for event in events:
+        error = getattr(event.event_specific_data, "error", None)
+        if event.event_type_value == "RESOURCE_INIT_FAILURE" and error is not None:
+            return f" setting up its resources: {error_line(error)}"
+    return ": the run did not finish (see its event log in the Dagster UI)"

@@ -129,11 +129,15 @@ def status(
             fam = config.family(name)
             manifest = latest_manifest(artifacts, name)
             state = lock.state(name)
+            current = registry.current(name)
             out[name] = {
                 "is_training": state.held,
                 "lock_acquired_at": state.row.acquired_at.isoformat() if state.held and state.row else None,
                 "lock_holder": state.row.holder.describe() if state.held and state.row else None,
-                "current_version": registry.current(name),
+                "lock_run_id": state.row.holder.run_id if state.held and state.row else None,
+                "stale_lock": _stale_lock(state),
+                "current_version": current,
+                "production_version": current["version"] if current else None,
                 "available_versions": registry.available(name),
                 "unrecorded_versions": registry.unrecorded(name),
                 "dataset_version": manifest["dataset_version"] if manifest else None,
@@ -144,18 +148,57 @@ def status(
         emit(out[names[0]] if family else {"families": out})
         return
     for name, st in out.items():
-        ready = "ready to train" if st["new_annotations_count"] >= st["min_annotations_required"] else "waiting"
-        training = f"; training since {st['lock_acquired_at']} ({st['lock_holder']})" if st["is_training"] else ""
-        say(
-            f"{name:<15} {st['new_annotations_count']:>6} new of {st['min_annotations_required']:>4} required  "
-            f"({ready}; snapshot {st['dataset_version'] or 'none'}; {len(st['available_versions'])} adapter "
-            f"versions{training})"
+        _say_status(name, st)
+
+
+def _stale_lock(state: Any) -> dict[str, Any] | None:
+    """A dead training's lock row (the next training takes it over), or None."""
+    if state.row is None or state.stale_because is None:
+        return None
+    holder = state.row.holder
+    return {
+        "holder": holder.describe(),
+        "run_id": holder.run_id,
+        "acquired_at": state.row.acquired_at.isoformat(),
+        "reason": state.stale_because,
+    }
+
+
+def _say_status(name: str, st: dict[str, Any]) -> None:
+    """One family's status as a few aligned lines: training, production, annotations, data."""
+    from pulse_pipeline.core.registry.pointer import challenger, shares
+
+    if st["is_training"]:
+        training = f"training since {st['lock_acquired_at']} by {st['lock_holder']}"
+        training += f", run {st['lock_run_id']}" if st["lock_run_id"] else ""
+    elif st["stale_lock"]:
+        stale = st["stale_lock"]
+        training = (
+            f"idle; stale lock of a dead training ({stale['holder']}, since {stale['acquired_at']}): "
+            f"{stale['reason']}; the next training takes it over"
         )
-        if st["unrecorded_versions"]:
-            say(
-                f"{'':<15} folders without a record (never promoted): {', '.join(st['unrecorded_versions'])}; "
-                f"`pulse registry reconcile --family {name}` adopts or removes them"
-            )
+    else:
+        training = "idle"
+    current = st["current_version"]
+    if current is None:
+        production = "none (nothing promoted yet)"
+    else:
+        production = f"{current['version']} (promoted {current.get('promoted_at') or 'at an unknown time'}"
+        production += f"; previous {current['previous_version']})" if current.get("previous_version") else ")"
+        canary = challenger(current)
+        if canary:
+            production += f"; canary {canary} at {shares(current).get(canary, 0.0):.0%} of traffic"
+    ready = "ready to train" if st["new_annotations_count"] >= st["min_annotations_required"] else "waiting"
+    say(name)
+    say(f"  training     {training}")
+    say(f"  production   {production}")
+    say(f"  annotations  {st['new_annotations_count']} new of {st['min_annotations_required']} required ({ready})")
+    say(f"  snapshot     {st['dataset_version'] or 'none'}; {len(st['available_versions'])} adapter versions")
+    if st["unrecorded_versions"]:
+        say(
+            f"  unrecorded   folders without a record (never promoted): {', '.join(st['unrecorded_versions'])}; "
+            f"`pulse registry reconcile --family {name}` adopts or removes them"
+        )
 
 
 @dataclass

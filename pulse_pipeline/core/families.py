@@ -206,6 +206,9 @@ class AutomationConfig(_Strict):
         default_factory=ProductionWatchConfig, description="Live accuracy watch and optional rollback."
     )
     max_run_minutes: int = Field(90, ge=1, description="A retrain run is stopped after this long.")
+    new_annotations_interval_seconds: int = Field(
+        300, ge=5, description="Seconds between two ticks of the family's new-annotations sensor."
+    )
     keep_versions: int = Field(5, ge=1, description="Adapter versions `cleanup_adapters` keeps by default.")
 
 
@@ -335,7 +338,9 @@ class PulseConfig(_Strict):
     """The whole `pulse.yaml`."""
 
     annotations_start_date: dt.date = Field(
-        dt.date(2025, 1, 1), description="First day of the daily annotation partitions."
+        dt.date(2025, 1, 1),
+        description="First day of the daily annotation partitions: set it to the first day of your data "
+        "(every day from it to today is a partition; records before it are in no partition).",
     )
     families: dict[str, FamilyConfig]
 

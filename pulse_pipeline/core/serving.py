@@ -1,15 +1,19 @@
 """A client for vLLM's OpenAI-compatible server: list the served models, load and unload LoRA
 adapters at run time, and chat with the base model or an adapter.
 
-Plain Python (no Dagster): `VllmServer(url, api_key=None, timeout=120)`. This module reads no
-environment variable; the Dagster `ServingEnvironment` resource opens the server named by
-PULSE_VLLM_URL (and PULSE_VLLM_API_KEY). The URL is the server's root, `http://host:8000`; a
-trailing `/v1` is accepted and dropped (vLLM's /health lives at the root).
+Plain Python (no Dagster): `VllmServer(url, api_key=None, timeout=120)`, or `open_replicas(urls)`
+for several replicas. This module reads no environment variable; the Dagster `ServingEnvironment`
+resource opens the replicas named by PULSE_VLLM_URL (comma-separated; and PULSE_VLLM_API_KEY). A
+URL is the server's root, `http://host:8000`; a trailing `/v1` is accepted and dropped (vLLM's
+/health lives at the root).
 
 The server must run with `--enable-lora` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True for
 `load_adapter` / `unload_adapter`. An adapter is served under an immutable name,
 `served_name(family, version)` = "family@version": loading a name again with the same path is a
-no-op, with another path an error, so a name always means the same weights.
+no-op, with another path an error, so a name always means the same weights. Nothing here ever
+reloads a name in place (`load_inplace`): vLLM can then answer from prefix-cache blocks computed
+by the old weights (vllm issue 42125). How a promotion uses this on every replica:
+core/registry/rollout.py.
 
 One model at a time: on vLLM's CPU backend (0.32.0) a base-model request that lands in the same
 batch as adapter requests can be answered by an adapter (once every --max-loras slot has been used,
@@ -25,9 +29,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -82,6 +86,11 @@ class VllmServer:
     def __repr__(self) -> str:
         return f"VllmServer({_display_url(self.url)!r})"
 
+    @property
+    def display_url(self) -> str:
+        """The URL without any user:password part, fit for logs and messages."""
+        return _display_url(self.url)
+
     def close(self) -> None:
         self._client.close()
 
@@ -105,7 +114,7 @@ class VllmServer:
         body = self._json(self._request("GET", "/v1/models"), "GET", "/v1/models")
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
-            raise ServingError(f"vLLM server at {self._shown}: GET /v1/models returned no model list")
+            raise ServingError(f"vLLM server at {self.display_url}: GET /v1/models returned no model list")
         return data
 
     def base_model(self) -> str:
@@ -113,7 +122,7 @@ class VllmServer:
         for entry in self.models():
             if entry.get("parent") is None:
                 return str(entry["id"])
-        raise ServingError(f"vLLM server at {self._shown}: GET /v1/models lists no base model")
+        raise ServingError(f"vLLM server at {self.display_url}: GET /v1/models lists no base model")
 
     def adapters(self) -> dict[str, str]:
         """Loaded adapters: served name -> path (as given when it was loaded)."""
@@ -153,7 +162,7 @@ class VllmServer:
         if root.rstrip("/") == path.rstrip("/"):
             return True
         raise ServingError(
-            f"vLLM server at {self._shown}: adapter {name!r} is already loaded from {root}, not {path}; "
+            f"vLLM server at {self.display_url}: adapter {name!r} is already loaded from {root}, not {path}; "
             "served names are immutable, so serve these weights under a new name (a new version)"
         )
 
@@ -182,7 +191,7 @@ class VllmServer:
             content = reply["choices"][0]["message"].get("content")
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ServingError(
-                f"vLLM server at {self._shown}: POST /v1/chat/completions returned no chat completion: "
+                f"vLLM server at {self.display_url}: POST /v1/chat/completions returned no chat completion: "
                 f"{_one_line(response.text)}"
             ) from None
         if isinstance(content, list):  # content parts
@@ -221,10 +230,6 @@ class VllmServer:
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    @property
-    def _shown(self) -> str:
-        return _display_url(self.url)
-
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
@@ -238,15 +243,15 @@ class VllmServer:
                 return self._client.request(method, path, json=json)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServingUnavailable(
-                f"vLLM server at {self._shown} unreachable: {self._redact(_one_line(f'{type(exc).__name__}: {exc}'))}"
+                f"vLLM server at {self.display_url} unreachable: {self._redact(_one_line(f'{type(exc).__name__}: {exc}'))}"
             ) from None
         except httpx.TimeoutException:
             raise ServingUnavailable(
-                f"vLLM server at {self._shown} did not answer {method} {path} within {self.timeout:g} s"
+                f"vLLM server at {self.display_url} did not answer {method} {path} within {self.timeout:g} s"
             ) from None
         except httpx.TransportError as exc:
             raise ServingUnavailable(
-                f"vLLM server at {self._shown} unreachable during {method} {path}: "
+                f"vLLM server at {self.display_url} unreachable during {method} {path}: "
                 f"{self._redact(_one_line(f'{type(exc).__name__}: {exc}'))}"
             ) from None
 
@@ -257,7 +262,7 @@ class VllmServer:
             return response.json()
         except ValueError:
             raise ServingError(
-                f"vLLM server at {self._shown}: {method} {path} returned no JSON: {_one_line(response.text)}"
+                f"vLLM server at {self.display_url}: {method} {path} returned no JSON: {_one_line(response.text)}"
             ) from None
 
     def _error(self, method: str, path: str, response: httpx.Response, doing: str = "") -> ServingError:
@@ -265,7 +270,7 @@ class VllmServer:
         message, kind = _error_detail(response)
         what = f" ({doing})" if doing else ""
         status = f"HTTP {response.status_code}" + (f" {kind}" if kind else "")
-        text = f"vLLM server at {self._shown}: {method} {path}{what} failed with {status}: {message}"
+        text = f"vLLM server at {self.display_url}: {method} {path}{what} failed with {status}: {message}"
         error = ServingUnavailable if response.status_code in (502, 503, 504) else ServingError
         return error(self._redact(text))
 
@@ -291,54 +296,32 @@ def _one_line(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
 
-# -- keeping a family's served adapters in step with the registry ------------------------------------
+# -- replicas ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class ServingSync:
-    """What a promotion did on the server: `status` is "updated", "not configured" or
-    "not updated: <why>" (the registry change stands either way; promoting the current version
-    again retries)."""
+@contextmanager
+def open_replicas(
+    urls: Sequence[str], api_key: str | None = None, timeout: float = 120
+) -> Iterator[list[VllmServer]]:
+    """A client for each replica URL (PULSE_VLLM_URL lists them, comma-separated), all closed
+    after the block; an empty list when there is none."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(VllmServer(url, api_key=api_key, timeout=timeout)) for url in urls]
 
-    status: str
-    loaded: list[str] = field(default_factory=list)
-    unloaded: list[str] = field(default_factory=list)
 
-
-def sync_family(
-    server: VllmServer | None,
-    family: str,
-    *,
-    serve: dict[str, str],
-    keep: set[str],
-    order: list[str],
-    max_loaded: int,
-) -> ServingSync:
-    """Load every version in `serve` (version -> adapter folder as the server sees it) under its
-    immutable name, then unload this family's other served versions, oldest first, until at most
-    `max_loaded` are loaded; versions in `keep` (production, previous, a canary) are never unloaded.
-    `order` lists the family's versions oldest first."""
-    if server is None:
-        return ServingSync("not configured")
-    try:
-        loaded = []
-        for version, folder in serve.items():
-            server.load_adapter(served_name(family, version), folder)
-            loaded.append(served_name(family, version))
-        ours = [name for name in server.adapters() if name.startswith(f"{family}@")]
-        rank = {served_name(family, v): i for i, v in enumerate(order)}
-        protected = {served_name(family, v) for v in keep | set(serve)}
-        spare = sorted((n for n in ours if n not in protected), key=lambda n: rank.get(n, -1))
-        unloaded = []
-        while len(ours) - len(unloaded) > max_loaded and spare:
-            name = spare.pop(0)
-            server.unload_adapter(name)
-            unloaded.append(name)
-        missing = [n for n in loaded if n not in server.adapters()]
-        if missing:
-            return ServingSync(
-                f"not updated: {', '.join(missing)} not listed by GET /v1/models", loaded, unloaded
-            )
-        return ServingSync("updated", loaded, unloaded)
-    except ServingError as exc:
-        return ServingSync(f"not updated: {exc}")
+def unload_spares(
+    server: VllmServer, family: str, *, keep: set[str], order: list[str], max_loaded: int
+) -> list[str]:
+    """Unload this family's served versions, oldest first, until at most `max_loaded` are loaded;
+    versions in `keep` (production, previous, a canary) are never unloaded. `order` lists the
+    family's versions oldest first. Returns the names unloaded."""
+    ours = [name for name in server.adapters() if name.startswith(f"{family}@")]
+    rank = {served_name(family, v): i for i, v in enumerate(order)}
+    protected = {served_name(family, v) for v in keep}
+    spare = sorted((n for n in ours if n not in protected), key=lambda n: rank.get(n, -1))
+    unloaded: list[str] = []
+    while len(ours) - len(unloaded) > max_loaded and spare:
+        name = spare.pop(0)
+        server.unload_adapter(name)
+        unloaded.append(name)
+    return unloaded

@@ -1,6 +1,6 @@
 """Dagster resources: how assets reach the annotation store and the artifact store."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,29 +78,40 @@ class TrainingEnvironment(dg.ConfigurableResource):
 
 
 class ServingEnvironment(dg.ConfigurableResource):
-    """The vLLM server that serves the adapters (PULSE_VLLM_URL; empty: serving not configured)."""
+    """The vLLM replicas that serve the adapters (PULSE_VLLM_URL, comma-separated; empty: serving
+    not configured)."""
 
     vllm_url: str = ""
     vllm_api_key: str = ""  # PULSE_VLLM_API_KEY, an EnvVar so the UI never shows it
     max_loras: int = 4  # adapters of one family kept loaded (the server's --max-loras)
     adapter_root: str = ""  # PULSE_VLLM_ADAPTER_ROOT: the artifact store's root as the server sees it
 
+    @property
+    def urls(self) -> list[str]:
+        return [url.strip() for url in self.vllm_url.split(",") if url.strip()]
+
     @contextmanager
     def open(self) -> Iterator[Any]:
-        """The server client for the block (None when not configured)."""
-        if not self.vllm_url:
-            yield None
-            return
-        from pulse_pipeline.core.serving import VllmServer
+        """The first replica's client for the block, for the evaluation (None when not configured)."""
+        with self.open_replicas() as servers:
+            yield servers[0] if servers else None
 
-        with VllmServer(self.vllm_url, api_key=self.vllm_api_key or None) as server:
-            yield server
+    @contextmanager
+    def open_replicas(self) -> Iterator[list["VllmServer"]]:
+        """A client for each replica, for the block (none when not configured)."""
+        from pulse_pipeline.core.serving import open_replicas
 
-    def targets(self, tracking_uri: str, server: "VllmServer | None") -> "Targets":
-        """Where a promotion is reflected besides the registry: MLflow's model registry and this server."""
+        with open_replicas(self.urls, api_key=self.vllm_api_key or None) as servers:
+            yield servers
+
+    def targets(self, tracking_uri: str, servers: "Sequence[VllmServer]") -> "Targets":
+        """Where a promotion is reflected besides the registry: MLflow's model registry and these
+        replicas, which must answer the family's golden smoke prompts (core/registry/rollout.py)."""
         from pulse_pipeline.core.registry import Targets
+        from pulse_pipeline.core.registry.rollout import golden_smoke_tests
 
-        return Targets(tracking_uri or None, server, self.max_loras, self.adapter_root or None)
+        smoke = golden_smoke_tests(get_settings().pulse_config)
+        return Targets(tracking_uri or None, list(servers), self.max_loras, self.adapter_root or None, smoke)
 
 
 def _from_env(name: str, default: str | None) -> Any:

@@ -14,7 +14,7 @@ from pulse_pipeline.core.serving import (
     ServingUnavailable,
     VllmServer,
     served_name,
-    sync_family,
+    unload_spares,
 )
 from pulse_pipeline_tests.vllm_server import TEST_API_KEY, VllmTestServer
 
@@ -180,22 +180,20 @@ def test_chat_many_keeps_input_order(client: VllmServer, support: str) -> None:
         client.chat_many(support, conversations, max_tokens=4, concurrency=0)
 
 
-def test_sync_family_loads_production_and_unloads_the_oldest_spare(
+def test_unload_spares_unloads_the_oldest_beyond_the_limit_and_never_one_kept(
     client: VllmServer, adapter_dir: Path
 ) -> None:
     order = ["sync-20260101-0000", "sync-20260102-0000", "sync-20260103-0000", "sync-20260104-0000"]
     try:
-        for version in order[:3]:
+        for version in order:
             client.load_adapter(served_name("sync", version), adapter_dir)
-        done = sync_family(
-            client, "sync", serve={order[3]: str(adapter_dir)}, keep={order[2]}, order=order, max_loaded=2
-        )
-        assert done.status == "updated" and done.loaded == [served_name("sync", order[3])]
-        assert done.unloaded == [served_name("sync", order[0]), served_name("sync", order[1])]
+        unloaded = unload_spares(client, "sync", keep={order[0], order[3]}, order=order, max_loaded=2)
+        assert unloaded == [served_name("sync", order[1]), served_name("sync", order[2])]
         assert sorted(n for n in client.adapters() if n.startswith("sync@")) == [
-            served_name("sync", order[2]),
+            served_name("sync", order[0]),
             served_name("sync", order[3]),
         ]
+        assert unload_spares(client, "sync", keep=set(), order=order, max_loaded=2) == []  # at the limit
     finally:
         for version in order:
             client.unload_adapter(served_name("sync", version))

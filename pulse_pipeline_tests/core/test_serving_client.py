@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from pulse_pipeline.core.serving import ServingUnavailable, VllmServer, sync_family
+from pulse_pipeline.core.serving import ServingUnavailable, VllmServer, open_replicas
 from pulse_pipeline_tests.vllm_server import _free_port
 
 COUNT = [{"role": "user", "content": "Count to 0"}]
@@ -31,16 +31,12 @@ def test_the_url_is_the_servers_root() -> None:
         VllmServer("vllm.internal:8000")
 
 
-def test_sync_without_a_server_or_with_a_dead_one_leaves_the_registry_change_standing() -> None:
-    assert sync_family(
-        None, "f", serve={"f-20260101-0000": "/x"}, keep=set(), order=[], max_loaded=4
-    ).status == ("not configured")
-    with VllmServer(f"http://127.0.0.1:{_free_port()}") as down:
-        done = sync_family(down, "f", serve={"f-20260101-0000": "/x"}, keep=set(), order=[], max_loaded=4)
-    assert (
-        done.status.startswith("not updated: vLLM server at http://127.0.0.1:")
-        and "unreachable" in done.status
-    )
+def test_replicas_open_one_client_each_and_close_them_all() -> None:
+    with open_replicas(["http://vllm-a:8000/v1", "http://vllm-b:8000"]) as servers:
+        assert [s.url for s in servers] == ["http://vllm-a:8000", "http://vllm-b:8000"]
+    assert all(s._client.is_closed for s in servers)
+    with open_replicas([]) as none:
+        assert none == []
 
 
 def test_a_keep_alive_connection_closed_by_the_server_is_retried_once() -> None:

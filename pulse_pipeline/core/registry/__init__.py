@@ -1,6 +1,6 @@
 """The adapter registry: a version's whole life, from its training to its retirement.
 
-    registry = Registry(store, artifacts, Targets(tracking_uri, vllm_server))
+    registry = Registry(store, artifacts, Targets(tracking_uri, [vllm_replica, ...]))
 
     record = registry.begin(family, ...)          # a record in state `training`, before any file
     registry.publish(record, folder, metadata)    # staged, recorded `published`, then revealed

@@ -1,16 +1,24 @@
-"""Promotion, rollback and cleanup end to end: the checks, the pointer, the records and the audit
-trail, then the serving engine and the MLflow aliases.
+"""Promotion, rollback and cleanup end to end: the checks, vLLM, then the pointer, the records, the
+audit trail and the MLflow aliases.
 
 Every change runs inside the family's registry section (`Registry.serialized`: one change of a
 family at a time, across processes) and follows the same order. The checks first (a record, the
-lifecycle, the gate's decision or a forced reason, the files' hashes); then the pointer
-(`current.json`, written atomically), which is the source of truth for serving; then the records'
-states and traffic shares, moved to match the pointer through the lifecycle; then the vLLM server;
-then one audit entry, which says what serving did; then the MLflow aliases. vLLM and MLflow report,
-without undoing anything, when they could not: a server that is down leaves serving "not updated:
-...", and promoting the current version again (which changes nothing in the registry) retries
-them. A crash after the pointer moved and before its audit entry is found by reconcile, which
-records the change from current.json (who, why, forced).
+lifecycle, the gate's decision or a forced reason, the files' hashes); then the rollout on every
+vLLM replica (rollout.py: each version the change serves loaded under its immutable name and
+answering the family's smoke prompts); then the pointer (`current.json`, written atomically, and
+the local `current` link), which is the source of truth for serving; then the records' states and
+traffic shares, moved to match the pointer through the lifecycle; then one audit entry, which
+says what serving did; then spare versions unloaded from the replicas, and the MLflow aliases.
+
+A replica that fails to load or to answer stops the change there: the names the rollout loaded
+are unloaded again, so every replica keeps serving what it served, and nothing else moves
+(current.json, the records, MLflow). The outcome is `partial`, with each replica's error, and
+the audit trail records the attempt (action `partial`). Promoting the same version again retries.
+A version is never reloaded under a name already in use (rollout.py says why). MLflow reports,
+without undoing anything, when it could not follow; promoting the current version again (which
+changes nothing in the registry) re-syncs serving and the aliases. A crash after the pointer moved
+and before its audit entry is found by reconcile, which records the change from current.json
+(who, why, forced).
 """
 
 from __future__ import annotations
@@ -21,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pulse_pipeline.core.evaluation.config import Decision
-from pulse_pipeline.core.registry import files, pointer
+from pulse_pipeline.core.registry import files, pointer, rollout
 from pulse_pipeline.core.registry.errors import ModelRegistryError, RegistryError, VersionFilesError
 from pulse_pipeline.core.registry.lifecycle import SERVED, VISIBLE, State, promotion_refusal
 from pulse_pipeline.core.registry.names import check_version, is_family, order
+from pulse_pipeline.core.registry.rollout import Rollout
 
 if TYPE_CHECKING:
     from pulse_pipeline.core.registry.records import VersionRecord
@@ -44,7 +53,7 @@ class Outcome:
     """What a promotion, rollback or cleanup did, for the CLI and the Dagster metadata."""
 
     family: str
-    action: str  # promote, canary, force_promote, rollback, cleanup, none
+    action: str  # promote, canary, force_promote, rollback, cleanup, partial (nothing moved), none
     version: str | None  # production after the change
     previous_version: str | None
     challenger: str | None = None  # a canary's challenger
@@ -54,6 +63,9 @@ class Outcome:
     decision: str | None = None  # the gate's decision of the version acted on
     serving: str = "not configured"
     mlflow: str = "not configured"
+    partial: bool = False  # a vLLM replica failed: nothing moved (each replica's error in `replicas`)
+    attempted: str | None = None  # a partial change: the version it was to serve
+    replicas: list[dict[str, str]] = field(default_factory=list)  # {"url", "status"} per vLLM replica
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the user should know
@@ -118,7 +130,7 @@ def promote(
     if forced:
         notes.append(f"{family} {version} {_judged(record)} and was promoted with --force: {reason}")
     out = _apply(registry, family, old, new, action, by, reason, forced, record.decision)
-    out.notes = notes
+    out.notes[:0] = notes
     return out
 
 
@@ -126,7 +138,9 @@ def rollback(registry: Registry, family: str, *, by: str, reason: str = "") -> O
     """Undo the pointer's last move. During a canary: end it (the champion gets all the traffic).
     Otherwise: make `previous_version` production again; the version rolled back from becomes the
     new `previous_version`, so a second rollback rolls forward. The target must have a record and
-    whole files; the gate is not asked again: it was production before."""
+    whole files; the gate is not asked again: it was production before. On vLLM the target is
+    served under its own name, as it was (still loaded: the previous version is never a spare),
+    never by loading its weights again under production's name."""
     if not is_family(family):
         raise RegistryError(f"{family!r} is not a family name (lowercase letters, digits and dashes)")
     old = registry.current(family)
@@ -147,7 +161,7 @@ def rollback(registry: Registry, family: str, *, by: str, reason: str = "") -> O
     meta = registry.metadata(family, target)
     new = {**pointer.production(meta, target, old["version"], pointer.stamp()), **change}
     out = _apply(registry, family, old, new, "rollback", by, reason, False, record.decision)
-    out.notes = notes
+    out.notes[:0] = notes
     return out
 
 
@@ -250,9 +264,13 @@ def _apply(
     registry: Registry, family: str, old: pointer.Pointer | None, new: pointer.Pointer, action: str,
     by: str, reason: str, forced: bool, decision: str | None,
 ) -> Outcome:  # fmt: skip
-    """Write the pointer (when it changed), move the records to it, log the change, then serving
-    and MLflow follow."""
+    """Roll the change out on every vLLM replica; then write the pointer (when it changed), move
+    the records to it, log the change, unload spare versions, and MLflow follows. A replica that
+    failed stops it before the pointer: a partial outcome."""
     changed = new is not old
+    rolled = _roll_out(registry, family, old, new)
+    if isinstance(rolled, Rollout) and rolled.partial:
+        return _partial(registry, family, old, new, by, reason, forced, decision, rolled)
     if changed:
         pointer.write_current(registry.artifacts, family, new)
     follow_pointer(registry, family, new)
@@ -263,7 +281,8 @@ def _apply(
     out = Outcome(
         family, action, new["version"], new.get("previous_version"), challenger, traffic, changed, forced, decision
     )
-    out.serving = _serve(registry, family, new, challenger)
+    out.serving = rolled.status if isinstance(rolled, Rollout) else rolled
+    out.replicas = rolled.report() if isinstance(rolled, Rollout) else []
     if changed:
         source, target = _moved(old, new)
         share = next((t["share"] for t in traffic if t["version"] == target), 1.0)
@@ -271,7 +290,34 @@ def _apply(
             family, action, by=by, reason=reason, forced=forced, decision=decision, serving=out.serving,
             from_version=source, to_version=target, traffic_share=share,
         )  # fmt: skip
+    if isinstance(rolled, Rollout):
+        out.notes += _unload_spares(registry, family, new)
     out.mlflow = sync_mlflow(registry, family)
+    return out
+
+
+def _partial(
+    registry: Registry, family: str, old: pointer.Pointer | None, new: pointer.Pointer, by: str, reason: str,
+    forced: bool, decision: str | None, rolled: Rollout,
+) -> Outcome:  # fmt: skip
+    """A replica failed: nothing moved. Production is still `old`; the audit trail keeps the attempt."""
+    changed = new is not old
+    source, target = _moved(old, new)
+    current = old or {}
+    traffic = list(current.get("traffic") or ([{"version": current["version"], "share": 1.0}] if old else []))
+    out = Outcome(
+        family, "partial" if changed else "none", current.get("version"), current.get("previous_version"),
+        pointer.challenger(old), traffic, False, forced, decision,
+    )  # fmt: skip
+    out.partial, out.attempted, out.serving, out.replicas = True, target, rolled.status, rolled.report()
+    out.mlflow = "unchanged"
+    if changed:
+        share = next((t["share"] for t in new.get("traffic") or [] if t["version"] == target), 1.0)
+        why = f"{target} not served: {rolled.status}" + (f" (reason given: {reason})" if reason else "")
+        registry.audit.append(
+            family, "partial", by=by, reason=why, forced=forced, decision=decision, serving=rolled.summary,
+            from_version=source, to_version=target, traffic_share=share,
+        )  # fmt: skip
     return out
 
 
@@ -314,44 +360,61 @@ def _judged(record: VersionRecord) -> str:
     return f"was judged {record.decision}" if record.decision else "was never evaluated"
 
 
-def _serve(registry: Registry, family: str, current: pointer.Pointer, challenger: str | None) -> str:
-    from pulse_pipeline.core.serving import sync_family
-
+def _roll_out(
+    registry: Registry, family: str, old: pointer.Pointer | None, new: pointer.Pointer
+) -> Rollout | str:
+    """What the change does on the vLLM replicas: a Rollout, or why none was asked anything."""
     targets = registry.targets
-    if targets.server is None:
+    if not targets.servers:
         return "not configured"
+    smoke = targets.smoke(family) if targets.smoke is not None else rollout.GENERIC
+    if smoke is None:
+        return "not on vLLM (not a chat family)"
 
-    def path(version: str) -> str:
+    def folder(version: str) -> str:
         if targets.adapter_root:
             return f"{targets.adapter_root.rstrip('/')}/{files.key(family, version)}"
         return str(registry.artifacts.uri(files.key(family, version)))
 
-    if "://" in path(current["version"]):
-        return (
-            "not updated: vLLM loads adapters from its own file system, not "
-            f"{path(current['version']).split('://')[0]}://; set PULSE_VLLM_ADAPTER_ROOT to where the "
-            "server sees the artifact store"
+    planned = rollout.plan(family, old, new, folder, smoke)
+    remote = next((f for f in planned.serve.values() if "://" in f), None)
+    if remote is not None:
+        return rollout.refused(
+            targets.servers,
+            f"vLLM loads adapters from its own file system, not {remote.split('://')[0]}://; set "
+            "PULSE_VLLM_ADAPTER_ROOT to where the servers see the artifact store",
         )
-    serve = {v: path(v) for v in (current["version"], challenger) if v}
-    keep = {v for v in (current["version"], current.get("previous_version"), challenger) if v}
-    done = sync_family(
-        targets.server, family, serve=serve, keep=keep, order=sorted(registry.available(family), key=order),
-        max_loaded=targets.max_loaded,
-    )  # fmt: skip
-    return done.status
+    return rollout.roll_out(targets.servers, planned)
+
+
+def _unload_spares(registry: Registry, family: str, current: pointer.Pointer) -> list[str]:
+    """Beyond `max_loaded`, the family's oldest versions leave every replica (never production, the
+    previous version or a canary); a replica that could not unload one is a note, not an error."""
+    from pulse_pipeline.core.serving import ServingError, unload_spares
+
+    keep = set(pointer.shares(current)) | {v for v in [current.get("previous_version")] if v}
+    versions = sorted(registry.available(family), key=order)
+    notes = []
+    for server in registry.targets.servers:
+        try:
+            unload_spares(server, family, keep=keep, order=versions, max_loaded=registry.targets.max_loaded)
+        except ServingError as exc:
+            notes.append(f"spare versions of {family} left loaded: {exc}")
+    return notes
 
 
 def _unload(registry: Registry, family: str, removed: list[str]) -> str:
-    """Unload removed versions from the server, each on its own (one failure keeps no other loaded)."""
-    server = registry.targets.server
-    if server is None:
+    """Unload removed versions from every replica, each on its own (one failure keeps no other loaded)."""
+    servers = registry.targets.servers
+    if not servers:
         return "not configured"
     from pulse_pipeline.core.serving import ServingError, served_name
 
     failed = []
-    for version in removed:
-        try:
-            server.unload_adapter(served_name(family, version))
-        except ServingError as exc:
-            failed.append(f"{version}: {exc}")
+    for server in servers:
+        for version in removed:
+            try:
+                server.unload_adapter(served_name(family, version))
+            except ServingError as exc:
+                failed.append(f"{version}: {exc}")
     return f"not updated: {'; '.join(failed)}" if failed else "updated"

@@ -24,7 +24,7 @@ from pulse_pipeline.core.registry.names import version_name
 from pulse_pipeline.core.store import schema
 from pulse_pipeline.core.store.database import Database, as_utc, cut, now
 
-ACTIONS = ("promote", "canary", "rollback", "cleanup", "force_promote", "reconcile")
+ACTIONS = ("promote", "canary", "rollback", "cleanup", "force_promote", "reconcile", "partial")  # partial: nothing moved
 _V = schema.adapter_versions
 _D = schema.deployments
 _SERVING_LENGTH = 32

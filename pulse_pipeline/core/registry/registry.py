@@ -13,6 +13,7 @@ database left half done. A folder without a record is never a version: it is lis
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from pulse_pipeline.core.store.database import Database, now
 if TYPE_CHECKING:
     from pulse_pipeline.core.registry.promotion import Expected, Outcome
     from pulse_pipeline.core.registry.reconcile import Reconciliation
+    from pulse_pipeline.core.registry.rollout import SmokeTests
     from pulse_pipeline.core.serving import VllmServer
 
 
@@ -38,9 +40,10 @@ class Targets:
     """Where a serving change is reflected besides the registry: MLflow's model registry and vLLM."""
 
     tracking_uri: str | None = None  # None: MLflow not configured
-    server: VllmServer | None = None  # None: serving not configured
-    max_loaded: int = 4  # adapters of a family kept loaded on the server
-    adapter_root: str | None = None  # the artifact store's root as the vLLM server sees it (default: ours)
+    servers: Sequence[VllmServer] = ()  # the vLLM replicas (empty: serving not configured)
+    max_loaded: int = 4  # adapters of a family kept loaded on each replica
+    adapter_root: str | None = None  # the artifact store's root as the vLLM servers see it (default: ours)
+    smoke: SmokeTests | None = None  # family -> what a replica must answer (None: one generic prompt); rollout.py
 
 
 class Registry:

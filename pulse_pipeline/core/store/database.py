@@ -78,11 +78,9 @@ class Database:
     def upgrade(self, target: str = "head") -> str | None:
         """Apply pending migrations; cheap when the database is current. Returns the revision."""
         from alembic import command
-        from alembic.config import Config
         from alembic.script import ScriptDirectory
 
-        cfg = Config()
-        cfg.set_main_option("script_location", _MIGRATIONS)
+        cfg = _alembic_config()
         head = ScriptDirectory.from_config(cfg).get_current_head()
         if target == "head" and self.revision() == head:
             return head
@@ -142,6 +140,21 @@ class Database:
         else:
             raise NotImplementedError(f"the store needs SQLite or PostgreSQL, not {self.dialect}")
         return insert(table)
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", _MIGRATIONS)
+    return config
+
+
+def migration_scripts() -> Any:
+    """The store's Alembic migrations (an alembic ScriptDirectory): their head, their revisions."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config())
 
 
 def parse_url(url: str) -> sa.URL:

@@ -222,7 +222,7 @@ deployments = Table(
         "action",
         String(16),
         nullable=False,
-        comment="promote, canary, rollback, cleanup, force_promote or reconcile.",
+        comment="promote, canary, rollback, cleanup, force_promote, reconcile or partial (nothing moved).",
     ),
     Column("from_version", String(128), nullable=True),
     Column("to_version", String(128), nullable=True),

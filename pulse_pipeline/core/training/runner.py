@@ -6,7 +6,8 @@ overrides) and the base model, and hands the version's life to the registry: `re
 dead training left), `begin` (the record, before any file), the recipe inside an MLflow run, then
 `publish` — or `abandon` when the training fails. The caller holds the family's training lock
 (`lease`); a lock taken over meanwhile stops the training at its next progress report. It is what
-the Dagster `<family>/adapter` asset and `python -m pulse_pipeline.core.training` call.
+the Dagster `<family>/adapter` asset and `python -m pulse_pipeline.core.training` call, so both
+report the training's loss and end as Prometheus metrics (`core/metrics.py`).
 """
 
 from __future__ import annotations
@@ -103,13 +104,16 @@ def train_family(
         run_id=run_id,
         watermark=int(manifest["watermark"]["seq"]),
     )
-    progress = on_progress
+    from pulse_pipeline.core.metrics import TrainingMetrics
+
+    watch = TrainingMetrics(family.name)  # training_jobs_total and friends (core/metrics.py)
+    progress = watch.follow(on_progress)
     if lease is not None:
+        watched = progress
 
         def progress(p: Progress) -> None:
             lease.check()  # taken over as dead: stop before two train at once
-            if on_progress is not None:
-                on_progress(p)
+            watched(p)
 
     run = None
     try:
@@ -130,10 +134,12 @@ def train_family(
         registry.publish(record, result.folder, metadata)
     except BaseException:
         _abandon(registry, record)
+        watch.failed()
         if run:
             with contextlib.suppress(Exception):  # MLflow may be what failed: its error is the one raised
                 run.finish(ok=False)
         raise
+    watch.succeeded(metadata.get("training_loss"))
     if run:
         run.log_artifact(result.folder / files.METADATA)
         run.log_artifact(result.folder / "loss_curve.png")

@@ -9,6 +9,7 @@ import datetime as dt
 import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.defs.metadata import for_people
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 from pulse_pipeline.defs.retries import retry_transient
 
@@ -43,6 +44,6 @@ def daily_report_asset(family: FamilyConfig, partitions: dg.PartitionsDefinition
         # The day's counts are that day's; the queue and the retrain count are as of this run
         # (a backfilled partition shows the queue of when it was backfilled, said here).
         as_of = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        return dg.MaterializeResult(metadata={**report.metadata(), "queue_and_threshold_as_of": as_of})
+        return dg.MaterializeResult(metadata=for_people({**report.metadata(), "queue_and_threshold_as_of": as_of}))
 
     return _daily_report

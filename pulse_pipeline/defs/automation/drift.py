@@ -14,6 +14,7 @@ import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.defs.automation.runs import retrain_request
+from pulse_pipeline.defs.metadata import for_people
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline.defs.retries import retry_transient
 
@@ -50,7 +51,7 @@ def drift_report_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         report = build_drift_report(annotation_store.store, artifacts, family, encoder)
         uris = write_report(artifacts, report)
         context.log.info(f"{family.name}: {report.message}")
-        return dg.MaterializeResult(metadata=_metadata(report, uris))
+        return dg.MaterializeResult(metadata=for_people(_metadata(report, uris)))
 
     return _drift_report
 
@@ -165,6 +166,6 @@ def drift_sensor(family: FamilyConfig, job_name: str) -> dg.SensorDefinition:
         )
         if isinstance(request, dg.SkipReason):
             return request
-        return dg.SensorResult(run_requests=[request], cursor=seen.to_cursor())
+        return dg.SensorResult(run_requests=[request])  # the cursor is set above (update_cursor)
 
     return _sensor

@@ -13,6 +13,7 @@ import dagster as dg
 import orjson
 
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.defs.metadata import for_people
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 from pulse_pipeline.defs.retries import retry_transient
 
@@ -61,7 +62,7 @@ def production_accuracy_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 "drop": current.drop,
             }
             metadata |= {k: dg.MetadataValue.float(v) for k, v in figures.items() if v is not None}
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=for_people(metadata))
 
     return _production_accuracy
 

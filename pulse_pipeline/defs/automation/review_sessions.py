@@ -60,6 +60,6 @@ def closed_sessions_sensor(family: FamilyConfig, job_name: str) -> dg.SensorDefi
         )
         if isinstance(request, dg.SkipReason):
             return request
-        return dg.SensorResult(run_requests=[request], cursor=str(seen.read_up_to))
+        return dg.SensorResult(run_requests=[request])  # the cursor is set above (update_cursor)
 
     return _sensor

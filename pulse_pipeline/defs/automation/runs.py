@@ -7,9 +7,10 @@ killed training never blocks its family or the `training` pool for longer than a
 
 Sensors dedupe on their run keys, but two triggers (new annotations and a closed review session,
 or drift, or a schedule) have different keys for the same data, so each also skips a family whose
-retrain is queued or running. A run key whose run failed would block that data for good (Dagster
-never launches a key twice), so a retrain that failed is tried again under `<key>:attempt-N`, up
-to `MAX_ATTEMPTS`; after that the trigger says so and waits for a person (the failure sensor has
+retrain is queued or running, or failed and is about to be retried by Dagster (`run_retries`:
+its worker crashed). A run key whose run failed would block that data for good (Dagster never
+launches a key twice), so a retrain that failed is tried again under `<key>:attempt-N`, up to
+`MAX_ATTEMPTS`; after that the trigger says so and waits for a person (the failure sensor has
 posted each failure).
 """
 
@@ -32,9 +33,16 @@ _FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 def running_retrain(instance: dg.DagsterInstance, family: FamilyConfig, jobs: set[str]) -> str | None:
-    """The id of a queued or running run of `family` in one of the retrain `jobs`."""
+    """The id of a queued or running run of `family` in one of the retrain `jobs`, or of a failed one
+    whose automatic retry (`run_retries` in dagster.yaml: its worker crashed) is not launched yet."""
     runs = instance.get_runs(dg.RunsFilter(tags={"pulse/family": family.name}, statuses=BUSY), limit=50)
-    return next((run.run_id for run in runs if run.job_name in jobs), None)
+    busy = next((run.run_id for run in runs if run.job_name in jobs), None)
+    if busy is None:
+        failed = instance.get_runs(
+            dg.RunsFilter(tags={"pulse/family": family.name}, statuses=[dg.DagsterRunStatus.FAILURE]), limit=5
+        )
+        busy = next((r.run_id for r in failed if r.job_name in jobs and r.is_complete_and_waiting_to_retry), None)
+    return busy
 
 
 def training_under_way(

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
 from pulse_pipeline.defs.lineage import this_runs_metadata
+from pulse_pipeline.defs.metadata import for_people
 from pulse_pipeline.defs.resources import (
     AnnotationStore,
     ArtifactStorage,
@@ -74,6 +75,7 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
         from pathlib import Path
 
         from pulse_pipeline.core.evaluation.runner import evaluate_version
+        from pulse_pipeline.core.metrics import record_evaluation
         from pulse_pipeline.core.registry import Registry, Targets
         from pulse_pipeline.core.registry.promotion import sync_mlflow
         from pulse_pipeline.settings import get_settings
@@ -109,6 +111,8 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
             r = evaluation.results
             gate = r["gate"]
             registry.record_evaluation(family.name, version, r)
+            candidate = {set_name: v["candidate"] for set_name, v in r["metrics"].items()}
+            record_evaluation(family.name, candidate, gate["decision"], warn=context.log.warning)
             if lease is not None and gate["decision"] == "FAIL":
                 lease.release()  # the blocking check stops the run here: nothing more to hold it for
         if tracking_uri:  # a FAIL is no longer the challenger
@@ -123,7 +127,7 @@ def eval_report_asset(family: FamilyConfig, pulse_config: PulseConfig) -> dg.Ass
                 "report_html": dg.MetadataValue.url(evaluation.report_uri)
                 if "://" in evaluation.report_uri
                 else dg.MetadataValue.path(evaluation.report_uri),
-                **_numeric(r),
+                **for_people(_numeric(r)),
             },
             check_results=[
                 dg.AssetCheckResult(

@@ -3,7 +3,9 @@
 Thin wrappers over `core.registry`: the deployment asset ends each retrain run and promotes the
 version its own run's evaluation judged DEPLOY, provided production is still what that
 evaluation compared it with (a REVIEW waits for a person; a FAIL never gets here: the blocking
-`promotion_gate` check stops the run first); it gives the family's training lock back. The jobs
+`promotion_gate` check stops the run first); it gives the family's training lock back. When a
+vLLM replica fails to load or answer the version, nothing moves and its `rollout` check fails,
+naming the replica. The jobs
 take their family and version from run config, so a person launches them from the Launchpad (or
 `pulse promote`, `pulse cleanup`, `pulse registry reconcile`).
 """
@@ -26,13 +28,19 @@ from pulse_pipeline.defs.training.locking import free_dead_trainings, step_lease
 
 def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
     report_key = dg.AssetKey([family.name, "eval_report"])
+    key = dg.AssetKey([family.name, "deployment"])
 
     @dg.asset(
-        key=dg.AssetKey([family.name, "deployment"]),
+        key=key,
         deps=[report_key],
         group_name=family.snake,
         kinds={"vllm"},
         tags={"pulse/family": family.name, "pulse/stage": "deployment"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                ROLLOUT_CHECK, asset=key, description="Every vLLM replica loaded and answered the version promoted."
+            )
+        ],
     )
     @retry_transient
     def _deployment(
@@ -43,6 +51,7 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         serving: ServingEnvironment,
     ) -> dg.MaterializeResult:
         """The production adapter: the version this run evaluated, when its gate said DEPLOY."""
+        from pulse_pipeline.core.metrics import record_promotion
         from pulse_pipeline.core.registry import Expected, Registry
 
         evaluation = this_runs_metadata(context, report_key) or {}  # only this run's own evaluation
@@ -50,8 +59,9 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         store = annotation_store.store
         who = created_by(context.run.tags, context.run.run_id)
         lock = training.lock(store, context.instance)
-        with step_lease(context, family.name, lock, who=who, acquire=False, release=True), serving.open() as server:
-            registry = Registry(store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, server))
+        lease = step_lease(context, family.name, lock, who=who, acquire=False, release=True)
+        with lease, serving.open_replicas() as servers:
+            registry = Registry(store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, servers))
             production = (registry.current(family.name) or {}).get("version")
             record = registry.record(family.name, str(version)) if version else None
             why = (
@@ -65,10 +75,20 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
             if why is not None:
                 context.log.info(f"{family.name}: not promoted ({why}); `pulse promote` decides")
                 return _metadata(production, f"not promoted: {why}", "-", "-")
-            out = registry.promote(
-                family.name, str(version), by=who, expect=Expected(record.baseline_version),
-                reason=f"the promotion gate said DEPLOY (run {context.run.run_id[:8]})",
-            )  # fmt: skip
+            try:
+                out = registry.promote(
+                    family.name, str(version), by=who, expect=Expected(record.baseline_version),
+                    reason=f"the promotion gate said DEPLOY (run {context.run.run_id[:8]})",
+                )  # fmt: skip
+            except Exception:
+                record_promotion(family.name, "failed", warn=context.log.warning)
+                raise
+            record_promotion(
+                family.name, out.action, changed=out.changed, partial=out.partial, warn=context.log.warning
+            )
+            if out.partial:  # nothing moved: the failed check and the metadata say which replica failed
+                context.log.error(f"{family.name}: {version} not promoted, {production or 'none'} stays: {out.serving}")
+                return _metadata(production, "partial", out.serving, out.mlflow, replicas=out.replicas, partial=True)
             # Keep the newest `automation.keep_versions` (production, previous and a canary always
             # stay). Production has moved already: a failed cleanup is reported, not a failed run.
             try:
@@ -82,10 +102,14 @@ def deployment_asset(family: FamilyConfig) -> dg.AssetsDefinition:
             f"old versions removed: {removed}"
         )
         return _metadata(
-            out.version, out.action, out.serving, out.mlflow, previous=out.previous_version, removed=removed
-        )
+            out.version, out.action, out.serving, out.mlflow, previous=out.previous_version, removed=removed,
+            replicas=out.replicas,
+        )  # fmt: skip
 
     return _deployment
+
+
+ROLLOUT_CHECK = "rollout"
 
 
 def _metadata(
@@ -95,7 +119,11 @@ def _metadata(
     mlflow: str,
     previous: str | None = None,
     removed: str = "none",
+    replicas: list[dict[str, str]] | None = None,
+    partial: bool = False,
 ):
+    """The deployment's metadata, and its `rollout` check: failed when a replica kept the old version."""
+    replica_lines = "\n".join(f"- {r['url']}: {r['status']}" for r in replicas or []) or "none asked"
     return dg.MaterializeResult(
         metadata={
             "production_version": version or "none",
@@ -103,8 +131,18 @@ def _metadata(
             "removed_versions": removed,
             "action": action,
             "serving": serving,
+            "vllm_replicas": dg.MetadataValue.md(replica_lines),
             "mlflow_aliases": mlflow,
         },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=ROLLOUT_CHECK,
+                passed=not partial,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=f"partial: production stays {version or 'none'}" if partial else None,
+                metadata={"serving": serving, "vllm_replicas": dg.MetadataValue.md(replica_lines)},
+            )
+        ],
         data_version=dg.DataVersion(version or "none"),
     )
 
@@ -140,26 +178,40 @@ def promote_version(
     training: TrainingEnvironment,
     serving: ServingEnvironment,
 ) -> dg.Output:
-    """Promote, start a canary, or roll back; the registry first, then serving, records and aliases."""
+    """Promote, start a canary, or roll back: every vLLM replica first, then the pointer, records and
+    aliases; a replica that fails leaves all of them unchanged (`partial`)."""
+    from pulse_pipeline.core.metrics import record_promotion
     from pulse_pipeline.core.registry import Registry
 
     by = config.requested_by or created_by(context.run.tags, context.run.run_id)
-    with serving.open() as server:
+    with serving.open_replicas() as servers:
         registry = Registry(
-            annotation_store.store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, server)
+            annotation_store.store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, servers)
         )
         if config.previous:
             out = registry.rollback(config.family, by=by, reason=config.reason)
         else:
             if not config.version:
                 raise dg.Failure("give `version`, or `previous: true` to roll back")
-            out = registry.promote(
-                config.family, config.version, by=by, reason=config.reason,
-                traffic_share=config.traffic_share, force=config.force,
-            )  # fmt: skip
-    context.log.info(
-        f"{config.family}: {out.action} -> {out.version}; serving {out.serving}; MLflow {out.mlflow}"
+            try:
+                out = registry.promote(
+                    config.family, config.version, by=by, reason=config.reason,
+                    traffic_share=config.traffic_share, force=config.force,
+                )  # fmt: skip
+            except Exception:
+                record_promotion(config.family, "failed", warn=context.log.warning)
+                raise
+    record_promotion(
+        config.family, out.action, changed=out.changed, partial=out.partial, warn=context.log.warning
     )
+    if out.partial:  # nothing moved; `pulse promote` exits non-zero naming the replica
+        context.log.error(
+            f"{config.family}: {out.attempted} not served, {out.version or 'none'} stays production: {out.serving}"
+        )
+    else:
+        context.log.info(
+            f"{config.family}: {out.action} -> {out.version}; serving {out.serving}; MLflow {out.mlflow}"
+        )
     for note in out.notes:
         context.log.warning(f"{config.family}: {note}")
     return dg.Output(
@@ -170,6 +222,7 @@ def promote_version(
             "previous_version": out.previous_version or "none",
             "challenger": out.challenger or "none",
             "forced": out.forced,
+            "partial": out.partial,
             "serving": out.serving,
             "mlflow_aliases": out.mlflow,
         },
@@ -194,9 +247,9 @@ def cleanup_versions(
         from pulse_pipeline.settings import get_settings
 
         keep = load_config(get_settings().pulse_config).family(config.family).automation.keep_versions
-    with serving.open() as server:
+    with serving.open_replicas() as servers:
         registry = Registry(
-            annotation_store.store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, server)
+            annotation_store.store, artifact_storage.open(), serving.targets(training.mlflow_tracking_uri, servers)
         )
         out = registry.cleanup(config.family, keep=keep, by=created_by(context.run.tags, context.run.run_id))
     context.log.info(f"{config.family}: removed {out.removed or 'nothing'}; kept {out.kept}")

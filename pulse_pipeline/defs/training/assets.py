@@ -3,18 +3,50 @@
 A thin wrapper over `core.training.runner.train_family`. The step takes the family's training
 lock for its run (kept through the run's evaluation and deployment; `locking.py`), and runs in
 the `training` concurrency pool (limit 1 in dagster.yaml), so two trainings never share the
-machine.
+machine. On Kubernetes its op tag `dagster-k8s/config` gives the step's pod a GPU (deploy/helm).
 """
+
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.defs.metadata import for_people
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage, TrainingEnvironment
 from pulse_pipeline.defs.retries import retry_transient
 from pulse_pipeline.defs.training.locking import run_holds_later_steps, step_lease
+from pulse_pipeline.settings import get_settings
 
 TRAINING_POOL = "training"
+K8S_CONFIG_TAG = "dagster-k8s/config"
+# The training step's pod under dagster-k8s's k8s_job_executor (other executors ignore the tag):
+# one GPU, on a node of the NVIDIA GPU operator, tolerating its taint. PULSE_TRAINING_K8S_CONFIG
+# replaces it.
+DEFAULT_TRAINING_K8S_CONFIG: dict[str, Any] = {
+    "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+    "pod_spec_config": {
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+}
+# The keys dagster-k8s reads from the tag.
+K8S_CONFIG_KEYS = frozenset(
+    {"container_config", "pod_spec_config", "pod_template_spec_metadata", "job_config", "job_metadata",
+     "job_spec_config", "merge_behavior"}
+)  # fmt: skip
+
+
+def training_k8s_config() -> dict[str, Any]:
+    """The training step's `dagster-k8s/config`: PULSE_TRAINING_K8S_CONFIG, else one GPU on a GPU node."""
+    config = get_settings().pulse_training_k8s_config
+    config = DEFAULT_TRAINING_K8S_CONFIG if config is None else config
+    unknown = sorted(set(config) - K8S_CONFIG_KEYS)
+    if unknown:
+        raise ValueError(
+            f"PULSE_TRAINING_K8S_CONFIG: unknown keys {unknown}; dagster-k8s reads {sorted(K8S_CONFIG_KEYS)}"
+        )
+    return config
 
 
 class AdapterRunConfig(dg.Config):
@@ -41,6 +73,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         pool=TRAINING_POOL,
         kinds={"pytorch"},
         tags={"pulse/family": family.name, "pulse/stage": "training"},
+        op_tags={K8S_CONFIG_TAG: training_k8s_config()},
         description=f"{family.name}: a LoRA adapter on {family.base_model} ({family.task}), trained on the newest snapshot.",
     )
     @retry_transient
@@ -93,7 +126,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
             for e in m.get("epoch_history", [])
         ]
         return dg.MaterializeResult(
-            metadata={
+            metadata=for_people({
                 "version": trained.version,
                 "reused": trained.reused,
                 "dataset_version": m["dataset_version"],
@@ -113,7 +146,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 if trained.mlflow_url
                 else (trained.mlflow_run_id or "not tracked"),
                 "path": dg.MetadataValue.path(trained.uri),
-            },
+            }),
             data_version=dg.DataVersion(trained.version),
         )
 

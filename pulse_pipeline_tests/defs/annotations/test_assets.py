@@ -10,7 +10,7 @@ from pulse_pipeline.defs.annotations.assets import CHECK_ACCOUNTED, annotations_
 from pulse_pipeline.defs.resources import AnnotationStore
 from pulse_pipeline.demo.data import DemoScale, write_demo_file
 
-ANCHOR = dt.date(2026, 6, 30)
+ANCHOR = dt.date(2026, 11, 30)
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_data_version_changes_when_the_day_changes(loaded, config):
                 store,
                 [
                     b'{"kind":"qa_pair","family":"access-qa","question":"new?","answer":"a",'
-                    b'"created_at":"2026-06-30T12:00:00Z"}'
+                    b'"created_at":"2026-11-30T12:00:00Z"}'
                 ],
                 config,
                 source="t",

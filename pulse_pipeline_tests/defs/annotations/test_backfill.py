@@ -20,7 +20,7 @@ from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 from pulse_pipeline_tests.core.test_store_data_fixes import intent, lines
 
-DAYS = [dt.date(2026, 6, 28), dt.date(2026, 6, 29), dt.date(2026, 6, 30)]
+DAYS = [dt.date(2026, 11, 28), dt.date(2026, 11, 29), dt.date(2026, 11, 30)]
 BAD = DAYS[1]
 LABELS = ["balance", "greeting", "oos"]
 

@@ -155,7 +155,7 @@ def test_daily_capture_report_materializes_yesterdays_report_of_every_family(con
     partitions = annotation_partitions(config)
     report = _schedules(config, {})["daily_capture_report"]
     assert report.cron_schedule == "0 2 * * *" and report.execution_timezone == "UTC"
-    ingest(config, _qa(3) + _qa(2, start=10, day="2026-07-01"))
+    ingest(config, _qa(3, day="2026-11-30") + _qa(2, start=10, day="2026-12-01"))
     defs = dg.Definitions(
         assets=[daily_report_asset(f, partitions) for f in config.families.values()],
         schedules=[report],
@@ -164,14 +164,14 @@ def test_daily_capture_report_materializes_yesterdays_report_of_every_family(con
     with (
         dg.instance_for_test() as instance,
         dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=NIGHT, repository_def=defs.get_repository_def()
+            instance=instance, scheduled_execution_time=dt.datetime(2026, 12, 1, 2, tzinfo=dt.UTC), repository_def=defs.get_repository_def()
         ) as context,
     ):
         requests = report.evaluate_tick(context).run_requests  # as the daemon does: partition checked
         assert [r.run_key for r in requests] == [
-            f"daily_report:{name}:2026-06-30" for name in config.families
+            f"daily_report:{name}:2026-11-30" for name in config.families
         ]
-        assert {r.partition_key for r in requests} == {"2026-06-30"}
+        assert {r.partition_key for r in requests} == {"2026-11-30"}
         (qa,) = [r for r in requests if r.tags["pulse/family"] == "access-qa"]
         assert qa.tags["dagster/max_runtime"] == "5400"
         job = defs.resolve_job_def(report.job_name)
@@ -180,8 +180,8 @@ def test_daily_capture_report_materializes_yesterdays_report_of_every_family(con
         )
         assert result.success
         (event,) = result.asset_materializations_for_node("access_qa__daily_report")
-        assert event.partition == "2026-06-30"
-        assert event.metadata["annotations"].value == 3  # not the two of July 1st
+        assert event.partition == "2026-11-30"
+        assert event.metadata["annotations"].value == 3  # not the two of December 1st
         assert event.metadata["human_judged"].value == 3
         assert event.metadata["new_trainable_annotations"].value == 5
         assert event.metadata["training_threshold_reached"].value is False

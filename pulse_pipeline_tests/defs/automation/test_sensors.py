@@ -37,14 +37,18 @@ def _ingest(config, url, tmp_path, records, name):
         ingest_file(store, path, config)
 
 
-def test_skips_below_the_minimum_then_requests_one_run_per_watermark(config, tmp_path):
-    family = config.family("access-qa")  # minimum 50
-    url = f"sqlite:///{tmp_path / 'pulse.db'}"
-    resources = {
+def _resources(url, tmp_path):
+    return {
         "annotation_store": AnnotationStore(database_url=url),
         "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
         "training": TrainingEnvironment(home=str(tmp_path / "home")),
     }
+
+
+def test_skips_below_the_minimum_then_requests_one_run_per_watermark(config, tmp_path):
+    family = config.family("access-qa")  # minimum 50
+    url = f"sqlite:///{tmp_path / 'pulse.db'}"
+    resources = _resources(url, tmp_path)
     sensor = new_annotations_sensor(family, "retrain_access_qa")
     _ingest(config, url, tmp_path, _qa(37), "a.jsonl")
     with dg.instance_for_test() as instance:
@@ -109,11 +113,7 @@ def _trained(url, tmp_path, dataset, watermark):
 def test_a_data_fix_makes_the_next_tick_count_again(config, tmp_path):
     family = config.family("access-qa")
     url = f"sqlite:///{tmp_path / 'pulse.db'}"
-    resources = {
-        "annotation_store": AnnotationStore(database_url=url),
-        "artifact_storage": ArtifactStorage(location=str(tmp_path / "artifacts")),
-        "training": TrainingEnvironment(home=str(tmp_path / "home")),
-    }
+    resources = _resources(url, tmp_path)
     sensor = new_annotations_sensor(family, "retrain_access_qa")
     _ingest(config, url, tmp_path, _qa(40), "a.jsonl")  # all on 2026-06-30
     with dg.instance_for_test() as instance:
@@ -181,3 +181,51 @@ def test_a_retrain_under_way_skips_and_a_failed_one_is_tried_again_up_to_three_t
         )
         _past_run(instance, dg.DagsterRunStatus.SUCCESS, key)
         assert request().run_key == key  # done: the key of a finished run, which Dagster never relaunches
+
+
+def test_the_tick_interval_is_the_familys_setting(config):
+    family = config.family("access-qa")
+    assert new_annotations_sensor(family, "retrain_access_qa").minimum_interval_seconds == 300  # the default
+    faster = family.model_copy(
+        update={"automation": family.automation.model_copy(update={"new_annotations_interval_seconds": 5})}
+    )
+    assert new_annotations_sensor(faster, "retrain_access_qa").minimum_interval_seconds == 5
+
+
+def test_a_tick_that_requests_a_run_evaluates_as_the_daemon_evaluates_it(config, tmp_path):
+    """The daemon runs `evaluate_tick`, which refuses a SensorResult carrying a cursor after
+    `context.update_cursor` (a direct call does not): the request and the cursor both come through."""
+    family = config.family("access-qa")
+    url = f"sqlite:///{tmp_path / 'pulse.db'}"
+    resources = _resources(url, tmp_path)
+    sensor = new_annotations_sensor(family, "retrain_access_qa")
+    _ingest(config, url, tmp_path, _qa(50), "a.jsonl")
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(instance=instance, resources=resources) as context,
+    ):
+        data = sensor.evaluate_tick(context)
+    assert [r.run_key for r in data.run_requests] == ["access-qa:0"]
+    assert NewAnnotations.from_cursor(data.cursor) == NewAnnotations(0, 50, 50)
+
+
+def test_a_crashed_run_that_dagster_will_retry_is_not_requested_again(config, tmp_path):
+    """Between a crashed run's failure and the launch of its automatic retry (run_retries), a tick
+    would otherwise ask for a second run of the same data: it skips until the retry is launched."""
+    family = config.family("access-qa")
+    key = "access-qa:57"
+    store = Store(f"sqlite:///{tmp_path / 'pulse.db'}")
+    training = TrainingEnvironment(home=str(tmp_path / "home"))
+    with dg.instance_for_test() as instance:
+
+        def request():
+            return retrain_request(
+                instance, family, key, {}, job_name="retrain_access_qa", store=store, training=training
+            )
+
+        crashed = _past_run(instance, dg.DagsterRunStatus.FAILURE, key)
+        instance.add_run_tags(crashed.run_id, {"dagster/will_retry": "true"})
+        skipped = request()
+        assert skipped.skip_message == f"a retrain of access-qa is already queued or running (run {crashed.run_id[:8]})"
+        instance.add_run_tags(crashed.run_id, {"dagster/auto_retry_run_id": make_new_run_id()})
+        assert request().run_key == f"{key}:attempt-2"  # the retry is its own run now (here: gone)
