@@ -42,17 +42,29 @@ def ingest(
             "Every record must be dated DAY.",
         ),
     ] = None,
+    annotator: Annotated[
+        str | None,
+        typer.Option(
+            "--annotator",
+            metavar="NAME",
+            help="Records without an `annotator` are judgments of NAME (a person, team or dataset), "
+            "trainable as human labels, instead of captured predictions waiting for review. For "
+            "importing a labelled dataset.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Load annotation records; print accepted, duplicates, quarantined and lines
     (with --replace-day also restored and invalidated)."""
     config = load_families()
     day = parse_day(replace, "--replace-day") if replace is not None else None
+    if annotator is not None and not annotator.strip():
+        raise UserError("--annotator: give a name (a person, team or dataset), not an empty string")
     with Store(get_settings().database_url) as store:
         if day is None:
-            result = ingest_file(store, file, config)
+            result = ingest_file(store, file, config, annotator=annotator)
         else:
-            result = replace_day(store, file, config, day, by=user())
+            result = replace_day(store, file, config, day, by=user(), annotator=annotator)
     if as_json:
         emit(_ingest_report(result) | ({"replaced_day": day.isoformat()} if day else {}))
         return

@@ -82,8 +82,12 @@ def ingest_file(
     max_line_bytes: int = MAX_LINE_BYTES,
     now: Clock = _utcnow,
     restore: frozenset[tuple[str, str]] = frozenset(),
+    annotator: str | None = None,
 ) -> IngestResult:
-    """Ingest one JSON Lines file. Raises IngestError only when the file cannot be opened."""
+    """Ingest one JSON Lines file. Raises IngestError only when the file cannot be opened.
+
+    `annotator`: every record without one is a judgment of this person or team (`pulse ingest
+    --annotator`): a labelled dataset imported as human labels, not as captures to review."""
     path = Path(path)
     with _open(path) as handle:
         return ingest_lines(
@@ -95,6 +99,7 @@ def ingest_file(
             max_line_bytes=max_line_bytes,
             now=now,
             restore=restore,
+            annotator=annotator,
         )
 
 
@@ -108,8 +113,9 @@ def replace_day(
     batch_size: int = BATCH_SIZE,
     max_line_bytes: int = MAX_LINE_BYTES,
     now: Clock = _utcnow,
+    annotator: str | None = None,
 ) -> IngestResult:
-    """Re-ingest a corrected file for `day` (UTC).
+    """Re-ingest a corrected file for `day` (UTC); `annotator` as for `ingest_file`.
 
     For every family the file names, the day's stored records that the file does not repeat are
     invalidated (reason "replaced by <file>"), those it repeats are made valid again, and the
@@ -124,7 +130,7 @@ def replace_day(
     with _open(path) as handle:
         for line in _read_lines(handle, max_line_bytes):
             try:
-                family, ann = _prescan(line, config, day, max_line_bytes)
+                family, ann = _prescan(line, config, day, max_line_bytes, annotator)
             except IngestError as exc:
                 raise IngestError(f"{path}: {exc}") from None
             if family is not None:
@@ -155,6 +161,7 @@ def replace_day(
         max_line_bytes=max_line_bytes,
         now=now,
         restore=frozenset((family, digest) for family, hashes in keep.items() for digest in hashes),
+        annotator=annotator,
     )
     result.invalidated = fix.invalidated
     result.replaced_families = sorted(keep)
@@ -162,7 +169,7 @@ def replace_day(
 
 
 def _prescan(
-    line: _Line, config: PulseConfig, day: dt.date, max_line_bytes: int
+    line: _Line, config: PulseConfig, day: dt.date, max_line_bytes: int, annotator: str | None
 ) -> tuple[str | None, Annotation | None]:
     """(family, annotation) of a line, or (None, None) for a blank one; IngestError for a line
     that is not a valid record or is dated other than `day`."""
@@ -177,6 +184,7 @@ def _prescan(
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _invalid(line.number, f"not valid JSON ({exc})") from None
+    obj = _signed(obj, annotator)
     try:
         ann = parse_record(obj, config, may_hold_nul=b"\\u0000" in raw)
     except RecordError as exc:
@@ -228,6 +236,7 @@ def ingest_lines(
     max_line_bytes: int = MAX_LINE_BYTES,
     now: Clock = _utcnow,
     restore: frozenset[tuple[str, str]] = frozenset(),
+    annotator: str | None = None,
 ) -> IngestResult:
     """Ingest lines (bytes, or `_Line`s from `_read_lines`) as one recorded ingestion.
 
@@ -251,7 +260,7 @@ def ingest_lines(
         ).scalar_one()
     result = IngestResult(source=source, ingestion_id=ingestion_id)
     writer = _Writer(store, result, restore)
-    batch = _Batch(ingestion_id, 1, source, started.date())
+    batch = _Batch(ingestion_id, 1, source, started.date(), annotator)
     # PostgreSQL takes two batches at once on two connections; SQLite has one writer anyway.
     in_flight = 2 if store.dialect == "postgresql" else 1
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="pulse-ingest") as pool:
@@ -271,12 +280,19 @@ def ingest_lines(
                 if len(pending) >= in_flight:
                     pending.popleft().result()  # a bounded number of batches in flight: bounded memory
                 pending.append(pool.submit(writer.write, batch))
-                batch = _Batch(ingestion_id, batch.number + 1, source, started.date())
+                batch = _Batch(ingestion_id, batch.number + 1, source, started.date(), annotator)
         while pending:
             pending.popleft().result()
     batch.close(result, now(), store.dialect)
     writer.write(batch, final=True)
     return result
+
+
+def _signed(obj: Any, annotator: str | None) -> Any:
+    """The record judged by `annotator` when it names none (`--annotator`); else as it is."""
+    if annotator and isinstance(obj, dict) and not obj.get("annotator"):
+        return {**obj, "annotator": annotator}
+    return obj
 
 
 def _read_lines(handle: IO[bytes], max_line_bytes: int) -> Iterator[_Line]:
@@ -312,8 +328,11 @@ class _Rejected:
 class _Batch:
     """Parsed lines waiting for one transaction."""
 
-    def __init__(self, ingestion_id: int, number: int, source: str, ingest_day: dt.date):
+    def __init__(
+        self, ingestion_id: int, number: int, source: str, ingest_day: dt.date, annotator: str | None = None
+    ):
         self.ingestion_id = ingestion_id
+        self.annotator = annotator
         self.number = number
         self.source = source
         self.ingest_day = ingest_day
@@ -341,6 +360,9 @@ class _Batch:
         except orjson.JSONDecodeError as exc:
             self._reject(number, raw, f"not valid JSON: {exc}")
             return
+        signed = _signed(obj, self.annotator)
+        if signed is not obj:
+            obj, text = signed, orjson.dumps(signed).decode()
         try:
             ann = parse_record(obj, config, may_hold_nul=b"\\u0000" in raw)
         except RecordError as exc:

@@ -263,6 +263,33 @@ def latest_manifest(artifacts: ArtifactStore, family: str) -> dict[str, Any] | N
     return manifest
 
 
+def no_examples_reason(family: FamilyConfig, stats: BuildStats) -> str:
+    """Why a build gave no training example, and what to do: one line for a person.
+
+    The usual cause is a labelled dataset ingested without annotators: its records are captures
+    (model predictions), which wait in the review queue until a person reviews them."""
+    from pulse_pipeline.core.triage import CAPTURE_KINDS, QUEUED
+
+    if stats.annotations == 0:
+        return f"{family.name}: no annotations yet: `pulse ingest FILE` loads annotation records"
+    waiting = sum(stats.by_status.get(str(status), 0) for status in QUEUED)
+    by_status = ", ".join(f"{n:,} {status}" for status, n in sorted(stats.by_status.items()))
+    if waiting:
+        kinds = " or ".join(k for k in family.annotation_kinds if k in CAPTURE_KINDS) or "capture"
+        return (
+            f"{family.name}: no trainable examples: {waiting:,} of {stats.annotations:,} {kinds} records have "
+            f"no annotator, so they wait in the review queue as captures ({by_status}); review them "
+            "(`pulse review export`), or, for a labelled dataset, add `annotator` to each record or "
+            "ingest it with `pulse ingest FILE --annotator NAME`"
+        )
+    dropped = stats.exact_duplicates + stats.normalized_duplicates
+    return (
+        f"{family.name}: none of its {stats.annotations:,} annotations makes a training example "
+        f"({by_status}; {dropped:,} duplicates, {stats.negatives:,} low ratings without a correction, "
+        f"{stats.feedback_not_used:,} ratings of 3 and above)"
+    )
+
+
 def write_snapshot(
     artifacts: ArtifactStore,
     family: FamilyConfig,

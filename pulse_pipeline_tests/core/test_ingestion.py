@@ -234,3 +234,17 @@ def test_concurrent_ingests_of_one_file_store_each_record_once(store, config, tm
     for day in store.annotations.days_with_annotations():
         for family in config.families:
             assert store.annotations.audit_day(family, day).accounted_for
+
+
+def test_an_annotator_given_at_ingest_signs_records_that_name_none(store, config, tmp_path):
+    label = config.family("intent-router").labels[0]
+    rows = [
+        {"kind": "intent_label", "family": "intent-router", "text": "unsigned", "label": label},
+        {"kind": "intent_label", "family": "intent-router", "text": "signed", "label": label, "annotator": "ann"},
+    ]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert ingest_file(store, path, config, annotator="crowd").accepted == 2
+    with store.engine.connect() as conn:
+        stored = dict(conn.execute(sa.select(annotations.c.annotator, annotations.c.payload)).all())
+    assert set(stored) == {"crowd", "ann"}

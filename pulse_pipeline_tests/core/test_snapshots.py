@@ -222,3 +222,20 @@ def test_no_split_is_left_empty_by_large_groups(config):
         }
     )
     assert set(assign_splits(table, config.family("call-analysis").split)) == {"train", "val", "test"}
+
+
+def test_no_examples_reason_names_the_cause_and_the_remedy(config):
+    from pulse_pipeline.core.build_stats import BuildStats
+    from pulse_pipeline.core.snapshots import no_examples_reason
+
+    family = config.family("intent-router")
+    assert no_examples_reason(family, BuildStats()) == (
+        "intent-router: no annotations yet: `pulse ingest FILE` loads annotation records"
+    )
+    waiting = BuildStats(annotations=10_003, by_status=Counter(needs_review=10_000, priority_review=3))
+    assert no_examples_reason(family, waiting).startswith(
+        "intent-router: no trainable examples: 10,003 of 10,003 intent_label records have no annotator, so "
+        "they wait in the review queue as captures (10,000 needs_review, 3 priority_review)"
+    )
+    dropped = BuildStats(annotations=4, by_status=Counter(human_reviewed=4), negatives=4)
+    assert "4 low ratings without a correction" in no_examples_reason(config.family("access-qa"), dropped)

@@ -10,6 +10,7 @@ from pulse_pipeline.core.snapshots import (
     check_names,
     check_snapshot,
     from_parquet,
+    no_examples_reason,
     prefix,
     to_parquet,
     write_snapshot,
@@ -147,6 +148,8 @@ def dataset_snapshot_asset(family: FamilyConfig) -> dg.AssetsDefinition:
             raise dg.Failure(
                 f"no examples for {family.name} yet: materialize {family.name}/examples first"
             ) from None
+        if table.num_rows == 0:
+            raise dg.Failure(no_examples_reason(family, stats))
         snapshot = write_snapshot(artifacts, family, table, stats)
         m = snapshot.manifest
         context.log.info(
