@@ -1,5 +1,6 @@
 """docs/families.md's "Add your own family" section works exactly as written."""
 
+import json
 import os
 import re
 import subprocess
@@ -36,3 +37,10 @@ def test_add_your_own_family_runs_as_written(tmp_path):
     assert re.search(r"version\s+review-scorer-\d{8}-\d{4}", out.stdout)
     for name in ("adapter_model.safetensors", "head_config.json", "training_metadata.json", "loss_curve.png"):
         assert name in out.stdout.split()
+    # the records without an annotator trained (--annotator); the router was judged on its own test file
+    (results,) = (tmp_path / ".pulse-mine" / "artifacts" / "adapters" / "support-router").glob("*/eval/results.json")
+    sets = json.loads(results.read_text())["sets"]
+    assert [(s["name"], s["examples"]) for s in sets] == [("test", 30)]
+    (manifest,) = (tmp_path / ".pulse-mine" / "artifacts" / "datasets" / "support-router").glob("*/manifest.json")
+    counts = json.loads(manifest.read_text())["counts"]
+    assert counts["test"] == 0 and counts["train"] + counts["val"] == 90

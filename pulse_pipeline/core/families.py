@@ -110,7 +110,13 @@ class SplitConfig(_Strict):
 
     train: float = Field(0.8, gt=0, lt=1, description="Share of examples in train.")
     val: float = Field(0.1, ge=0, lt=1, description="Share in validation.")
-    test: float = Field(0.1, gt=0, lt=1, description="Share in test.")
+    test: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share in test; 0 only with `evaluation.test_file` (then the default is train 0.9, "
+        "val 0.1, test 0).",
+    )
     seed: int = Field(13, description="Seed of the deterministic assignment of groups to splits.")
     min_examples_per_label: int = Field(5, ge=1, description="A label with fewer train examples is flagged.")
 
@@ -272,6 +278,11 @@ class FamilyConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> FamilyConfig:
+        if self.evaluation.test_file is not None and "split" not in self.model_fields_set:
+            # the user's test file is the test set (frozen model: set once, here)
+            object.__setattr__(self, "split", SplitConfig(train=0.9, val=0.1, test=0.0))
+        if self.split.test == 0 and self.evaluation.test_file is None:
+            raise ValueError("split.test is 0: set evaluation.test_file, the test set the family is judged on")
         allowed = KINDS_FOR_TASK[self.task]
         for kind in self.annotation_kinds:
             if kind not in allowed:
@@ -450,12 +461,13 @@ def _resolve_label_files(config: PulseConfig, base_dir: Path, source: str) -> Pu
 
 
 def _resolve_evaluation_files(config: PulseConfig, base_dir: Path, source: str) -> PulseConfig:
-    """Golden and source-registry paths relative to pulse.yaml; `golden/<family>.jsonl` when present."""
+    """Golden, test-file and source-registry paths relative to pulse.yaml; `golden/<family>.jsonl`
+    when present."""
     families = {}
     for name, fam in config.families.items():
         ev = fam.evaluation
         update: dict[str, Any] = {}
-        for field in ("golden_file", "sources_file"):
+        for field in ("golden_file", "sources_file", "test_file"):
             path = getattr(ev, field)
             if path is None:
                 continue

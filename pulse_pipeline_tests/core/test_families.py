@@ -92,6 +92,25 @@ def test_a_new_classification_family_needs_no_code(tmp_path):
     assert config.families["ticket-router"].label_set == {"billing", "outage", "other"}
 
 
+def test_a_test_file_of_ones_own_makes_the_snapshots_train_and_val_only(tmp_path):
+    data = _base()
+    router = {
+        "task": "classification", "annotation_kinds": ["intent_label"], "base_model": "minilm-l6",
+        "labels": ["billing", "outage"], "evaluation": {"test_file": "official-test.jsonl"},
+    }  # fmt: skip
+    data["families"]["ticket-router"] = router
+    (tmp_path / "official-test.jsonl").write_text("")
+    family = load_config(_write(tmp_path, data)).families["ticket-router"]
+    assert family.evaluation.test_file == (tmp_path / "official-test.jsonl").resolve()
+    assert (family.split.train, family.split.val, family.split.test) == (0.9, 0.1, 0.0)
+    router["split"] = {"train": 0.8, "val": 0.1, "test": 0.1}  # both: the snapshot keeps a test split too
+    assert load_config(_write(tmp_path, data)).families["ticket-router"].split.test == 0.1
+    del router["evaluation"]
+    router["split"] = {"train": 0.9, "val": 0.1, "test": 0.0}
+    with pytest.raises(ConfigError, match="split.test is 0: set evaluation.test_file"):
+        load_config(_write(tmp_path, data))
+
+
 def test_file_level_errors_are_one_clear_line(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.yaml")

@@ -111,6 +111,34 @@ def paired_bootstrap(
     return rows
 
 
+def against_floor(
+    references: list[Any], candidate: list[Any], floor: list[Any], *, set_name: str = "test",
+    resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Top-1 accuracy of the candidate and of the family's frozen-encoder floor on the same
+    examples, with a paired-bootstrap interval of the difference (candidate - floor)."""
+    import numpy as np
+
+    right_c = np.array([c == r for c, r in zip(candidate, references, strict=True)], dtype=float)
+    right_f = np.array([f == r for f, r in zip(floor, references, strict=True)], dtype=float)
+    n = len(references)
+    rng = np.random.default_rng(seed)
+    draws = [float((right_c[i] - right_f[i]).mean()) for i in (rng.integers(0, n, n) for _ in range(resamples if n > 1 else 0))]
+    tail = (1 - confidence) / 2 * 100
+    low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail])) if draws else (None, None)
+    return {
+        "set": set_name,
+        "metric": "top1_accuracy",
+        "examples": n,
+        "candidate": float(right_c.mean()) if n else None,
+        "floor": float(right_f.mean()) if n else None,
+        "delta": float((right_c - right_f).mean()) if n else None,
+        "ci_low": low,
+        "ci_high": high,
+        "confidence": confidence,
+    }
+
+
 def flipped(
     examples: list[Any], references: list[Any], candidate_right: list[bool], baseline_right: list[bool],
     candidate: list[Any], baseline: list[Any], *, set_name: str, limit: int,

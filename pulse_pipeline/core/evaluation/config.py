@@ -124,6 +124,13 @@ class EvaluationConfig(_Strict):
     golden_file: Path | None = Field(
         None, description="Golden annotation records, relative to pulse.yaml (default golden/<family>.jsonl)."
     )
+    test_file: Path | None = Field(
+        None,
+        description="Your own held-out test set (annotation records, relative to pulse.yaml), e.g. a "
+        "labelled dataset's official test split: it is the family's `test` set, and the snapshots "
+        "split into train and val only (unless `split.test` is set), so training uses all the "
+        "rest of the labelled data.",
+    )
     sources_file: Path | None = Field(
         None,
         description="Source registry for citations (JSON: id -> {title, url, text}), relative to pulse.yaml.",

@@ -43,11 +43,15 @@ def decide(
     *,
     set_sizes: dict[str, int] | None = None,
     profile: str | None = None,
+    floor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`candidate`: set -> metric -> value; `comparison`: set -> bootstrap rows; `set_sizes`: set ->
     scored examples (None: the number of examples is not checked); `profile`: the task profile
-    (config.profile_of) whose minimum applies when `evidence.min_examples` is not set."""
+    (config.profile_of) whose minimum applies when `evidence.min_examples` is not set; `floor`:
+    classification, the candidate against the frozen-encoder floor (comparison.against_floor)."""
     checks = [absolute_check(m, t, candidate.get(t.set)) for m, t in gate.absolute.items()]
+    if floor is not None:
+        checks.append(floor_check(floor))
     change = gate.change
     for set_name in change.sets:
         rows = {r["metric"]: r for r in comparison.get(set_name, [])}
@@ -66,6 +70,29 @@ def decide(
         worst = max(worst, _RANK["review"])
         reasons.append("no gate check could run (no thresholds, or no values for them): a person decides")
     return {"decision": _DECISION[worst].value, "reasons": reasons, "checks": checks}
+
+
+def floor_check(floor: dict[str, Any]) -> dict[str, Any]:
+    """FAIL when the candidate's top-1 accuracy is below the frozen-encoder floor's on the same
+    examples: a fine-tune worse than no fine-tune (a logistic regression on the frozen
+    encoder's embeddings, core/training/floor.py) is never promoted, however small the gap."""
+    c, f = as_number(floor.get("candidate")), as_number(floor.get("floor"))
+    where = floor.get("set", "test")
+    row = {"metric": "top1_accuracy", "set": where, "kind": "floor", "value": c, "threshold": f"at least the floor, {format_value('accuracy', f)}"}
+    if c is None or f is None:
+        return {**row, "outcome": "skipped", "reason": f"floor: no top-1 accuracy on {where}"}
+    low, high = floor.get("ci_low"), floor.get("ci_high")
+    interval = f", difference {format_delta('accuracy', c - f)}"
+    if low is not None and high is not None:
+        confidence = round(100 * floor.get("confidence", 0.95))
+        interval += f", {confidence} % interval {format_delta('accuracy', low)} to {format_delta('accuracy', high)}"
+    shown = (
+        f"top-1 accuracy {format_value('accuracy', c)} on {where} against the frozen-encoder floor's "
+        f"{format_value('accuracy', f)}{interval}"
+    )
+    if c < f:
+        return {**row, "outcome": "fail", "reason": f"{shown}: below the floor: FAIL"}
+    return {**row, "outcome": "pass", "reason": shown}
 
 
 def absolute_check(metric: str, t: Threshold, values: dict[str, Any] | None) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Chat families generate greedily in length-grouped, left-padded batches through peft; encoder
 families take one forward pass. The base model of a chat family is the adapter's own model
 with the adapter switched off. An encoder without an adapter has no trained head, so its base
-model is the frozen encoder with a head fitted in closed form on the snapshot's train split:
-nearest label centroid by cosine (classification) or ridge regression (regression).
+model is the frozen encoder with a head fitted on the snapshot's train split: the family's
+frozen-encoder floor, a logistic regression with C chosen on val (classification,
+core/training/floor.py), or a ridge regression in closed form (regression).
 
 Latency is each example's share of its batch's wall time on this machine (throughput
 latency). With `PULSE_VLLM_URL` set, chat families answer through the vLLM server instead
@@ -38,6 +39,7 @@ class AdapterPredictor:
         self.max_new_tokens = max_new_tokens
         self.max_length = max_length
         self._base_head: Any = None
+        self.floor: Any = None  # classification: the fitted floor, once fit_base_head ran
 
     @property
     def task(self) -> str:
@@ -130,19 +132,29 @@ class AdapterPredictor:
                 out[idx] = sentence_model.embed(b["input_ids"], b["attention_mask"]).numpy()
         return out
 
-    def fit_base_head(self, train: list[EvalExample], ridge: float = 1.0) -> None:
-        """The closed-form head of the base model, from the train split."""
+    def fit_base_head(
+        self, train: list[EvalExample], val: list[EvalExample] | None = None, ridge: float = 1.0
+    ) -> None:
+        """The base model's head, from the train split: for classification the frozen-encoder floor
+        (core/training/floor.py: a logistic regression, C chosen on `val`), for regression a ridge
+        regression in closed form."""
         import numpy as np
 
         x = self._embed([e.input for e in train])
         head = self.loaded.head
         if self.task == "classification":
-            labels = [e.reference for e in train]
-            names = [name for name in head.labels if name in set(labels)]
-            gold = np.array(labels, dtype=object)
-            centroids = np.stack([x[gold == name].mean(0) for name in names])
-            centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-            self._base_head = ("centroids", names, centroids)
+            from pulse_pipeline.core.training.floor import fit_floor
+
+            val = val or []
+            floor = fit_floor(
+                head.labels,
+                x,
+                [e.reference for e in train],
+                val_x=self._embed([e.input for e in val]) if val else None,
+                val_y=[e.reference for e in val] if val else None,
+            )
+            self._base_head = ("floor", None, floor)
+            self.floor = floor
         else:
             lo, hi = head.score_range
             y = (np.array([e.reference for e in train], dtype=np.float64) - lo) / (hi - lo)
@@ -156,11 +168,10 @@ class AdapterPredictor:
         began = time.perf_counter()
         x = self._embed(texts)
         kind, meta, weights = self._base_head
-        if kind == "centroids":
-            sims = x @ weights.T
-            top = sims.argmax(1)
-            outputs: list[Any] = [meta[i] for i in top]
-            scores = sims.max(1).astype(float).tolist()
+        if kind == "floor":
+            probabilities = weights.probabilities(x)
+            outputs: list[Any] = [weights.labels[i] for i in probabilities.argmax(1)]
+            scores = probabilities.max(1).astype(float).tolist()  # the top label's probability
         else:
             lo, hi = meta
             y = np.hstack([x, np.ones((len(x), 1))]) @ weights

@@ -412,9 +412,21 @@ def _training_facts(training: dict) -> list[tuple[str, str]]:
         ("Final training loss", _loss(training.get("training_loss"))),
         ("Final validation loss", _loss(final_val)),
         ("Best validation loss", _loss(training.get("best_validation_loss"))),
+        ("Published", _selected(training)),
         ("Training time", _duration(training.get("training_time_seconds"))),
     ]
     return [(label, str(value)) for label, value in facts if value is not None]
+
+
+def _selected(training: dict[str, Any]) -> str | None:
+    """Which model the recipe published: a fine-tuned epoch, or the frozen-encoder floor."""
+    floor = training.get("floor") or {}
+    beside = f" (frozen-encoder floor: {floor['val_accuracy']:.1%} on val, C={floor['c']:g})" if floor.get("val_accuracy") is not None else ""
+    if training.get("selected") == "floor":
+        return f"the frozen-encoder floor: no fine-tuned epoch beat it on validation{beside}"
+    if training.get("selected") == "fine_tune":
+        return f"fine-tuned epoch {training.get('best_epoch')}{beside}"
+    return None
 
 
 def _loss(value: Any) -> str | None:

@@ -87,6 +87,9 @@ def evaluate_version(
         results["skipped"].append(
             {"what": f"evaluation set {eval_set.name}", "reason": f"no examples ({why})"}
         )
+    floor = _against_floor(family, artifacts, dataset, sets, systems, log)
+    if floor is not None:
+        results["floor"] = floor
     results["gate"] = decide(
         ev.gate,
         {s: v["candidate"] for s, v in results["metrics"].items()},
@@ -94,6 +97,7 @@ def evaluate_version(
         MAIN_METRICS[profile],
         set_sizes={s["name"]: s["examples"] for s in results["sets"]},  # scored examples per set
         profile=profile,
+        floor=floor,
     )
     return _publish(family, artifacts, version, to_json_safe(results), meta, tracking_uri)
 
@@ -164,12 +168,29 @@ def _evaluation_sets(
     dataset: str,
     eval_files: tuple[Path, ...],
 ) -> tuple[list[EvalSet], list[EvalSet]]:
-    """The sets with examples, and those without (reported, not silently dropped)."""
-    sets = [from_snapshot(family, artifacts, dataset, "test")]
-    if family.evaluation.golden_file is not None:
-        sets.append(from_records_file(family, config, family.evaluation.golden_file, "golden"))
-    sets += [from_records_file(family, config, Path(f), Path(f).stem) for f in eval_files]
+    """The sets with examples, and those without (reported, not silently dropped). `test` is the
+    snapshot's test split, or the family's `evaluation.test_file` when the snapshots keep no test
+    split; a set from a file is named after it, and never takes a name already used."""
+    ev = family.evaluation
+    sets: list[EvalSet] = []
+    if family.split.test > 0:
+        sets.append(from_snapshot(family, artifacts, dataset, "test"))
+    if ev.test_file is not None:
+        name = "test" if family.split.test == 0 else _unused(ev.test_file.stem, sets)
+        sets.append(from_records_file(family, config, ev.test_file, name))
+    if ev.golden_file is not None:
+        sets.append(from_records_file(family, config, ev.golden_file, "golden"))
+    for f in eval_files:
+        sets.append(from_records_file(family, config, Path(f), _unused(Path(f).stem, sets)))
     return [s for s in sets if s.examples], [s for s in sets if not s.examples]
+
+
+def _unused(name: str, sets: list[EvalSet]) -> str:
+    """`name`, or `<name>-external` (then -2, -3 ...) when a set already has it (e.g. a file named
+    test.jsonl beside the snapshot's test split): results and MLflow keep the two apart."""
+    taken = {s.name for s in sets}
+    candidates = (name, f"{name}-external", *(f"{name}-external-{i}" for i in range(2, 100)))
+    return next(n for n in candidates if n not in taken)
 
 
 def _load_systems(
@@ -213,7 +234,10 @@ def _load_systems(
         description = _base_description(family)
         log(f"baseline: {description}")
         if family.task is not TaskKind.chat_sft:
-            candidate.fit_base_head(from_snapshot(family, artifacts, dataset, "train").examples)
+            candidate.fit_base_head(
+                from_snapshot(family, artifacts, dataset, "train").examples,
+                from_snapshot(family, artifacts, dataset, "val").examples,
+            )
         info = {"kind": "base_model", "version": None, "description": description}
         systems = Systems(candidate, candidate, False, info)
     systems.inference = inference
@@ -249,6 +273,33 @@ def _vllm_server(
 # -- pieces ------------------------------------------------------------------------------------
 
 
+def _against_floor(
+    family: FamilyConfig, artifacts: ArtifactStore, dataset: str, sets: list[EvalSet], systems: Systems,
+    log: Callable[[str], None],
+) -> dict[str, Any] | None:  # fmt: skip
+    """Classification: the candidate's top-1 accuracy on the `test` set against the family's
+    frozen-encoder floor (fitted on the snapshot's train split, C chosen on val), for the gate."""
+    from pulse_pipeline.core.evaluation.comparison import against_floor
+
+    test = next((s for s in sets if s.name == "test"), None)
+    if family.task is not TaskKind.classification or test is None:
+        return None
+    predictor = systems.candidate
+    if predictor.floor is None:  # the baseline is production, so the floor was not fitted yet
+        predictor.fit_base_head(
+            from_snapshot(family, artifacts, dataset, "train").examples,
+            from_snapshot(family, artifacts, dataset, "val").examples,
+        )
+    row = against_floor(
+        [e.reference for e in test.examples],
+        predictor.predict(test.examples).outputs,
+        predictor.predict(test.examples, use_adapter=False).outputs,
+    )
+    fit = predictor.floor.describe()
+    log(f"floor: logistic regression, C={fit['c']:g}: top-1 {row['floor']:.2%} on test, candidate {row['candidate']:.2%}")
+    return {**row, "fit": fit}
+
+
 def _predictor(family: FamilyConfig, loaded: Any, max_length: int) -> AdapterPredictor:
     ev = family.evaluation
     return AdapterPredictor(
@@ -259,8 +310,12 @@ def _predictor(family: FamilyConfig, loaded: Any, max_length: int) -> AdapterPre
 def _base_description(family: FamilyConfig) -> str:
     if family.task is TaskKind.chat_sft:
         return f"{family.base_model} without an adapter"
-    head = "nearest label centroid" if family.task is TaskKind.classification else "ridge regression"
-    return f"{family.base_model} without an adapter ({head} fitted on the train split's embeddings)"
+    if family.task is TaskKind.classification:
+        return (
+            f"{family.base_model} without an adapter (the frozen-encoder floor: a logistic regression on "
+            "the train split's embeddings, C chosen on val)"
+        )
+    return f"{family.base_model} without an adapter (ridge regression fitted on the train split's embeddings)"
 
 
 def _oos_thresholds(
@@ -286,7 +341,7 @@ def _oos_thresholds(
 def _training_summary(meta: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "dataset_version", "epochs", "best_epoch", "training_loss", "best_validation_loss",
-        "loss_history", "epoch_history", "base_model", "samples_used", "trained_at",
+        "loss_history", "epoch_history", "base_model", "samples_used", "trained_at", "selected", "floor",
     )  # fmt: skip
     return {k: meta.get(k) for k in keys if k in meta}
 
@@ -323,14 +378,20 @@ def _publish(
 
 
 def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """For MLflow: eval.<set>.<metric> (the candidate), eval.<set>.baseline.<metric>, and
-    eval.<set>.delta.<metric> with .ci_low / .ci_high."""
+    """For MLflow: eval.<set>.<metric> (the candidate), eval.<set>.baseline.<metric>,
+    eval.<set>.delta.<metric> with .ci_low / .ci_high, and (classification) the top-1 accuracies
+    against the floor, eval.<set>.floor.{candidate,floor,delta}.top1_accuracy."""
     flat: dict[str, float] = {}
     for set_name, systems in results["metrics"].items():
         for metric, value in systems["candidate"].items():
             flat[f"eval.{set_name}.{metric}"] = value
         for metric, value in systems["baseline"].items():
             flat[f"eval.{set_name}.baseline.{metric}"] = value
+    floor = results.get("floor")
+    if floor:
+        for key in ("candidate", "floor", "delta"):
+            if floor.get(key) is not None:
+                flat[f"eval.{floor['set']}.floor.{key}.top1_accuracy"] = floor[key]
     for set_name, rows in results["comparison"].items():
         for row in rows:
             for key, name in (("delta", ""), ("ci_low", ".ci_low"), ("ci_high", ".ci_high")):

@@ -6,8 +6,11 @@ normalized sentence embeddings, so the heads read exactly that, not the [CLS] po
 weights; measured on CLINC150 that costs several points of accuracy, see
 ../shared/data/clinc150/README.md):
 
-- `SentenceClassifier`: cosine similarity between the embedding and one learned vector per
-  label, times a learned scale (a "cosine classifier"); logits [B, labels].
+- classification, `kind: cosine` (what the recipe fine-tunes): cosine similarity between the
+  embedding and one learned vector per label, times a learned scale (a "cosine classifier");
+  logits [B, labels].
+- classification, `kind: linear`: logits = W x + b, the frozen-encoder floor's logistic
+  regression (floor.py), published when no fine-tuned epoch beats it on validation.
 - `SentenceRegressor`: a linear map of the embedding to one value per dimension, read in
   [0, 1] of the family's score range; predictions [B, dimensions] in that range.
 
@@ -35,6 +38,7 @@ class HeadConfig:
     labels: list[str] = field(default_factory=list)  # classification, in logit order
     dimensions: list[str] = field(default_factory=list)  # regression, in output order
     score_range: tuple[float, float] = (0.0, 1.0)  # regression: what 0 and 1 of the head mean
+    kind: str = "cosine"  # classification: "cosine", or "linear" (the floor); absent in older adapters
 
     def save(self, folder: Path) -> None:
         (folder / HEAD_CONFIG).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -79,8 +83,10 @@ class SentenceModel(nn.Module):
         self.encoder = encoder
         self.head_config = head_config
         self.config = encoder.config  # peft reads the base model's config
-        if head_config.task == "classification":
-            self.head: nn.Module = CosineHead(head_config.hidden_size, len(head_config.labels))
+        if head_config.task == "classification" and head_config.kind == "linear":
+            self.head: nn.Module = nn.Linear(head_config.hidden_size, len(head_config.labels))
+        elif head_config.task == "classification":
+            self.head = CosineHead(head_config.hidden_size, len(head_config.labels))
         else:
             self.head = nn.Linear(head_config.hidden_size, len(head_config.dimensions))
 

@@ -13,8 +13,14 @@ runner` wraps it with the snapshot, the registry and MLflow.
 Batches are length-grouped and padded to their own longest example (never to max_length),
 or packed into one row per batch with per-example boundaries (`packing: true`). A checkpoint
 is written every `checkpoint_every` optimizer steps and at each epoch end; running the same
-job again resumes from the newest one. The epoch with the lowest validation loss is the one
-saved.
+job again resumes from the newest one.
+
+What is saved is the best on validation (`better_on_validation`): the epoch with the highest
+validation accuracy (classification), the lowest MAE (regression) or the lowest loss (chat).
+A classification family also fits its frozen-encoder floor (floor.py: a logistic regression on
+the frozen embeddings, computed once with the probe's) and publishes it instead, as a linear
+head on an unchanged encoder, when no fine-tuned epoch beats it on validation: a fine-tune is
+never worse than no fine-tune. `training_metadata.json` says which (`selected`, `floor`).
 """
 
 from __future__ import annotations
@@ -200,8 +206,12 @@ def train(
             metrics["val_mae"] = abs_err / len(val_set)
         return metrics
 
+    from pulse_pipeline.core.training.floor import Floor
+
     work = job.work
+    work.mkdir(parents=True, exist_ok=True)
     found = checkpoints.latest(work)
+    floor = Floor.load(work) if found is not None else None  # classification: the frozen-encoder floor
     if found is not None:
         loop = checkpoints.restore(found, model, optimizer, scheduler)
         resumed_from: int | None = loop["step"]
@@ -218,8 +228,13 @@ def train(
             "best": None,
         }
         resumed_from = None
-        if head is not None and config.probe_epochs:
-            fit_head_on_frozen_embeddings(model, train_set, config, plan, pad_id)
+        if head is not None:
+            frozen = embed_frozen(model, train_set, plan, pad_id)  # once: the probe and the floor share it
+            if config.probe_epochs:
+                fit_head_on_frozen_embeddings(model, frozen, config)
+            if task == "classification" and val_set:
+                floor = fit_floor_on_frozen_embeddings(head, frozen, embed_frozen(model, val_set, plan, pad_id))
+                floor.save(work)
             if plan.quantization == "4bit":
                 restore_4bit_for_training(model)
 
@@ -285,15 +300,21 @@ def train(
         loop["epochs"].append(record)
         if on_metrics:
             on_metrics({k: v for k, v in record.items() if k != "epoch"}, loop["step"])
-        if not val_set or loop["best"] is None or metrics["val_loss"] < loop["best"]["val_loss"]:
-            loop["best"] = {"epoch": epoch + 1, "val_loss": metrics.get("val_loss")}
+        if not val_set or loop["best"] is None or better_on_validation(task, metrics, loop["best"]):
+            loop["best"] = {"epoch": epoch + 1, **metrics}
             checkpoints.save_best(work, model)
         loop.update(epoch=epoch + 1, group=0)
         checkpoints.save(work, model, optimizer, scheduler, loop)
 
-    # -- save ------------------------------------------------------------------------------------
-    if loop["best"] and loop["best"]["epoch"] != config.epochs:
+    # -- keep the best on validation: a fine-tuned epoch, or the frozen-encoder floor ----------------
+    selected = "fine_tune"
+    if floor is not None and floor_wins(floor, loop["best"]):
+        model, head = floor_model(job, plan, head, floor)  # type: ignore[arg-type]
+        selected = "floor"
+    elif loop["best"] and loop["best"]["epoch"] != config.epochs:
         checkpoints.load_best(work, model)
+
+    # -- save ------------------------------------------------------------------------------------
     out = work / "adapter"
     if out.exists():
         import shutil
@@ -305,6 +326,8 @@ def train(
     if head is not None:
         head.save(out)
     metadata = _metadata(job, plan, loop, len(train_set), started, resumed_from)
+    metadata["selected"] = selected  # what was published: "fine_tune" (best_epoch) or "floor"
+    metadata["floor"] = floor.describe() if floor is not None else None
     (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     plot_loss_curve(
         history, loop["epochs"], out / "loss_curve.png", title=f"{job.family.name} ({job.dataset_version})"
@@ -313,6 +336,23 @@ def train(
 
 
 # -- pieces of the recipe ------------------------------------------------------------------------
+
+# What picks the epoch that is kept: the family's main measure on validation, not the loss, which
+# keeps falling (or rising) for reasons accuracy does not share. (Name, higher is better.)
+SELECTED_ON = {"classification": "val_accuracy", "regression": "val_mae", "chat_sft": "val_loss"}
+_HIGHER_IS_BETTER = {"val_accuracy"}
+
+
+def better_on_validation(task: str, metrics: dict[str, float], best: dict[str, Any]) -> bool:
+    """Whether an epoch's validation `metrics` beat the best epoch's: on the task's main measure
+    (SELECTED_ON), a tie going to the lower validation loss."""
+    name = SELECTED_ON[task]
+    if name not in metrics or best.get(name) is None:
+        name = "val_loss"
+    now, then = metrics[name], best[name]
+    if now == then:
+        return metrics.get("val_loss", 0.0) < best.get("val_loss", 0.0)
+    return now > then if name in _HIGHER_IS_BETTER else now < then
 
 
 def head_config(job: TrainingJob) -> HeadConfig | None:
@@ -387,24 +427,74 @@ def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def fit_head_on_frozen_embeddings(
-    model: Any, train_set: list[Any], config: TrainingConfig, plan: Plan, pad_id: int
-) -> None:
-    """Linear probing first: embed the train split once with the frozen encoder, start the head
-    from the data (class means, or the mean score), then fit the head alone on the embeddings."""
+def embed_frozen(model: Any, features: list[Any], plan: Plan, pad_id: int) -> tuple[Any, Any, Any]:
+    """(embeddings, targets, weights) of `features` through the frozen encoder, in their order.
+    Called before any LoRA step, when the fresh adapter changes nothing."""
     import torch
 
     sentence = model.get_base_model()
     sentence.eval()
-    embeddings, targets, weights = [], [], []
+    x, y, w = [None] * len(features), [None] * len(features), [None] * len(features)
     with torch.no_grad():
-        for idx in length_grouped_batches([len(f) for f in train_set], 256, seed=0):
-            b = _to(collate_text([train_set[i] for i in idx], pad_id), plan.device)
+        for idx in length_grouped_batches([len(f) for f in features], 256, seed=0):
+            b = _to(collate_text([features[i] for i in idx], pad_id), plan.device)
             with torch.autocast(plan.device, dtype=plan.dtype, enabled=plan.autocast):
-                embeddings.append(sentence.embed(b["input_ids"], b["attention_mask"]).float())
-            targets.append(b["targets"])
-            weights.append(b["weights"])
-    x, y, w = torch.cat(embeddings), torch.cat(targets), torch.cat(weights)
+                e = sentence.embed(b["input_ids"], b["attention_mask"]).float()
+            for row, i in enumerate(idx):
+                x[i], y[i], w[i] = e[row], b["targets"][row], b["weights"][row]
+    sentence.train()
+    return torch.stack(x), torch.stack(y), torch.stack(w)  # type: ignore[arg-type]
+
+
+def fit_floor_on_frozen_embeddings(head: HeadConfig, train: tuple[Any, Any, Any], val: tuple[Any, Any, Any]) -> Any:
+    """The family's frozen-encoder floor (floor.py), from the embeddings `embed_frozen` made."""
+    from pulse_pipeline.core.training.floor import fit_floor
+
+    labels = head.labels
+    (x, y, w), (vx, vy, _) = train, val
+    return fit_floor(
+        labels,
+        x.cpu().numpy(),
+        [labels[i] for i in y.tolist()],
+        train_weights=w.cpu().numpy(),
+        val_x=vx.cpu().numpy(),
+        val_y=[labels[i] for i in vy.tolist()],
+    )
+
+
+def floor_wins(floor: Any, best: dict[str, Any] | None) -> bool:
+    """Whether the floor beats the best fine-tuned epoch on validation accuracy (a tie keeps the
+    fine-tune: it is not worse, and what the family asked for)."""
+    if floor.val_accuracy is None:
+        return False
+    return best is None or best.get("val_accuracy") is None or floor.val_accuracy > best["val_accuracy"]
+
+
+def floor_model(job: TrainingJob, plan: Plan, head: HeadConfig, floor: Any) -> tuple[Any, HeadConfig]:
+    """A fresh adapter (its LoRA changes nothing) with a linear head holding the floor's weights:
+    published like any adapter, it answers exactly as the floor does."""
+    import dataclasses
+
+    import torch
+
+    from pulse_pipeline.core.training.models import load_for_training
+
+    linear = dataclasses.replace(head, kind="linear")
+    model = load_for_training(job.base_model, plan, job.config.lora, head=linear)
+    with torch.no_grad():
+        layer = model.get_base_model().head
+        layer.weight.copy_(torch.from_numpy(floor.weight))
+        layer.bias.copy_(torch.from_numpy(floor.bias))
+    return model, linear
+
+
+def fit_head_on_frozen_embeddings(model: Any, frozen: tuple[Any, Any, Any], config: TrainingConfig) -> None:
+    """Linear probing first: on the train split's frozen embeddings (`embed_frozen`), start the
+    head from the data (class means, or the mean score), then fit the head alone on them."""
+    import torch
+
+    sentence = model.get_base_model()
+    x, y, w = frozen
     head = sentence.head
     classification = y.dtype == torch.long
     with torch.no_grad():
@@ -426,7 +516,6 @@ def fit_head_on_frozen_embeddings(
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    sentence.train()
 
 
 def _metadata(
@@ -455,7 +544,9 @@ def _metadata(
         "base_model_path": str(job.base_model.path),
         "validation_loss": last_epoch.get("val_loss"),
         "best_epoch": loop["best"]["epoch"] if loop["best"] else None,
-        "best_validation_loss": loop["best"]["val_loss"] if loop["best"] else None,
+        "best_validation_loss": loop["best"].get("val_loss") if loop["best"] else None,
+        "selected_on": SELECTED_ON[job.family.task.value],
+        "best_validation": {k: v for k, v in loop["best"].items() if k != "epoch"} if loop["best"] else None,
         "epoch_history": loop["epochs"],
         "loss_history": [{k: p[k] for k in ("step", "epoch", "loss", "learning_rate")} for p in history],
         "steps": loop["step"],

@@ -255,3 +255,22 @@ def test_the_width_check_reads_the_first_main_metric_with_a_value_or_the_named_o
     missing = GateConfig(evidence={"max_interval_width": 0.25, "metric": "bleu"})
     check = _evidence(decide(missing, {}, {"test": rows}, main))[0]
     assert check["outcome"] == "skipped" and check["reason"] == "evidence: no interval of bleu on test"
+
+
+def test_a_candidate_below_the_frozen_encoder_floor_fails_with_both_figures_and_the_interval():
+    from pulse_pipeline.core.evaluation.comparison import against_floor
+
+    gate = GateConfig(absolute={"accuracy": Threshold(review_below=0.85, fail_below=0.70)})
+    references = ["a", "b"] * 500
+    floor = ["a", "b"] * 466 + ["b"] * 68  # 96.6 % right
+    candidate = ["a", "b"] * 465 + ["b"] * 70  # 96.5 %: a fine-tune worse than no fine-tune
+    below = against_floor(references, candidate, floor)
+    assert (below["candidate"], below["floor"]) == (0.965, 0.966)
+    out = decide(gate, {"test": {"accuracy": 0.965}}, {}, ("accuracy",), floor=below)
+    assert out["decision"] == "FAIL"
+    (reason,) = out["reasons"]
+    assert reason.startswith("top-1 accuracy 96.5% on test against the frozen-encoder floor's 96.6%, difference -0.1 pp")
+    assert "95 % interval" in reason and reason.endswith("below the floor: FAIL")
+    above = against_floor(references, floor, candidate)
+    assert above["ci_low"] <= above["delta"] <= above["ci_high"]
+    assert decide(gate, {"test": {"accuracy": 0.966}}, {}, ("accuracy",), floor=above)["decision"] == "DEPLOY"

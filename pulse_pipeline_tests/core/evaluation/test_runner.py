@@ -180,3 +180,44 @@ def test_shuffled_labels_fail_against_a_good_adapter_and_a_good_one_deploys(worl
     assert {a.path for a in client.list_artifacts(run_id, "eval")} == {
         "eval/results.json", "eval/report.md", "eval/report.html",
     }  # fmt: skip
+
+    # A user's own test file named test.jsonl: beside the snapshot's test split, never over it.
+    data = json.loads((CLINC150 / "data_full.json").read_text())
+    own = [
+        {"kind": "intent_label", "family": "intents", "text": text, "label": label, "annotator": "crowd"}
+        for text, label in data["test"] if label in INTENTS
+    ][:40]  # fmt: skip
+    (world[4] / "test.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in own))
+    config, family = world[0], world[1]
+    both = evaluate_version(
+        family, config, artifacts, home=world[4] / "home", version=good, eval_files=(world[4] / "test.jsonl",),
+        tracking_uri=f"sqlite:///{world[4] / 'mlflow.db'}",
+    )  # fmt: skip
+    assert [s["name"] for s in both.results["sets"]] == ["test", "test-external"]
+    assert set(both.results["metrics"]) == {"test", "test-external"}
+    assert both.results["floor"]["set"] == "test" and both.results["floor"]["fit"]["kind"] == "logistic_regression"
+    assert any(c["kind"] == "floor" for c in both.results["gate"]["checks"])
+    metrics = client.get_run(files.read_metadata(artifacts, "intents", good)["mlflow"]["run_id"]).data.metrics
+    assert {"eval.test.accuracy", "eval.test-external.accuracy", "eval.test.floor.floor.top1_accuracy"} <= set(metrics)
+
+
+def test_the_family_test_file_is_its_test_set_and_keeps_its_own_name_beside_a_test_split(world):
+    from pulse_pipeline.core.evaluation.runner import _evaluation_sets
+    from pulse_pipeline.core.families import SplitConfig
+
+    config, family, artifacts, dataset, tmp, _ = world
+    data = json.loads((CLINC150 / "data_full.json").read_text())
+    own = [
+        {"kind": "intent_label", "family": "intents", "text": text, "label": label, "annotator": "crowd"}
+        for text, label in data["test"] if label in INTENTS
+    ][:20]  # fmt: skip
+    path = tmp / "official.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in own))
+    with_file = family.evaluation.model_copy(update={"test_file": path})
+    only = family.model_copy(update={"evaluation": with_file, "split": SplitConfig(train=0.9, val=0.1, test=0.0)})
+    sets, empty = _evaluation_sets(only, config, artifacts, dataset, ())
+    assert [(s.name, s.source, len(s)) for s in sets] == [("test", str(path), 20)] and empty == []
+    both = family.model_copy(update={"evaluation": with_file})  # the snapshot keeps its test split too
+    sets, _ = _evaluation_sets(both, config, artifacts, dataset, (path,))
+    assert [s.name for s in sets] == ["test", "official", "official-external"]
+    assert sets[0].source.startswith("snapshot ")

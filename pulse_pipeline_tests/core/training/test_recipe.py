@@ -255,3 +255,24 @@ def test_unusable_examples_are_named(config, model_cache, tmp_path):
     long[2]["messages"][-1]["content"] = "word " * 400
     with pytest.raises(TrainingError, match="example chat-2: the answer alone is longer than max_length 64"):
         train(_job(config.family("access-qa"), model_cache, tmp_path, (long, long[:1]), max_length=64))
+
+
+def test_a_fine_tune_worse_than_its_floor_on_validation_is_not_what_gets_published(model_cache, tmp_path):
+    family = FAMILIES.family("router")
+    data = intent_examples(60)
+    # A learning rate this high wrecks the encoder in one step: every fine-tuned epoch is worse on
+    # validation than the logistic regression on the frozen embeddings, so the floor is published.
+    job = _job(
+        family, model_cache, tmp_path / "work", (data[:45], data[45:]), epochs=1, micro_batch_size=8,
+        effective_batch_size=8, learning_rate=0.9, head_learning_rate=0.9, probe_epochs=0,
+    )  # fmt: skip
+    result = train(job)
+    meta = result.metadata
+    assert meta["selected"] == "floor", meta["epoch_history"]
+    assert meta["floor"]["kind"] == "logistic_regression" and meta["floor"]["val_accuracy"] == 1.0
+    assert meta["epoch_history"][-1]["val_accuracy"] < meta["floor"]["val_accuracy"]
+    head = json.loads((result.folder / "head_config.json").read_text())
+    assert head["kind"] == "linear"
+    loaded = load_adapter(result.folder)
+    predicted = loaded.predict([e["text"] for e in job.val], max_length=48).argmax(1).tolist()
+    assert [head["labels"][i] for i in predicted] == [e["label"] for e in job.val]
