@@ -49,3 +49,14 @@ def test_labels_without_annotators_say_why_nothing_trains_and_annotator_makes_th
 def test_an_empty_annotator_is_refused(tmp_path):
     out = runner.invoke(app, ["ingest", str(_dataset(tmp_path / "d.jsonl")), "--annotator", " "])
     assert out.exit_code == 1 and "--annotator: give a name" in out.stderr
+
+
+def test_a_csv_of_text_and_label_imports_with_family_and_annotator(tmp_path):
+    path = tmp_path / "labelled.csv"
+    path.write_text("text,label\n" + "".join(f"utterance {n} about {lab},{lab}\n" for lab in LABELS for n in range(20)))
+    missing = runner.invoke(app, ["ingest", str(path)])
+    assert missing.exit_code == 1 and "no family column: give the family" in missing.stderr
+    out = runner.invoke(app, ["ingest", str(path), "--family", "intent-router", "--annotator", "crowd", "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["accepted"] == 60, out.output
+    built = runner.invoke(app, ["snapshot", "--family", "intent-router", "--json"])
+    assert built.exit_code == 0 and json.loads(built.stdout)["total"] == 60, built.output

@@ -31,7 +31,9 @@ from pulse_pipeline.settings import get_settings
 
 @command(app)
 def ingest(
-    file: Annotated[Path, typer.Argument(help="A JSON Lines file of annotation records.")],
+    file: Annotated[
+        Path, typer.Argument(help="A JSON Lines file of annotation records, or a CSV table of them (.csv).")
+    ],
     replace: Annotated[
         str | None,
         typer.Option(
@@ -52,6 +54,22 @@ def ingest(
             "importing a labelled dataset.",
         ),
     ] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(
+            "--family",
+            metavar="NAME",
+            help="CSV files: the family of rows without a family column.",
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            help="CSV files: the kind of rows without a kind column (default: the family's one kind).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Load annotation records; print accepted, duplicates, quarantined and lines
@@ -60,9 +78,11 @@ def ingest(
     day = parse_day(replace, "--replace-day") if replace is not None else None
     if annotator is not None and not annotator.strip():
         raise UserError("--annotator: give a name (a person, team or dataset), not an empty string")
+    if day is not None and file.suffix.lower() == ".csv":
+        raise UserError("--replace-day reads JSON Lines files; write the corrected day as JSON records")
     with Store(get_settings().database_url) as store:
         if day is None:
-            result = ingest_file(store, file, config, annotator=annotator)
+            result = ingest_file(store, file, config, annotator=annotator, family=family, kind=kind)
         else:
             result = replace_day(store, file, config, day, by=user(), annotator=annotator)
     if as_json:

@@ -11,10 +11,12 @@ import datetime as dt
 import difflib
 import hashlib
 import re
+import types
+import typing
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -345,6 +347,57 @@ def _find_nul(obj: Any, path: str = "") -> str | None:
             if found:
                 return found
     return None
+
+
+def csv_records(
+    handle: IO[str], *, family: str | None = None, kind: str | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV table of records -> (line number, record object), for `parse_record`.
+
+    The header names record fields (`text,label` for intent labels); `family` and `kind` fill
+    those columns where the file has none. Empty cells are absent fields; a cell of a number,
+    true/false, list or object field is read as one (`scores` as JSON: {"tone": 4}); a cell that
+    does not read as its type stays text, so the record's check names the field."""
+    import csv
+
+    reader = csv.DictReader(handle)
+    for row in reader:
+        obj: dict[str, Any] = {"family": family, "kind": kind} if family or kind else {}
+        obj = {k: v for k, v in obj.items() if v is not None}
+        model = _MODEL_BY_NAME.get(row.get("kind") or kind or "")
+        for name, cell in row.items():
+            if name is None:  # more cells than the header has names
+                obj["cells past the header"] = cell
+            elif cell not in (None, ""):
+                obj[name.strip()] = _read_cell(model, name.strip(), cell)
+        yield reader.line_num, obj
+
+
+def _read_cell(model: type[BaseModel] | None, name: str, cell: str) -> Any:
+    info = model.model_fields.get(name) if model is not None else None
+    kinds = _base_types(info.annotation) if info is not None else {str}
+    try:
+        if kinds & {dict, list}:
+            return orjson.loads(cell)
+        if bool in kinds and cell.strip().lower() in ("true", "false"):
+            return cell.strip().lower() == "true"
+        if int in kinds:
+            return int(cell)
+        if float in kinds:
+            return float(cell)
+    except ValueError:
+        pass
+    return cell
+
+
+def _base_types(annotation: Any) -> set[Any]:
+    """The plain types a field's annotation allows: Annotated[float, ...] | None -> {float, NoneType}."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _base_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_base_types(a) for a in typing.get_args(annotation)))
+    return {origin or annotation}
 
 
 @dataclass

@@ -83,16 +83,24 @@ def ingest_file(
     now: Clock = _utcnow,
     restore: frozenset[tuple[str, str]] = frozenset(),
     annotator: str | None = None,
+    family: str | None = None,
+    kind: str | None = None,
 ) -> IngestResult:
-    """Ingest one JSON Lines file. Raises IngestError only when the file cannot be opened.
+    """Ingest one JSON Lines file, or a CSV table of records (`.csv`). Raises IngestError only
+    when the file cannot be opened (or a CSV file's family or kind cannot be told).
 
     `annotator`: every record without one is a judgment of this person or team (`pulse ingest
-    --annotator`): a labelled dataset imported as human labels, not as captures to review."""
+    --annotator`): a labelled dataset imported as human labels, not as captures to review.
+    `family`, `kind`: CSV only, the columns a table leaves out (annotations.csv_records); the
+    kind defaults to the family's one annotation kind."""
     path = Path(path)
+    is_csv = path.suffix.lower() == ".csv"
+    if not is_csv and (family or kind):
+        raise IngestError(f"{path}: --family and --kind apply to CSV files; JSON records name their own")
     with _open(path) as handle:
         return ingest_lines(
             store,
-            _read_lines(handle, max_line_bytes),
+            _csv_lines(handle, path, config, family, kind) if is_csv else _read_lines(handle, max_line_bytes),
             config,
             source=str(path),
             batch_size=batch_size,
@@ -215,6 +223,32 @@ def _not_that_day(number: int, created_at: dt.datetime, day: dt.date) -> IngestE
         f"line {number}: created_at {created_at.isoformat()} is not on the replaced day {day} (UTC); "
         "nothing was changed"
     )
+
+
+def _csv_lines(
+    handle: IO[bytes], path: Path, config: PulseConfig, family: str | None, kind: str | None
+) -> Iterator[_Line]:
+    """A CSV table's rows as JSON record lines, numbered by the line they end on; checks the
+    header first (an IngestError before anything is ingested)."""
+    import csv
+
+    from pulse_pipeline.core.annotations import csv_records
+
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+    header = next(csv.reader([text.readline()]), [])
+    columns = {name.strip() for name in header}
+    if "family" not in columns and family is None:
+        raise IngestError(f"{path}: no family column: give the family (pulse ingest {path.name} --family NAME)")
+    if family is not None and family not in config.families:
+        raise IngestError(f"{path}: --family {family!r} is not a family ({', '.join(config.families)})")
+    if "kind" not in columns and kind is None and family is not None:
+        kinds = config.families[family].annotation_kinds
+        if len(kinds) != 1:
+            known = ", ".join(k.value for k in kinds)
+            raise IngestError(f"{path}: no kind column and {family} learns from several ({known}): give --kind")
+        kind = kinds[0].value
+    text.seek(0)
+    return (_Line(number, orjson.dumps(obj)) for number, obj in csv_records(text, family=family, kind=kind))
 
 
 def _open(path: Path) -> IO[bytes]:

@@ -1,9 +1,10 @@
 import copy
 import datetime as dt
+import io
 
 import pytest
 
-from pulse_pipeline.core.annotations import RecordError, content_hash, parse_record, summarize
+from pulse_pipeline.core.annotations import RecordError, content_hash, csv_records, parse_record, summarize
 
 VALID = {
     "call_correction": {
@@ -287,3 +288,31 @@ def test_summary_counts_the_breakdowns(config):
     assert s.by_segment_type == {"compliance_flag": 2}
     assert s.by_label == {"freeze_account": 1} and s.low_confidence == 1
     assert summarize(rows[:2]).digest != s.digest
+
+
+def test_csv_rows_become_records_with_typed_cells(config):
+    table = io.StringIO(
+        "text,label,confidence,annotator\n"
+        "what is my balance,balance,0.9,ann\n"
+        '"a, quoted one",transfer,,\n'
+        "bad confidence,transfer,high,ann\n"
+    )
+    rows = list(csv_records(table, family="intent-router", kind="intent_label"))
+    assert [n for n, _ in rows] == [2, 3, 4]
+    assert rows[0][1] == {
+        "family": "intent-router", "kind": "intent_label", "text": "what is my balance",
+        "label": "balance", "confidence": 0.9, "annotator": "ann",
+    }  # fmt: skip
+    assert rows[1][1] == {"family": "intent-router", "kind": "intent_label", "text": "a, quoted one", "label": "transfer"}
+    assert parse_record(rows[0][1], config).annotator == "ann"
+    with pytest.raises(RecordError, match="intent_label.confidence 'high'"):
+        parse_record(rows[2][1], config)
+
+
+def test_csv_columns_win_over_the_defaults_and_json_cells_are_read(config):
+    table = io.StringIO(
+        'kind,family,text,scores\nscore_label,article-scorer,an article,"{""relevance"": 7}"\n'
+    )
+    (_, obj), = csv_records(table, family="intent-router", kind="intent_label")
+    assert obj["kind"] == "score_label" and obj["family"] == "article-scorer"
+    assert obj["scores"] == {"relevance": 7}

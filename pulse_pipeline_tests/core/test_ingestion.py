@@ -248,3 +248,29 @@ def test_an_annotator_given_at_ingest_signs_records_that_name_none(store, config
     with store.engine.connect() as conn:
         stored = dict(conn.execute(sa.select(annotations.c.annotator, annotations.c.payload)).all())
     assert set(stored) == {"crowd", "ann"}
+
+
+def test_a_csv_table_of_text_and_label_ingests_as_the_familys_kind(store, config, tmp_path):
+    labels = config.family("intent-router").labels
+    path = tmp_path / "labelled.csv"
+    path.write_text(f"text,label\nfirst one,{labels[0]}\nsecond one,{labels[1]}\nthird one,not-a-label\n")
+    result = ingest_file(store, path, config, annotator="crowd", family="intent-router")
+    assert (result.accepted, result.quarantined) == (2, 1)
+    assert result.reasons == ["line 4: intent_label.label 'not-a-label' is not a label of family 'intent-router'"]
+    with store.engine.connect() as conn:
+        stored = conn.execute(sa.select(annotations.c.kind, annotations.c.annotator)).all()
+    assert sorted(stored) == [("intent_label", "crowd")] * 2
+
+
+def test_a_csv_table_says_what_it_needs_before_anything_is_ingested(store, config, tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("question,answer\nq?,a\n")
+    with pytest.raises(IngestError, match=r"t.csv: no family column: give the family"):
+        ingest_file(store, path, config)
+    with pytest.raises(IngestError, match=r"no kind column and access-qa learns from several .*give --kind"):
+        ingest_file(store, path, config, family="access-qa")
+    with pytest.raises(IngestError, match=r"--family 'nope' is not a family"):
+        ingest_file(store, path, config, family="nope")
+    assert ingest_file(store, path, config, family="access-qa", kind="qa_pair").accepted == 1
+    with pytest.raises(IngestError, match=r"--family and --kind apply to CSV files"):
+        ingest_file(store, tmp_path / "x.jsonl", config, family="access-qa")

@@ -32,14 +32,21 @@ class AdapterPredictor:
     """Predictions of one adapter folder (`use_adapter=False`: of its base model)."""
 
     def __init__(
-        self, loaded: Any, *, batch_size: int = 16, max_new_tokens: int = 256, max_length: int = 512
+        self,
+        loaded: Any,
+        *,
+        batch_size: int = 16,
+        max_new_tokens: int = 256,
+        max_length: int = 512,
+        floor: Any = None,
     ):
         self.loaded = loaded  # training.models.LoadedAdapter
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_length = max_length
         self._base_head: Any = None
-        self.floor: Any = None  # classification: the fitted floor, once fit_base_head ran
+        self._trained_floor = floor  # the floor the recipe fitted and saved with the adapter, if any
+        self.floor: Any = None  # classification: the floor, once fit_base_head ran
 
     @property
     def task(self) -> str:
@@ -136,12 +143,17 @@ class AdapterPredictor:
         self, train: list[EvalExample], val: list[EvalExample] | None = None, ridge: float = 1.0
     ) -> None:
         """The base model's head, from the train split: for classification the frozen-encoder floor
-        (core/training/floor.py: a logistic regression, C chosen on `val`), for regression a ridge
-        regression in closed form."""
+        (core/training/floor.py: a logistic regression, C chosen on `val`; the one the recipe
+        fitted on the same split when the adapter carries it), for regression a ridge regression
+        in closed form."""
         import numpy as np
 
-        x = self._embed([e.input for e in train])
         head = self.loaded.head
+        if self.task == "classification" and self._trained_floor is not None:
+            self._base_head = ("floor", None, self._trained_floor)
+            self.floor = self._trained_floor
+            return
+        x = self._embed([e.input for e in train])
         if self.task == "classification":
             from pulse_pipeline.core.training.floor import fit_floor
 

@@ -216,13 +216,14 @@ def _load_systems(
 
         inference = f"vLLM server at {server.url}"
     else:
+        from pulse_pipeline.core.training.floor import Floor
         from pulse_pipeline.core.training.models import load_adapter
 
         # Prompts as long as the training's (a longer one loses its start, as in training).
         max_length = (meta.get("resolved_config") or {}).get("max_length") or 512
 
         def load(v: str) -> Any:
-            return _predictor(family, load_adapter(folders[v]), max_length)
+            return _predictor(family, load_adapter(folders[v]), max_length, Floor.load(folders[v]))
 
         inference = "peft on this machine"
     log(f"loading {version} ({inference})")
@@ -300,10 +301,10 @@ def _against_floor(
     return {**row, "fit": fit}
 
 
-def _predictor(family: FamilyConfig, loaded: Any, max_length: int) -> AdapterPredictor:
+def _predictor(family: FamilyConfig, loaded: Any, max_length: int, floor: Any = None) -> AdapterPredictor:
     ev = family.evaluation
     return AdapterPredictor(
-        loaded, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, max_length=max_length
+        loaded, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, max_length=max_length, floor=floor
     )
 
 

@@ -90,22 +90,13 @@ def _from_snapshot_row(family: FamilyConfig, row: dict[str, Any]) -> EvalExample
 def from_records_file(
     family: FamilyConfig, config: PulseConfig, path: Path, name: str | None = None
 ) -> EvalSet:
-    """Annotation records (JSON Lines) of this family -> examples. Every line must be valid: an
+    """Annotation records of this family (JSON Lines, or a CSV table of them: `text,label` for a
+    classification family; annotations.csv_records) -> examples. Every line must be valid: an
     evaluation set with silently missing lines would judge on the wrong data."""
     from pulse_pipeline.core.annotations import RecordError, parse_record
 
     parsed: list[tuple[Any, str | None]] = []
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise EvalSetError(f"{path}: cannot be read: {exc}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise EvalSetError(f"{path}:{number}: not valid JSON: {exc}") from None
+    for number, obj in _objects(family, path):
         category = obj.pop("category", None) if isinstance(obj, dict) else None
         try:
             record = parse_record(obj, config)
@@ -123,6 +114,28 @@ def from_records_file(
     else:
         examples, not_used = [_text_example(family, r, c) for r, c in parsed], {}
     return EvalSet(name or path.stem, str(path), examples, not_used)
+
+
+def _objects(family: FamilyConfig, path: Path) -> list[tuple[int, Any]]:
+    """(line number, decoded record) of each non-blank line or CSV row."""
+    from pulse_pipeline.core.annotations import csv_records
+
+    try:
+        if path.suffix.lower() == ".csv":
+            kinds = family.annotation_kinds
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                return list(csv_records(f, family=family.name, kind=kinds[0].value if len(kinds) == 1 else None))
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise EvalSetError(f"{path}: cannot be read: {exc}") from None
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                out.append((number, orjson.loads(line)))
+            except orjson.JSONDecodeError as exc:
+                raise EvalSetError(f"{path}:{number}: not valid JSON: {exc}") from None
+    return out
 
 
 def _text_example(family: FamilyConfig, record: Any, category: str | None) -> EvalExample:

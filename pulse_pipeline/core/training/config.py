@@ -54,6 +54,12 @@ class TrainingConfig(BaseModel):
         description="Classification/regression: fit the head alone on frozen embeddings for this many "
         "passes before tuning the body (linear probing first).",
     )
+    head: Literal["cosine", "linear"] = Field(
+        "cosine",
+        description="Classification: the head fine-tuned with the encoder. cosine: one vector per label, "
+        "started from the class means and fitted on frozen embeddings (probe_epochs), trained with "
+        "the margin; linear: logits W x + b started from the frozen-encoder floor's weights.",
+    )
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
     margin: float = Field(

@@ -67,7 +67,9 @@ class Floor:
         meta = json.loads((folder / FLOOR_JSON).read_text())
         with np.load(folder / FLOOR_WEIGHTS) as arrays:
             weight, bias = arrays["weight"], arrays["bias"]
-        return cls(meta["labels"], weight, bias, meta["c"], meta["val_accuracy"], meta["grid"], meta["seconds"])
+        return cls(
+            meta["labels"], weight, bias, meta["c"], meta["val_accuracy"], meta["grid"], meta["seconds"]
+        )
 
     def describe(self) -> dict[str, Any]:
         """What the adapter metadata and the report say about it (no weights)."""

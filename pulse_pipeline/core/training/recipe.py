@@ -174,7 +174,10 @@ def train(
                 b = _to(collate_text(batch, pad_id), plan.device)
                 out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
                 if task == "classification":
-                    margin = config.margin * sentence.head.log_scale.exp() if model.training else 0.0
+                    cosine = head.kind == "cosine"  # type: ignore[union-attr]
+                    margin = (
+                        config.margin * sentence.head.log_scale.exp() if model.training and cosine else 0.0
+                    )
                     loss = weighted_classification_loss(out, b["targets"], b["weights"], margin)
                 else:
                     loss = weighted_regression_loss(out, b["targets"], b["weights"])
@@ -230,11 +233,14 @@ def train(
         resumed_from = None
         if head is not None:
             frozen = embed_frozen(model, train_set, plan, pad_id)  # once: the probe and the floor share it
-            if config.probe_epochs:
+            if head.kind == "cosine" and config.probe_epochs:
                 fit_head_on_frozen_embeddings(model, frozen, config)
-            if task == "classification" and val_set:
-                floor = fit_floor_on_frozen_embeddings(head, frozen, embed_frozen(model, val_set, plan, pad_id))
+            if task == "classification" and (val_set or head.kind == "linear"):
+                val_frozen = embed_frozen(model, val_set, plan, pad_id) if val_set else None
+                floor = fit_floor_on_frozen_embeddings(head, frozen, val_frozen)
                 floor.save(work)
+                if head.kind == "linear":
+                    copy_floor_into(sentence.head, floor)
             if plan.quantization == "4bit":
                 restore_4bit_for_training(model)
 
@@ -325,6 +331,8 @@ def train(
     tokenizer.save_pretrained(out)
     if head is not None:
         head.save(out)
+    if floor is not None:
+        floor.save(out)  # the family's floor travels with the version: the evaluation compares with it
     metadata = _metadata(job, plan, loop, len(train_set), started, resumed_from)
     metadata["selected"] = selected  # what was published: "fine_tune" (best_epoch) or "floor"
     metadata["floor"] = floor.describe() if floor is not None else None
@@ -364,7 +372,9 @@ def head_config(job: TrainingJob) -> HeadConfig | None:
         return None
     hidden = json.loads((job.base_model.path / "config.json").read_text())["hidden_size"]
     if task == "classification":
-        return HeadConfig("classification", hidden, labels=list(job.family.labels or ()))
+        return HeadConfig(
+            "classification", hidden, labels=list(job.family.labels or ()), kind=job.config.head
+        )
     return HeadConfig(
         "regression",
         hidden,
@@ -446,20 +456,32 @@ def embed_frozen(model: Any, features: list[Any], plan: Plan, pad_id: int) -> tu
     return torch.stack(x), torch.stack(y), torch.stack(w)  # type: ignore[arg-type]
 
 
-def fit_floor_on_frozen_embeddings(head: HeadConfig, train: tuple[Any, Any, Any], val: tuple[Any, Any, Any]) -> Any:
-    """The family's frozen-encoder floor (floor.py), from the embeddings `embed_frozen` made."""
+def fit_floor_on_frozen_embeddings(
+    head: HeadConfig, train: tuple[Any, Any, Any], val: tuple[Any, Any, Any] | None
+) -> Any:
+    """The family's frozen-encoder floor (floor.py), from the embeddings `embed_frozen` made
+    (without validation embeddings: the default C, and no validation accuracy to compare)."""
     from pulse_pipeline.core.training.floor import fit_floor
 
     labels = head.labels
-    (x, y, w), (vx, vy, _) = train, val
+    x, y, w = train
     return fit_floor(
         labels,
         x.cpu().numpy(),
         [labels[i] for i in y.tolist()],
         train_weights=w.cpu().numpy(),
-        val_x=vx.cpu().numpy(),
-        val_y=[labels[i] for i in vy.tolist()],
+        val_x=val[0].cpu().numpy() if val is not None else None,
+        val_y=[labels[i] for i in val[1].tolist()] if val is not None else None,
     )
+
+
+def copy_floor_into(layer: Any, floor: Any) -> None:
+    """Set a linear head (nn.Linear over the embedding) to the floor's weights."""
+    import torch
+
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(floor.weight))
+        layer.bias.copy_(torch.from_numpy(floor.bias))
 
 
 def floor_wins(floor: Any, best: dict[str, Any] | None) -> bool:
@@ -475,16 +497,11 @@ def floor_model(job: TrainingJob, plan: Plan, head: HeadConfig, floor: Any) -> t
     published like any adapter, it answers exactly as the floor does."""
     import dataclasses
 
-    import torch
-
     from pulse_pipeline.core.training.models import load_for_training
 
     linear = dataclasses.replace(head, kind="linear")
     model = load_for_training(job.base_model, plan, job.config.lora, head=linear)
-    with torch.no_grad():
-        layer = model.get_base_model().head
-        layer.weight.copy_(torch.from_numpy(floor.weight))
-        layer.bias.copy_(torch.from_numpy(floor.bias))
+    copy_floor_into(model.get_base_model().head, floor)
     return model, linear
 
 

@@ -196,6 +196,8 @@ def test_shuffled_labels_fail_against_a_good_adapter_and_a_good_one_deploys(worl
     assert [s["name"] for s in both.results["sets"]] == ["test", "test-external"]
     assert set(both.results["metrics"]) == {"test", "test-external"}
     assert both.results["floor"]["set"] == "test" and both.results["floor"]["fit"]["kind"] == "logistic_regression"
+    # the floor is the one the recipe fitted on the same snapshot, saved with the adapter (not refitted)
+    assert both.results["floor"]["fit"] == files.read_metadata(artifacts, "intents", good)["floor"]
     assert any(c["kind"] == "floor" for c in both.results["gate"]["checks"])
     metrics = client.get_run(files.read_metadata(artifacts, "intents", good)["mlflow"]["run_id"]).data.metrics
     assert {"eval.test.accuracy", "eval.test-external.accuracy", "eval.test.floor.floor.top1_accuracy"} <= set(metrics)

@@ -57,3 +57,14 @@ def test_a_bad_line_names_the_file_line_and_field(tmp_path, config):
     path.write_text("not json\n")
     with pytest.raises(EvalSetError, match=r"extra.jsonl:1: not valid JSON"):
         from_records_file(config.family("intent-router"), config, path)
+
+
+def test_a_csv_test_file_of_text_and_label_is_an_evaluation_set(tmp_path, config):
+    family = config.family("intent-router")
+    path = tmp_path / "mine.csv"
+    path.write_text(f"text,label\nfirst,{family.labels[0]}\nsecond,{family.labels[1]}\n")
+    loaded = from_records_file(family, config, path)
+    assert loaded.name == "mine" and [e.reference for e in loaded.examples] == list(family.labels[:2])
+    path.write_text("text,label\nfirst,no-such-label\n")
+    with pytest.raises(EvalSetError, match=r"mine.csv:2: intent_label.label 'no-such-label'"):
+        from_records_file(family, config, path)

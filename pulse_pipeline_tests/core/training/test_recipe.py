@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -276,3 +277,27 @@ def test_a_fine_tune_worse_than_its_floor_on_validation_is_not_what_gets_publish
     loaded = load_adapter(result.folder)
     predicted = loaded.predict([e["text"] for e in job.val], max_length=48).argmax(1).tolist()
     assert [head["labels"][i] for i in predicted] == [e["label"] for e in job.val]
+
+
+def test_a_linear_head_starts_from_the_floor_and_fine_tunes_from_there(model_cache, tmp_path):
+    family = FAMILIES.family("router")
+    data = intent_examples(60)
+    job = _job(
+        family, model_cache, tmp_path / "work", (data[:45], data[45:]), epochs=1, micro_batch_size=8,
+        effective_batch_size=8, head="linear", learning_rate=1e-4,
+    )  # fmt: skip
+    floor_only = _job(
+        family, model_cache, tmp_path / "floor", (data[:45], data[45:]), epochs=1, micro_batch_size=8,
+        effective_batch_size=8, head="linear", learning_rate=1e-12, head_learning_rate=1e-12,
+    )  # fmt: skip
+    result, untouched = train(job), train(floor_only)
+    assert result.metadata["selected"] == "fine_tune" and result.metadata["floor"]["val_accuracy"] == 1.0
+    assert json.loads((result.folder / "head_config.json").read_text())["kind"] == "linear"
+    # with no step size the published head is the floor's weights, so the head began there
+    assert untouched.metadata["selected"] == "fine_tune"
+    floor_weight = torch.from_numpy(np.load(untouched.folder.parent / "floor.npz")["weight"])
+    published = {k: v for k, v in load_file(untouched.folder / "adapter_model.safetensors").items() if "head" in k}
+    (weight,) = [v for k, v in published.items() if k.endswith("head.weight")]
+    assert torch.allclose(weight, floor_weight, atol=1e-6)
+    tuned = [v for k, v in load_file(result.folder / "adapter_model.safetensors").items() if k.endswith("head.weight")]
+    assert not torch.allclose(tuned[0], floor_weight, atol=1e-6)  # and fine-tuning moved it
