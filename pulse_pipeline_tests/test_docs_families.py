@@ -22,6 +22,10 @@ def test_add_your_own_family_runs_as_written(tmp_path):
     blocks = re.findall(r"```sh\n(.*?)```", _section("Add your own family"), flags=re.S)
     assert len(blocks) == 3
     (tmp_path / ".venv").symlink_to(PROJECT / ".venv")  # "from the project root": its .venv
+    (tmp_path / "benchmarks").symlink_to(PROJECT / "benchmarks")
+    readme = (PROJECT / "README.md").read_text()
+    (benchmark,) = re.findall(r"`(\.venv/bin/python benchmarks/intent_quality\.py [^`]*)`", readme)
+    blocks.append(benchmark + "\n")  # the README's next step after the walk-through
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSE_", "DAGSTER_", "MLFLOW_"))}
     out = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", "\n".join(blocks)],
@@ -45,6 +49,8 @@ def test_add_your_own_family_runs_as_written(tmp_path):
     (manifest,) = (tmp_path / ".pulse-mine" / "artifacts" / "datasets" / "support-router").glob("*/manifest.json")
     counts = json.loads(manifest.read_text())["counts"]
     assert counts["test"] == 0 and counts["train"] + counts["val"] == 90
+    assert "| support | floor: frozen encoder + logistic regression" in out.stdout
+    assert "| support | recipe (publishes: " in out.stdout
 
 
 def test_the_readmes_own_dataset_section_is_the_tested_walk_through():
@@ -58,4 +64,4 @@ def test_the_readmes_own_dataset_section_is_the_tested_walk_through():
     (family,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
     for line in family.strip().splitlines()[1:]:
         assert line.split("#")[0].rstrip() in walk_through, line
-    assert "benchmarks/intent_quality.py --train" in section
+    assert "benchmarks/intent_quality.py --train support.csv --test support-test.csv" in section
