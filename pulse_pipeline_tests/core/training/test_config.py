@@ -21,7 +21,7 @@ def test_chat_defaults_are_the_pulse_system_ones():
 def test_encoder_families_target_encoder_modules():
     c = resolve_training_config("classification")
     assert c.lora.target_modules == ENCODER_TARGETS
-    assert (c.learning_rate, c.head_learning_rate, c.margin, c.max_grad_norm) == (5e-4, 1e-3, 0.2, None)
+    assert (c.learning_rate, c.head_learning_rate, c.margin, c.max_grad_norm) == (1e-3, 1e-3, 0.2, None)
 
 
 def test_layers_apply_in_order_preset_family_run():
