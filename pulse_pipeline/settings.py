@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         "pod_spec_config, ...) on Kubernetes; unset: one nvidia.com/gpu, on a node labelled "
         "nvidia.com/gpu.present=true, tolerating the nvidia.com/gpu taint; `{}`: nothing special.",
     )
+    pulse_training_image: str | None = Field(
+        None,
+        description="The training pod's image for families with resources.launcher kubernetes "
+        "(unless the family names one); unset: the step pod's own image.",
+    )
+    dagster_current_image: str | None = Field(
+        None, description="Set by dagster-k8s in the pods it starts: the image of the run."
+    )
     pulse_training_lock_stale_seconds: float = Field(
         120,
         gt=0,

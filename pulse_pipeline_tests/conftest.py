@@ -47,6 +47,8 @@ def pulse_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         "PULSE_METRICS_TEXTFILE",
         "PULSE_STEP_EXECUTOR",
         "PULSE_TRAINING_K8S_CONFIG",
+        "PULSE_TRAINING_IMAGE",
+        "DAGSTER_CURRENT_IMAGE",
     ):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()

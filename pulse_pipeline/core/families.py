@@ -8,7 +8,7 @@ import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -218,6 +218,37 @@ class AutomationConfig(_Strict):
     keep_versions: int = Field(5, ge=1, description="Adapter versions `cleanup_adapters` keeps by default.")
 
 
+class ResourcesConfig(_Strict):
+    """Where the family's training runs and in how many processes (the `<family>/adapter` step)."""
+
+    launcher: Literal["in_process", "subprocess", "kubernetes"] = Field(
+        "in_process",
+        description="in_process: the adapter step trains in its own process (the embedded default); "
+        "subprocess: the step starts `python -m pulse_pipeline.core.training` (under torchrun when "
+        "processes_per_node > 1) through Dagster Pipes, which streams its progress back; kubernetes: "
+        "the same command in a pod of its own (dagster-k8s PipesK8sClient).",
+    )
+    processes_per_node: int = Field(
+        1, ge=1, le=64, description="Training processes (DDP ranks) per machine: one per GPU on CUDA."
+    )
+    nodes: int = Field(1, ge=1, le=1, description="Machines; one for now (a pod or this machine).")
+    gpus_per_node: int | None = Field(
+        None, ge=0, description="kubernetes: GPUs the pod asks for (default: processes_per_node)."
+    )
+    image: str | None = Field(
+        None, description="kubernetes: the training pod's image (default: PULSE_TRAINING_IMAGE)."
+    )
+    namespace: str | None = Field(None, description="kubernetes: the pod's namespace (default: the run's).")
+
+    @model_validator(mode="after")
+    def _launcher_fits(self) -> ResourcesConfig:
+        if self.processes_per_node > 1 and self.launcher == "in_process":
+            raise ValueError(
+                "processes_per_node > 1 needs launcher: subprocess (torchrun on this machine) or kubernetes"
+            )
+        return self
+
+
 class FamilyConfig(_Strict):
     """One line of fine-tuned adapters: its data, base model, task kind and thresholds."""
 
@@ -260,6 +291,10 @@ class FamilyConfig(_Strict):
     automation: AutomationConfig = Field(
         default_factory=AutomationConfig,
         description="Drift watch, scheduled retrains, live accuracy watch, run time limit.",
+    )
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig,
+        description="Where training runs: in the step, a subprocess through Dagster Pipes, or a pod; processes.",
     )
 
     @field_validator("name")

@@ -215,6 +215,45 @@ class Lease:
                 self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+class WatchedLease:
+    """The lease of a training that its lock's holder started in another process (the adapter
+    step's Pipes subprocess, torchrun's launcher): it does not hold the lock but watches, every
+    `every`, that its holder still does; `lost` is set, and `check()` raises, once another
+    training has taken the lock over. The holder's own heartbeat keeps the lock alive."""
+
+    def __init__(self, locks: TrainingLocks, family: str, holder: LockHolder, every: dt.timedelta):
+        self.locks, self.family, self.holder, self.every = locks, family, holder, every
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"lock watch {family}", daemon=True)
+
+    def __enter__(self) -> WatchedLease:
+        self._look()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise TrainingLocked(
+                f"the training lock of {self.family} is no longer held by {self.holder.describe()}, "
+                "which started this training; stopping so that two do not train at once"
+            )
+
+    def _look(self) -> None:
+        row = self.locks.get(self.family)
+        if row is None or not row.holder.same_as(self.holder):
+            self.lost.set()
+
+    def _watch(self) -> None:
+        while not self.lost.is_set() and not self._stop.wait(self.every.total_seconds()):
+            with contextlib.suppress(Exception):  # the database away for a moment: look again next time
+                self._look()
+
+
 def process_alive(pid: int) -> bool:
     """Whether process `pid` runs on this host (a zombie, dead but not yet reaped, does not)."""
     try:

@@ -45,6 +45,7 @@ from pulse_pipeline.core.training.batching import (
     text_features,
 )
 from pulse_pipeline.core.training.config import TrainingConfig
+from pulse_pipeline.core.training.distributed import World, barrier, sum_all, take_turn, world
 from pulse_pipeline.core.training.hardware import Plan, describe, library_versions, plan_for
 from pulse_pipeline.core.training.losses import (
     IGNORE,
@@ -110,19 +111,74 @@ class TrainingResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Session:
+    """One training run as `setup` builds it: what the other steps read and advance.
+
+    `loop` is the run's place and record (step, epoch, batches done in it, tokens, seconds,
+    per-step history, per-epoch records, the best epoch): what a checkpoint saves and restores.
+    """
+
+    job: TrainingJob
+    world: World
+    plan: Plan
+    tokenizer: Any
+    head: HeadConfig | None
+    train_set: list[Any]
+    val_set: list[Any]
+    model: Any  # the peft model
+    step_model: Any  # what a training step calls: the model, or DDP around it
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    total_steps: int
+    loop: dict[str, Any]
+    floor: Any = None  # classification: the frozen-encoder floor (rank 0)
+    resumed_from: int | None = None
+    started: float = 0.0
+
+    @property
+    def config(self) -> TrainingConfig:
+        return self.job.config
+
+    @property
+    def task(self) -> str:
+        return self.job.family.task.value
+
+    @property
+    def sentence(self) -> Any:
+        """The model under the adapter (encoder families: encoder and head)."""
+        return self.model.get_base_model()
+
+
 def train(
     job: TrainingJob,
     *,
     on_progress: Callable[[Progress], None] | None = None,
     on_metrics: Callable[[dict[str, float], int], None] | None = None,
 ) -> TrainingResult:
+    """Setup, then per epoch fit and validate, then keep the best and save: the recipe, run in
+    this process or (under torchrun / accelerate launch) in each of the launcher's processes."""
+    session = setup(job)
+    for epoch in range(session.loop["epoch"], job.config.epochs):
+        fit_epoch(session, epoch, on_progress=on_progress, on_metrics=on_metrics)
+        end_epoch(session, epoch, validate(session), on_metrics=on_metrics)
+    selected = keep_best(session)
+    return save(session, selected)
+
+
+def setup(job: TrainingJob) -> Session:
+    """Tokenize the splits, load the base model with a fresh adapter, build the optimizer and
+    schedule, then either restore the newest checkpoint or fit the head and the floor on the frozen
+    encoder (rank 0; DDP copies its head to the other processes)."""
     import torch
 
-    started = time.monotonic()
-    config, task = job.config, job.family.task.value
+    from pulse_pipeline.core.training.floor import Floor
+    from pulse_pipeline.core.training.models import load_for_training, load_tokenizer
 
-    # -- setup ---------------------------------------------------------------------------------
-    torch.manual_seed(config.seed)
+    started = time.monotonic()
+    config, task, here = job.config, job.family.task.value, world()
+    torch.manual_seed(config.seed + here.rank)  # each process its own dropout
     plan = plan_for(config, job.base_model.architecture)
     if task == "chat_sft" and job.base_model.architecture == "encoder":
         raise TrainingError(
@@ -130,12 +186,6 @@ def train(
         )
     if task != "chat_sft" and config.packing:
         raise TrainingError(f"{job.family.name}: training.packing applies to chat families only")
-    from pulse_pipeline.core.training.models import (
-        load_for_training,
-        load_tokenizer,
-        restore_4bit_for_training,
-    )
-
     tokenizer = load_tokenizer(job.base_model.path)
     head = head_config(job)
     train_set = encode_examples(
@@ -147,200 +197,289 @@ def train(
     model = load_for_training(
         job.base_model, plan, config.lora, head=head, gradient_checkpointing=config.gradient_checkpointing
     )
-    sentence = model.get_base_model()  # the model under the adapter (encoder families: with its head)
     optimizer = _optimizer(model, config)
-    lengths = [len(f) for f in train_set]
     batches_per_epoch = math.ceil(len(train_set) / config.micro_batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.accumulation_steps)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = _scheduler(optimizer, config, total_steps)
-    scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
-    pad_id = tokenizer.pad_token_id
-
-    def forward(batch: list[Any]) -> tuple[Any, Any, int]:
-        """Loss and outputs of one micro-batch (weighted loss), and its real (unpadded) token count."""
-        with torch.autocast(plan.device, dtype=plan.dtype, enabled=plan.autocast):
-            if task == "chat_sft":
-                if config.packing:
-                    b = _to(pack(batch), plan.device)
-                    out = model(
-                        input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False
-                    ).logits
-                else:
-                    b = _to(collate(batch, pad_id), plan.device)
-                    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                loss = weighted_causal_lm_loss(out, b["labels"], b["weights"])
-            else:
-                b = _to(collate_text(batch, pad_id), plan.device)
-                out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-                if task == "classification":
-                    cosine = head.kind == "cosine"  # type: ignore[union-attr]
-                    margin = (
-                        config.margin * sentence.head.log_scale.exp() if model.training and cosine else 0.0
-                    )
-                    loss = weighted_classification_loss(out, b["targets"], b["weights"], margin)
-                else:
-                    loss = weighted_regression_loss(out, b["targets"], b["weights"])
-                out = (out.float(), b["targets"])
-        return loss, out, sum(len(f) for f in batch)
-
-    def validate() -> dict[str, float]:
-        """Validation loss (and accuracy or MAE) over the whole val split, in eval mode."""
-        model.eval()
-        num = den = correct = abs_err = 0.0
-        with torch.no_grad():
-            for idx in length_grouped_batches([len(f) for f in val_set], config.micro_batch_size, seed=0):
-                batch = [val_set[i] for i in idx]
-                loss, out, _ = forward(batch)
-                w = sum(f.weight for f in batch)
-                num, den = num + float(loss) * w, den + w
-                if task == "classification":
-                    correct += float((out[0].argmax(-1) == out[1]).sum())
-                elif task == "regression":
-                    span = head.score_range[1] - head.score_range[0]  # type: ignore[union-attr]
-                    abs_err += float((out[0] - out[1]).abs().mean(-1).sum()) * span
-        model.train()
-        if plan.quantization == "4bit":
-            restore_4bit_for_training(model)  # see models.restore_4bit_for_training
-        metrics = {"val_loss": num / den} if den else {}  # no val split: the last epoch is kept
-        if task == "classification" and val_set:
-            metrics["val_accuracy"] = correct / len(val_set)
-        if task == "regression" and val_set:
-            metrics["val_mae"] = abs_err / len(val_set)
-        return metrics
-
-    from pulse_pipeline.core.training.floor import Floor
-
-    work = job.work
-    work.mkdir(parents=True, exist_ok=True)
-    found = checkpoints.latest(work)
-    floor = Floor.load(work) if found is not None else None  # classification: the frozen-encoder floor
+    total_steps = math.ceil(batches_per_epoch / config.accumulation_steps) * config.epochs
+    session = Session(
+        job, here, plan, tokenizer, head, train_set, val_set, model, model, optimizer,
+        _scheduler(optimizer, config, total_steps),
+        torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None,
+        total_steps,
+        loop={"step": 0, "epoch": 0, "group": 0, "tokens": 0, "train_seconds": 0.0, "history": [],
+              "epochs": [], "best": None},
+        started=started,
+    )  # fmt: skip
+    job.work.mkdir(parents=True, exist_ok=True)
+    found = checkpoints.latest(job.work)
     if found is not None:
-        loop = checkpoints.restore(found, model, optimizer, scheduler)
-        resumed_from: int | None = loop["step"]
-        started -= loop["train_seconds"]  # the interrupted attempt's training time counts too
-    else:
-        loop = {
-            "step": 0,
-            "epoch": 0,
-            "group": 0,
-            "tokens": 0,
-            "train_seconds": 0.0,
-            "history": [],
-            "epochs": [],
-            "best": None,
-        }
-        resumed_from = None
-        if head is not None:
-            frozen = embed_frozen(model, train_set, plan, pad_id)  # once: the probe and the floor share it
-            if head.kind == "cosine" and config.probe_epochs:
-                fit_head_on_frozen_embeddings(model, frozen, config)
-            if task == "classification" and (val_set or head.kind == "linear"):
-                val_frozen = embed_frozen(model, val_set, plan, pad_id) if val_set else None
-                floor = fit_floor_on_frozen_embeddings(head, frozen, val_frozen)
-                floor.save(work)
-                if head.kind == "linear":
-                    copy_floor_into(sentence.head, floor)
-            if plan.quantization == "4bit":
-                restore_4bit_for_training(model)
+        session.loop = checkpoints.restore(found, model, optimizer, session.scheduler)
+        session.resumed_from = session.loop["step"]
+        session.started -= session.loop["train_seconds"]  # the interrupted attempt's time counts too
+        session.floor = Floor.load(job.work) if here.is_main else None
+    elif head is not None and here.is_main:
+        session.floor = fit_on_frozen_encoder(session)
+    if here.distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    # -- train and validate ----------------------------------------------------------------------
-    model.train()
-    history: list[dict[str, Any]] = loop["history"]
-    accumulation = config.accumulation_steps
-    segment_start, segment_tokens = time.monotonic(), 0
-    for epoch in range(loop["epoch"], config.epochs):
-        batches = length_grouped_batches(lengths, config.micro_batch_size, seed=config.seed, epoch=epoch)
-        groups = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
-        for g in range(loop["group"], len(groups)):
-            step_loss = 0.0
-            for idx in groups[g]:
-                loss, _, tokens = forward([train_set[i] for i in idx])
-                loss = loss / len(groups[g])
-                (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += float(loss.detach())
-                segment_tokens += tokens
-            if scaler:
-                scaler.unscale_(optimizer)
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
-                )
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
+        session.step_model = DistributedDataParallel(model)  # broadcasts rank 0's weights
+    return session
+
+
+def fit_on_frozen_encoder(session: Session) -> Any:
+    """Before any LoRA step: one pass of the frozen encoder over train (and val), shared by the
+    head's linear probe and the family's floor (classification; None otherwise)."""
+    from pulse_pipeline.core.training.models import restore_4bit_for_training
+
+    config, head, model, task = session.config, session.head, session.model, session.task
+    pad_id = session.tokenizer.pad_token_id
+    floor = None
+    frozen = embed_frozen(model, session.train_set, session.plan, pad_id)
+    if head.kind == "cosine" and config.probe_epochs:  # type: ignore[union-attr]
+        fit_head_on_frozen_embeddings(model, frozen, config)
+    if task == "classification" and (session.val_set or head.kind == "linear"):  # type: ignore[union-attr]
+        val_set = session.val_set
+        val_frozen = embed_frozen(model, val_set, session.plan, pad_id) if val_set else None
+        floor = fit_floor_on_frozen_embeddings(head, frozen, val_frozen)  # type: ignore[arg-type]
+        floor.save(session.job.work)
+        if head.kind == "linear":  # type: ignore[union-attr]
+            copy_floor_into(session.sentence.head, floor)
+    if session.plan.quantization == "4bit":
+        restore_4bit_for_training(model)
+    return floor
+
+
+def forward(session: Session, batch: list[Any], model: Any) -> tuple[Any, Any, int]:
+    """Loss and outputs of one micro-batch through `model` (weighted loss), and its real
+    (unpadded) token count."""
+    import torch
+
+    config, plan, task, pad_id = session.config, session.plan, session.task, session.tokenizer.pad_token_id
+    with torch.autocast(plan.device, dtype=plan.dtype, enabled=plan.autocast):
+        if task == "chat_sft":
+            if config.packing:
+                b = _to(pack(batch), plan.device)
+                out = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
             else:
-                optimizer.step()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loop["step"] += 1
-            elapsed = loop["train_seconds"] + time.monotonic() - segment_start
-            tokens_done = loop["tokens"] + segment_tokens
-            rate = tokens_done / elapsed if elapsed > 0 else 0.0
-            point = {
-                "step": loop["step"],
-                "epoch": epoch + 1,
-                "loss": step_loss,
-                "learning_rate": lr,
-                "tokens_per_second": rate,
-            }
-            history.append(point)
-            if on_metrics:
-                on_metrics({"loss": step_loss, "learning_rate": lr, "tokens_per_second": rate}, loop["step"])
-            if on_progress and (loop["step"] % config.log_every == 0 or loop["step"] == total_steps):
-                eta = elapsed / max(loop["step"] - (resumed_from or 0), 1) * (total_steps - loop["step"])
-                on_progress(
-                    Progress(loop["step"], total_steps, epoch + 1, config.epochs, step_loss, lr, rate, eta)
-                )
-            if loop["step"] % config.checkpoint_every == 0 and g + 1 < len(groups):
-                loop.update(epoch=epoch, group=g + 1, tokens=tokens_done, train_seconds=elapsed)
-                checkpoints.save(work, model, optimizer, scheduler, loop)
-                segment_start, segment_tokens = time.monotonic(), 0  # saving is not training time
+                b = _to(collate(batch, pad_id), plan.device)
+                out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            loss = weighted_causal_lm_loss(out, b["labels"], b["weights"])
+        else:
+            b = _to(collate_text(batch, pad_id), plan.device)
+            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            if task == "classification":
+                cosine = session.head.kind == "cosine"  # type: ignore[union-attr]
+                training = session.model.training and cosine
+                margin = config.margin * session.sentence.head.log_scale.exp() if training else 0.0
+                loss = weighted_classification_loss(out, b["targets"], b["weights"], margin)
+            else:
+                loss = weighted_regression_loss(out, b["targets"], b["weights"])
+            out = (out.float(), b["targets"])
+    return loss, out, sum(len(f) for f in batch)
+
+
+def fit_epoch(
+    session: Session,
+    epoch: int,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_metrics: Callable[[dict[str, float], int], None] | None = None,
+) -> None:
+    """One pass over the train split (from where a resumed run stopped), an optimizer step per
+    group of micro-batches, a checkpoint every `checkpoint_every` steps.
+
+    A group is `accumulation_steps` micro-batches whatever the number of processes; each process
+    takes its turn of them (distributed.take_turn) and DDP averages the gradients, so a step
+    sees the same examples and the same gradient as in one process."""
+    import torch
+
+    config, loop, here, model = session.config, session.loop, session.world, session.model
+    lengths = [len(f) for f in session.train_set]
+    batches = length_grouped_batches(lengths, config.micro_batch_size, seed=config.seed, epoch=epoch)
+    accumulation = config.accumulation_steps
+    groups = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+    model.train()
+    segment_start, segment_tokens = time.monotonic(), 0
+    for g in range(loop["group"], len(groups)):
+        step_loss, tokens = _accumulate(session, groups[g])
+        if session.scaler:
+            session.scaler.unscale_(session.optimizer)
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
+            )
+        if session.scaler:
+            session.scaler.step(session.optimizer)
+            session.scaler.update()
+        else:
+            session.optimizer.step()
+        lr = session.scheduler.get_last_lr()[0]
+        session.scheduler.step()
+        session.optimizer.zero_grad(set_to_none=True)
+        loop["step"] += 1
+        segment_tokens += tokens
         elapsed = loop["train_seconds"] + time.monotonic() - segment_start
-        loop.update(tokens=loop["tokens"] + segment_tokens, train_seconds=elapsed)
-        metrics = validate()
-        segment_start, segment_tokens = time.monotonic(), 0
-        epoch_loss = [p["loss"] for p in history if p["epoch"] == epoch + 1]
-        record = {"epoch": epoch + 1, "train_loss": sum(epoch_loss) / max(len(epoch_loss), 1), **metrics}
-        loop["epochs"].append(record)
+        tokens_done = loop["tokens"] + segment_tokens
+        rate = tokens_done / elapsed if elapsed > 0 else 0.0
+        loop["history"].append(
+            {"step": loop["step"], "epoch": epoch + 1, "loss": step_loss, "learning_rate": lr, "tokens_per_second": rate}
+        )  # fmt: skip
         if on_metrics:
-            on_metrics({k: v for k, v in record.items() if k != "epoch"}, loop["step"])
-        if not val_set or loop["best"] is None or better_on_validation(task, metrics, loop["best"]):
-            loop["best"] = {"epoch": epoch + 1, **metrics}
-            checkpoints.save_best(work, model)
-        loop.update(epoch=epoch + 1, group=0)
-        checkpoints.save(work, model, optimizer, scheduler, loop)
+            on_metrics({"loss": step_loss, "learning_rate": lr, "tokens_per_second": rate}, loop["step"])
+        if on_progress and (loop["step"] % config.log_every == 0 or loop["step"] == session.total_steps):
+            done = max(loop["step"] - (session.resumed_from or 0), 1)
+            eta = elapsed / done * (session.total_steps - loop["step"])
+            on_progress(
+                Progress(
+                    loop["step"], session.total_steps, epoch + 1, config.epochs, step_loss, lr, rate, eta
+                )
+            )
+        if loop["step"] % config.checkpoint_every == 0 and g + 1 < len(groups):
+            loop.update(epoch=epoch, group=g + 1, tokens=tokens_done, train_seconds=elapsed)
+            if here.is_main:
+                checkpoints.save(session.job.work, model, session.optimizer, session.scheduler, loop)
+            segment_start, segment_tokens = time.monotonic(), 0  # saving is not training time
+    elapsed = loop["train_seconds"] + time.monotonic() - segment_start
+    loop.update(tokens=loop["tokens"] + segment_tokens, train_seconds=elapsed)
 
-    # -- keep the best on validation: a fine-tuned epoch, or the frozen-encoder floor ----------------
-    selected = "fine_tune"
-    if floor is not None and floor_wins(floor, loop["best"]):
-        model, head = floor_model(job, plan, head, floor)  # type: ignore[arg-type]
-        selected = "floor"
-    elif loop["best"] and loop["best"]["epoch"] != config.epochs:
-        checkpoints.load_best(work, model)
 
-    # -- save ------------------------------------------------------------------------------------
-    out = work / "adapter"
-    if out.exists():
-        import shutil
+def _accumulate(session: Session, group: list[list[int]]) -> tuple[float, int]:
+    """Forward and backward of this process's turn of one group's micro-batches, each loss
+    scaled so that the gradients add up (over micro-batches and DDP's average over processes) to
+    the group's mean; returns the group's loss and tokens over all processes."""
+    import contextlib
 
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    if head is not None:
-        head.save(out)
-    if floor is not None:
-        floor.save(out)  # the family's floor travels with the version: the evaluation compares with it
-    metadata = _metadata(job, plan, loop, len(train_set), started, resumed_from)
+    here, scaler = session.world, session.scaler
+    mine = take_turn(here, group)
+    scale = here.size / len(group)
+    step_loss, tokens = 0.0, 0
+    if not mine:  # fewer micro-batches than processes at the epoch's end: join the gradient sum with 0
+        mine, scale = group[:1], 0.0
+    for i, idx in enumerate(mine):
+        last = i == len(mine) - 1
+        sync = contextlib.nullcontext() if last or not here.distributed else session.step_model.no_sync()
+        with sync:
+            loss, _, n = forward(session, [session.train_set[j] for j in idx], session.step_model)
+            loss = loss * scale
+            (scaler.scale(loss) if scaler else loss).backward()
+        if scale:
+            step_loss += float(loss.detach()) / here.size
+            tokens += n
+    if here.distributed:
+        step_loss, tokens = sum_all(here, [step_loss, float(tokens)])
+    return step_loss, int(tokens)
+
+
+def validate(session: Session) -> dict[str, float]:
+    """Validation loss (and accuracy or MAE) over the whole val split, in eval mode, each process
+    taking its turn of the batches."""
+    import torch
+
+    from pulse_pipeline.core.training.models import restore_4bit_for_training
+
+    config, head, task, model, val_set = (
+        session.config,
+        session.head,
+        session.task,
+        session.model,
+        session.val_set,
+    )
+    model.eval()
+    num = den = correct = abs_err = 0.0
+    with torch.no_grad():
+        batches = length_grouped_batches([len(f) for f in val_set], config.micro_batch_size, seed=0)
+        for idx in take_turn(session.world, batches):
+            batch = [val_set[i] for i in idx]
+            loss, out, _ = forward(session, batch, model)
+            w = sum(f.weight for f in batch)
+            num, den = num + float(loss) * w, den + w
+            if task == "classification":
+                correct += float((out[0].argmax(-1) == out[1]).sum())
+            elif task == "regression":
+                span = head.score_range[1] - head.score_range[0]  # type: ignore[union-attr]
+                abs_err += float((out[0] - out[1]).abs().mean(-1).sum()) * span
+    num, den, correct, abs_err = sum_all(session.world, [num, den, correct, abs_err])
+    model.train()
+    if session.plan.quantization == "4bit":
+        restore_4bit_for_training(model)  # see models.restore_4bit_for_training
+    metrics = {"val_loss": num / den} if den else {}  # no val split: the last epoch is kept
+    if task == "classification" and val_set:
+        metrics["val_accuracy"] = correct / len(val_set)
+    if task == "regression" and val_set:
+        metrics["val_mae"] = abs_err / len(val_set)
+    return metrics
+
+
+def end_epoch(
+    session: Session,
+    epoch: int,
+    metrics: dict[str, float],
+    *,
+    on_metrics: Callable[[dict[str, float], int], None] | None = None,
+) -> None:
+    """Record the epoch, keep its weights if it is the best on validation so far, checkpoint."""
+    loop, work, main = session.loop, session.job.work, session.world.is_main
+    epoch_loss = [p["loss"] for p in loop["history"] if p["epoch"] == epoch + 1]
+    record = {"epoch": epoch + 1, "train_loss": sum(epoch_loss) / max(len(epoch_loss), 1), **metrics}
+    loop["epochs"].append(record)
+    if on_metrics:
+        on_metrics({k: v for k, v in record.items() if k != "epoch"}, loop["step"])
+    if (
+        not session.val_set
+        or loop["best"] is None
+        or better_on_validation(session.task, metrics, loop["best"])
+    ):
+        loop["best"] = {"epoch": epoch + 1, **metrics}
+        if main:
+            checkpoints.save_best(work, session.model)
+    loop.update(epoch=epoch + 1, group=0)
+    if main:
+        checkpoints.save(work, session.model, session.optimizer, session.scheduler, loop)
+    barrier(session.world)  # a process that resumes finds this epoch's checkpoint written
+
+
+def keep_best(session: Session) -> str:
+    """Load what is published: the best fine-tuned epoch on validation, or the frozen-encoder
+    floor when no epoch beats it (classification). Returns which: "fine_tune" or "floor"."""
+    loop = session.loop
+    if session.floor is not None and floor_wins(session.floor, loop["best"]):
+        session.model, session.head = floor_model(session.job, session.plan, session.head, session.floor)  # type: ignore[arg-type]
+        return "floor"
+    if loop["best"] and loop["best"]["epoch"] != session.config.epochs and session.world.is_main:
+        checkpoints.load_best(session.job.work, session.model)
+    return "fine_tune"
+
+
+def save(session: Session, selected: str) -> TrainingResult:
+    """Write the adapter folder (rank 0): weights, tokenizer, head, floor, metadata, loss curve."""
+    job, loop, floor = session.job, session.loop, session.floor
+    out = job.work / "adapter"
+    metadata = _metadata(
+        job, session.plan, loop, len(session.train_set), session.started, session.resumed_from
+    )
     metadata["selected"] = selected  # what was published: "fine_tune" (best_epoch) or "floor"
     metadata["floor"] = floor.describe() if floor is not None else None
-    (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    plot_loss_curve(
-        history, loop["epochs"], out / "loss_curve.png", title=f"{job.family.name} ({job.dataset_version})"
-    )
-    return TrainingResult(out, metadata, resumed_from, history)
+    metadata["hardware"]["processes"] = session.world.size
+    if session.world.is_main:
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        session.model.save_pretrained(out)
+        session.tokenizer.save_pretrained(out)
+        if session.head is not None:
+            session.head.save(out)
+        if floor is not None:
+            floor.save(out)  # the family's floor travels with the version: the evaluation compares with it
+        (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        plot_loss_curve(
+            loop["history"],
+            loop["epochs"],
+            out / "loss_curve.png",
+            title=f"{job.family.name} ({job.dataset_version})",
+        )
+    barrier(session.world)
+    return TrainingResult(out, metadata, session.resumed_from, loop["history"])
 
 
 # -- pieces of the recipe ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pulse_pipeline.core import snapshots
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.core.registry import Registry, files
 from pulse_pipeline.core.secrets import mask
+from pulse_pipeline.core.training.distributed import World, from_main, world
 from pulse_pipeline.core.training.lock import Lease
 from pulse_pipeline.core.training.recipe import Progress, TrainingError, TrainingJob, train
 
@@ -61,8 +62,16 @@ def train_family(
     `tracking_uri` is MLflow's (None: no tracking). Without `force`, a version already trained on
     this snapshot with the same resolved settings is returned as it is. With `lease` (the family's
     training lock, held by the caller), what a dead training left is reconciled first.
+
+    Under torchrun or accelerate launch this is rank 0's part (distributed.py): it decides what
+    is trained, tells the other processes (`follow_training`) and alone records, publishes and
+    logs to MLflow.
     """
     from pulse_pipeline.core.training.config import resolve_training_config
+
+    here = world()
+    if not here.is_main:
+        raise TrainingError("train_family runs on rank 0; the other processes call follow_training")
 
     artifacts = registry.artifacts
     manifest = (
@@ -89,12 +98,14 @@ def train_family(
         meta = registry.metadata(family.name, done.version)
         run = (meta.get("mlflow") or {}).get("run_id")
         uri = artifacts.uri(files.key(family.name, done.version))
+        from_main(here, None)  # nothing for the other processes to train
         return TrainedAdapter(family.name, done.version, uri, meta, run, None, reused=True, repaired=repaired)
 
     from pulse_pipeline.core.training.base_models import resolve_base_model
 
     base = resolve_base_model(family.base_model, home / "models")
     job = TrainingJob(family, config, dataset_version, train_split, val_split, base, home / "work")
+    from_main(here, {"dataset_version": dataset_version, "config": config.model_dump(mode="json")})
     record = registry.begin(
         family.name,
         dataset_version=dataset_version,
@@ -117,7 +128,9 @@ def train_family(
 
     run = None
     try:
-        run = _mlflow_run(tracking_uri, family, job, created_by, run_id, len(train_split), len(val_split), home)
+        run = _mlflow_run(
+            tracking_uri, family, job, created_by, run_id, len(train_split), len(val_split), home
+        )
         result = train(job, on_progress=progress, on_metrics=run.log_metrics if run else None)
         if lease is not None:
             lease.check()
@@ -155,6 +168,23 @@ def train_family(
         run.url if run else None,
         repaired=repaired,
     )
+
+
+def follow_training(family: FamilyConfig, registry: Registry, *, home: Path, here: World) -> None:
+    """A process other than rank 0 under torchrun / accelerate launch: train what rank 0 decided
+    (`train_family`) on the same snapshot and settings, its share of each step."""
+    from pulse_pipeline.core.training.base_models import resolve_base_model
+    from pulse_pipeline.core.training.config import TrainingConfig
+
+    decided = from_main(here, None)
+    if decided is None:  # rank 0 found it trained already, or stopped
+        return
+    version = decided["dataset_version"]
+    config = TrainingConfig.model_validate(decided["config"])
+    train_split = snapshots.read_split(registry.artifacts, family, version, "train")
+    val_split = snapshots.read_split(registry.artifacts, family, version, "val")
+    base = resolve_base_model(family.base_model, home / "models")  # rank 0 built it first
+    train(TrainingJob(family, config, version, train_split, val_split, base, home / "work"))
 
 
 def _mlflow_run(

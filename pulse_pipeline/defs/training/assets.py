@@ -4,6 +4,11 @@ A thin wrapper over `core.training.runner.train_family`. The step takes the fami
 lock for its run (kept through the run's evaluation and deployment; `locking.py`), and runs in
 the `training` concurrency pool (limit 1 in dagster.yaml), so two trainings never share the
 machine. On Kubernetes its op tag `dagster-k8s/config` gives the step's pod a GPU (deploy/helm).
+
+Where the training itself runs is the family's `resources.launcher`: in the step's process (the
+embedded default), or through Dagster Pipes in a subprocess (torchrun for several processes) or
+a pod of its own (pipes.py); the step holds the lock either way, and the materialization is the
+same. A pod of its own leaves the step's pod without a GPU.
 """
 
 from typing import Any
@@ -24,7 +29,9 @@ K8S_CONFIG_TAG = "dagster-k8s/config"
 # one GPU, on a node of the NVIDIA GPU operator, tolerating its taint. PULSE_TRAINING_K8S_CONFIG
 # replaces it.
 DEFAULT_TRAINING_K8S_CONFIG: dict[str, Any] = {
-    "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+    "container_config": {
+        "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+    },
     "pod_spec_config": {
         "node_selector": {"nvidia.com/gpu.present": "true"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -73,7 +80,7 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         pool=TRAINING_POOL,
         kinds={"pytorch"},
         tags={"pulse/family": family.name, "pulse/stage": "training"},
-        op_tags={K8S_CONFIG_TAG: training_k8s_config()},
+        op_tags={} if family.resources.launcher == "kubernetes" else {K8S_CONFIG_TAG: training_k8s_config()},
         description=f"{family.name}: a LoRA adapter on {family.base_model} ({family.task}), trained on the newest snapshot.",
     )
     @retry_transient
@@ -99,18 +106,25 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 context, family.name, training.lock(store, context.instance), who=who, acquire=True,
                 release=not later,
             ) as lease:  # fmt: skip
-                trained = train_family(
-                    family,
-                    registry,
-                    home=training.home_path,
-                    tracking_uri=tracking_uri,
-                    overrides={"epochs": config.epochs, "max_samples": config.max_samples},
-                    force=config.force,
-                    on_progress=report,
-                    created_by=who,
-                    run_id=context.run.run_id,
-                    lease=lease,
-                )
+                if family.resources.launcher == "in_process":
+                    trained = train_family(
+                        family,
+                        registry,
+                        home=training.home_path,
+                        tracking_uri=tracking_uri,
+                        overrides={"epochs": config.epochs, "max_samples": config.max_samples},
+                        force=config.force,
+                        on_progress=report,
+                        created_by=who,
+                        run_id=context.run.run_id,
+                        lease=lease,
+                    )
+                else:
+                    trained = _train_elsewhere(
+                        context, family, config, lease, who, tracking_uri,
+                        {"training": training, "annotation_store": annotation_store, "artifact_storage": artifact_storage},
+                    )  # fmt: skip
+                lease.check()
         finally:
             report.close()
         for line in trained.repaired:
@@ -120,37 +134,80 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         m = trained.metadata
         verb = "reused" if trained.reused else "trained"
         resumed = f", resumed from step {m['resumed_from_step']}" if m.get("resumed_from_step") else ""
-        context.log.info(f"{family.name}: {verb} {trained.version} on dataset {m['dataset_version']}{resumed}")
+        context.log.info(
+            f"{family.name}: {verb} {trained.version} on dataset {m['dataset_version']}{resumed}"
+        )
         epochs = [
             f"| {e['epoch']} | {e['train_loss']:.4f} | {e.get('val_loss', float('nan')):.4f} |"
             for e in m.get("epoch_history", [])
         ]
         return dg.MaterializeResult(
-            metadata=for_people({
-                "version": trained.version,
-                "reused": trained.reused,
-                "dataset_version": m["dataset_version"],
-                "base_model": m["base_model"],
-                "training_loss": dg.MetadataValue.float(float(m["training_loss"] or 0.0)),
-                "validation_loss": dg.MetadataValue.float(float(m["best_validation_loss"] or 0.0)),
-                "best_epoch": m["best_epoch"],
-                "samples_used": m["samples_used"],
-                "resumed_from_step": m.get("resumed_from_step") or 0,
-                "training_time_seconds": dg.MetadataValue.float(float(m["training_time_seconds"])),
-                "tokens_per_second": dg.MetadataValue.float(float(m["tokens_per_second"] or 0.0)),
-                "device": f"{m['hardware']['device']} {m['hardware']['precision']} quantization={m['hardware']['quantization']}",
-                "epochs": dg.MetadataValue.md(
-                    "\n".join(["| epoch | train loss | val loss |", "|---:|---:|---:|", *epochs])
-                ),
-                "mlflow_run": dg.MetadataValue.url(trained.mlflow_url)
-                if trained.mlflow_url
-                else (trained.mlflow_run_id or "not tracked"),
-                "path": dg.MetadataValue.path(trained.uri),
-            }),
+            metadata=for_people(
+                {
+                    "version": trained.version,
+                    "reused": trained.reused,
+                    "dataset_version": m["dataset_version"],
+                    "base_model": m["base_model"],
+                    "training_loss": dg.MetadataValue.float(float(m["training_loss"] or 0.0)),
+                    "validation_loss": dg.MetadataValue.float(float(m["best_validation_loss"] or 0.0)),
+                    "best_epoch": m["best_epoch"],
+                    "samples_used": m["samples_used"],
+                    "resumed_from_step": m.get("resumed_from_step") or 0,
+                    "training_time_seconds": dg.MetadataValue.float(float(m["training_time_seconds"])),
+                    "tokens_per_second": dg.MetadataValue.float(float(m["tokens_per_second"] or 0.0)),
+                    "device": f"{m['hardware']['device']} {m['hardware']['precision']} quantization={m['hardware']['quantization']}",
+                    "epochs": dg.MetadataValue.md(
+                        "\n".join(["| epoch | train loss | val loss |", "|---:|---:|---:|", *epochs])
+                    ),
+                    "mlflow_run": dg.MetadataValue.url(trained.mlflow_url)
+                    if trained.mlflow_url
+                    else (trained.mlflow_run_id or "not tracked"),
+                    "path": dg.MetadataValue.path(trained.uri),
+                }
+            ),
             data_version=dg.DataVersion(trained.version),
         )
 
     return _adapter
+
+
+def _train_elsewhere(
+    context: dg.AssetExecutionContext, family: FamilyConfig, config: AdapterRunConfig, lease: Any, who: str,
+    tracking_uri: str | None, resources: dict[str, Any],
+) -> Any:  # fmt: skip
+    """The training as a process of its own through Dagster Pipes (pipes.py), told the step's
+    lock holder, who asked, this run and its overrides; the same store, home and MLflow."""
+    import dataclasses
+
+    from pulse_pipeline.core.training.launch import training_command
+    from pulse_pipeline.defs.training.pipes import train_through_pipes
+
+    command = training_command(
+        family.name,
+        processes=family.resources.processes_per_node,
+        lock_holder=dataclasses.asdict(lease.holder),
+        created_by=who,
+        run_id=context.run.run_id,
+        epochs=config.epochs,
+        max_samples=config.max_samples,
+        force=config.force,
+        tracking=bool(tracking_uri),
+        python="python" if family.resources.launcher == "kubernetes" else None,
+    )
+    storage = resources["artifact_storage"]
+    env = {
+        "PULSE_DATABASE_URL": resources["annotation_store"].database_url,
+        "PULSE_HOME": resources["training"].home,
+        "PULSE_ARTIFACTS": storage.location,
+        **({"PULSE_S3_ENDPOINT": storage.s3_endpoint} if storage.s3_endpoint else {}),
+        **({"PULSE_S3_ACCESS_KEY": storage.s3_access_key} if storage.s3_access_key else {}),
+        **({"PULSE_S3_SECRET_KEY": storage.s3_secret_key} if storage.s3_secret_key else {}),
+    }
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    if family.resources.launcher == "kubernetes":
+        env = {}  # the pod reads the project's ConfigMap and Secret (pipes.training_pod_spec)
+    return train_through_pipes(context, family, command, env)
 
 
 def created_by(tags: dict[str, str], run_id: str) -> str:

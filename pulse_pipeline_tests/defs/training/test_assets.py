@@ -2,6 +2,7 @@
 reused when nothing changed, and run in the one-at-a-time `training` pool."""
 
 import dagster as dg
+import pytest
 import yaml
 
 from pulse_pipeline.core.artifacts import LocalArtifactStore
@@ -69,3 +70,66 @@ def test_training_runs_in_a_pool_of_one():
         assert dg.AssetKey([name, "adapter"]) in job.asset_layer.executable_asset_keys
     instance_config = yaml.safe_load((PROJECT / "pulse_pipeline" / "dagster.yaml").read_text())
     assert instance_config["concurrency"]["pools"]["default_limit"] == 1
+
+
+def _family_training_elsewhere(tmp_path, monkeypatch, **resources_block):
+    """access-qa with `resources:` set, in a pulse.yaml that the training process reads too."""
+    from pulse_pipeline.core.families import load_config
+    from pulse_pipeline.settings import get_settings
+
+    raw = yaml.safe_load((PROJECT / "pulse.yaml").read_text())
+    raw["families"]["access-qa"]["resources"] = resources_block
+    beside = tmp_path / "config"  # beside the files pulse.yaml names (labels, sources, golden sets)
+    beside.mkdir()
+    for item in PROJECT.iterdir():
+        if item.is_dir() and item.name in {"labels", "sources", "golden", "eval"}:
+            (beside / item.name).symlink_to(item)
+    path = beside / "pulse.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PULSE_CONFIG", str(path))
+    get_settings.cache_clear()
+    return load_config(path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_adapter_trains_in_two_processes_through_dagster_pipes(resources, tmp_path, monkeypatch):
+    config = _family_training_elsewhere(tmp_path, monkeypatch, launcher="subprocess", processes_per_node=2)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _train(config, resources, instance, epochs=2)
+        logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    meta = result.asset_materializations_for_node("access_qa__adapter")[0].metadata
+    version = meta["version"].value
+    stored = read_metadata(LocalArtifactStore(tmp_path / "artifacts"), "access-qa", version)
+    assert stored["hardware"]["processes"] == 2 and stored["dagster"]["run_id"] == result.run_id
+    assert stored["created_by"] == f"run:{result.run_id[:8]}"
+    steps = stored["steps"]
+    streamed = [m for m in logs if m.startswith(f"step {steps}/{steps} epoch 2/2 loss ")]
+    assert streamed, logs  # the training process's progress, streamed into the run's log by Pipes
+    assert meta["training_loss"].value == pytest.approx(stored["training_loss"], rel=1e-4)
+    assert meta["tokens_per_second"].value > 0 and "| 2 |" in meta["epochs"].value
+    assert meta["reused"].value is False and meta["dataset_version"].value == stored["dataset_version"]
+
+    from mlflow import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(stored["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["pulse.version"] == version
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_training_process_that_fails_fails_the_step_with_its_reason(resources, tmp_path, monkeypatch):
+    config = _family_training_elsewhere(tmp_path, monkeypatch, launcher="subprocess")
+    fam = config.family("access-qa")
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [adapter_asset(fam)], resources=resources, instance=instance, raise_on_error=False
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    error = failure.step_failure_data.error
+    assert error.cause.cls_name == "StepError"  # one masked line (defs/retries.py)
+    assert error.cause.message.strip() == (
+        "pulse_pipeline.defs.retries.StepError: access-qa has no dataset snapshot yet: "
+        "run `pulse snapshot --family access-qa` first"
+    )
