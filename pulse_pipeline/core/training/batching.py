@@ -92,11 +92,35 @@ def length_grouped_batches(
     return batches
 
 
-def collate(batch: Sequence[Features], pad_id: int) -> dict[str, Any]:
-    """Pad to the longest example in this batch (right padding), with weights alongside."""
+def padded_width(longest: int, multiple: int = 1) -> int:
+    return -(-longest // multiple) * multiple
+
+
+def token_budget_batches(
+    examples: Sequence[int], lengths: Sequence[int], budget: int, multiple: int = 1
+) -> list[list[int]]:
+    """`examples` (indices into `lengths`) cut, longest first, into micro-batches whose padded size
+    (rows x the longest's width rounded up to `multiple`) stays within `budget` tokens; an example
+    longer than the budget gets a micro-batch of its own."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(examples, key=lambda i: -lengths[i]):
+        width = padded_width(lengths[current[0]] if current else lengths[i], multiple)
+        if current and (len(current) + 1) * width > budget:
+            out.append(current)
+            current = []
+        current.append(i)
+    if current:
+        out.append(current)
+    return out
+
+
+def collate(batch: Sequence[Features], pad_id: int, multiple: int = 1) -> dict[str, Any]:
+    """Pad to the longest example in this batch (right padding; the width rounded up to
+    `multiple`), with weights alongside."""
     import torch
 
-    width = max(len(f) for f in batch)
+    width = padded_width(max(len(f) for f in batch), multiple)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -159,10 +183,10 @@ def text_features(
     return [TextFeatures(list(i), t, float(w)) for i, t, w in zip(encoded, targets, weights, strict=True)]
 
 
-def collate_text(batch: Sequence[TextFeatures], pad_id: int) -> dict[str, Any]:
+def collate_text(batch: Sequence[TextFeatures], pad_id: int, multiple: int = 1) -> dict[str, Any]:
     import torch
 
-    width = max(len(f) for f in batch)
+    width = padded_width(max(len(f) for f in batch), multiple)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
     for row, f in enumerate(batch):

@@ -79,6 +79,15 @@ class TrainingConfig(BaseModel):
     max_samples: int | None = Field(
         None, ge=1, description="Train on at most this many examples (smoke runs)."
     )
+    batch_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Cut each optimizer step's examples into micro-batches of at most this many padded "
+        "tokens instead of micro_batch_size examples (null: 16,384 on CUDA, off on CPU).",
+    )
+    pad_to_multiple_of: int | None = Field(
+        None, ge=1, description="Round batch widths up to a multiple of this (null: 64 on CUDA, 1 on CPU)."
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
     packing: bool = Field(False, description="Pack examples into one row with per-example boundaries.")
     quantization: Literal["auto", "4bit", "8bit", "none"] = Field(

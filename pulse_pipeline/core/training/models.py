@@ -76,10 +76,17 @@ def load_for_training(
     load_dtype = plan.dtype if plan.device == "cuda" else torch.float32
     kwargs: dict[str, Any] = {"dtype": load_dtype, "quantization_config": quantization_config(plan)}
     if quantized:
-        kwargs["device_map"] = {"": 0} if plan.device == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if plan.device == "cuda" else {"": "cpu"}
     if head is None:
         model = AutoModelForCausalLM.from_pretrained(base.path, attn_implementation=plan.attention, **kwargs)
         task_type, modules_to_save = "CAUSAL_LM", None
+        if plan.liger:  # its RMSNorm, RoPE and SwiGLU kernels; the recipe computes its own weighted loss
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(
+                model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                fused_linear_cross_entropy=False,
+            )  # fmt: skip
     else:
         from transformers import AutoModel
 

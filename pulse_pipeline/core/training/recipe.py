@@ -43,10 +43,11 @@ from pulse_pipeline.core.training.batching import (
     length_grouped_batches,
     pack,
     text_features,
+    token_budget_batches,
 )
 from pulse_pipeline.core.training.config import TrainingConfig
 from pulse_pipeline.core.training.distributed import World, barrier, sum_all, take_turn, world
-from pulse_pipeline.core.training.hardware import Plan, describe, library_versions, plan_for
+from pulse_pipeline.core.training.hardware import Plan, describe, library_versions, plan_for, prepare_device
 from pulse_pipeline.core.training.losses import (
     IGNORE,
     weighted_causal_lm_loss,
@@ -179,7 +180,8 @@ def setup(job: TrainingJob) -> Session:
     started = time.monotonic()
     config, task, here = job.config, job.family.task.value, world()
     torch.manual_seed(config.seed + here.rank)  # each process its own dropout
-    plan = plan_for(config, job.base_model.architecture)
+    plan = plan_for(config, job.base_model.architecture, model_path=job.base_model.path)
+    prepare_device(plan)
     if task == "chat_sft" and job.base_model.architecture == "encoder":
         raise TrainingError(
             f"{job.family.name}: base model {job.base_model.name} is an encoder; chat needs a causal LM"
@@ -198,8 +200,7 @@ def setup(job: TrainingJob) -> Session:
         job.base_model, plan, config.lora, head=head, gradient_checkpointing=config.gradient_checkpointing
     )
     optimizer = _optimizer(model, config)
-    batches_per_epoch = math.ceil(len(train_set) / config.micro_batch_size)
-    total_steps = math.ceil(batches_per_epoch / config.accumulation_steps) * config.epochs
+    total_steps = math.ceil(len(train_set) / config.effective_batch_size) * config.epochs
     session = Session(
         job, here, plan, tokenizer, head, train_set, val_set, model, model, optimizer,
         _scheduler(optimizer, config, total_steps),
@@ -256,15 +257,15 @@ def forward(session: Session, batch: list[Any], model: Any) -> tuple[Any, Any, i
     config, plan, task, pad_id = session.config, session.plan, session.task, session.tokenizer.pad_token_id
     with torch.autocast(plan.device, dtype=plan.dtype, enabled=plan.autocast):
         if task == "chat_sft":
-            if config.packing:
+            if plan.packing:
                 b = _to(pack(batch), plan.device)
                 out = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
             else:
-                b = _to(collate(batch, pad_id), plan.device)
+                b = _to(collate(batch, pad_id, plan.pad_multiple), plan.device)
                 out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             loss = weighted_causal_lm_loss(out, b["labels"], b["weights"])
         else:
-            b = _to(collate_text(batch, pad_id), plan.device)
+            b = _to(collate_text(batch, pad_id, plan.pad_multiple), plan.device)
             out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
             if task == "classification":
                 cosine = session.head.kind == "cosine"  # type: ignore[union-attr]
@@ -287,16 +288,13 @@ def fit_epoch(
     """One pass over the train split (from where a resumed run stopped), an optimizer step per
     group of micro-batches, a checkpoint every `checkpoint_every` steps.
 
-    A group is `accumulation_steps` micro-batches whatever the number of processes; each process
-    takes its turn of them (distributed.take_turn) and DDP averages the gradients, so a step
-    sees the same examples and the same gradient as in one process."""
+    A step's micro-batches (`step_groups`) are the same whatever the number of processes; each
+    process takes its turn of them (distributed.take_turn) and DDP averages the gradients, so a
+    step sees the same examples and the same gradient as in one process."""
     import torch
 
     config, loop, here, model = session.config, session.loop, session.world, session.model
-    lengths = [len(f) for f in session.train_set]
-    batches = length_grouped_batches(lengths, config.micro_batch_size, seed=config.seed, epoch=epoch)
-    accumulation = config.accumulation_steps
-    groups = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+    groups = step_groups(session, epoch)
     model.train()
     segment_start, segment_tokens = time.monotonic(), 0
     for g in range(loop["group"], len(groups)):
@@ -342,26 +340,43 @@ def fit_epoch(
     loop.update(tokens=loop["tokens"] + segment_tokens, train_seconds=elapsed)
 
 
+def step_groups(session: Session, epoch: int) -> list[list[list[int]]]:
+    """The epoch's optimizer steps, each a list of micro-batches (indices into the train split):
+    length-grouped micro-batches of `micro_batch_size` examples, `accumulation_steps` a step; or,
+    with a token budget (`plan.batch_tokens`, CUDA), length-grouped steps of
+    `effective_batch_size` examples each cut into micro-batches of at most that many tokens."""
+    config, plan = session.config, session.plan
+    lengths = [len(f) for f in session.train_set]
+    if plan.batch_tokens:
+        steps = length_grouped_batches(lengths, config.effective_batch_size, seed=config.seed, epoch=epoch)
+        return [token_budget_batches(step, lengths, plan.batch_tokens, plan.pad_multiple) for step in steps]
+    batches = length_grouped_batches(lengths, config.micro_batch_size, seed=config.seed, epoch=epoch)
+    accumulation = config.accumulation_steps
+    return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+
+
 def _accumulate(session: Session, group: list[list[int]]) -> tuple[float, int]:
-    """Forward and backward of this process's turn of one group's micro-batches, each loss
-    scaled so that the gradients add up (over micro-batches and DDP's average over processes) to
-    the group's mean; returns the group's loss and tokens over all processes."""
+    """Forward and backward of this process's turn of one step's micro-batches, each loss scaled
+    so that the gradients add up (over micro-batches and DDP's average over processes) to the
+    step's mean: by its share of the step's micro-batches, or of its examples when a token
+    budget makes them uneven; returns the step's loss and tokens over all processes."""
     import contextlib
 
     here, scaler = session.world, session.scaler
-    mine = take_turn(here, group)
-    scale = here.size / len(group)
+    examples = sum(len(mb) for mb in group)
+    shares = [len(mb) / examples if session.plan.batch_tokens else 1 / len(group) for mb in group]
+    mine = take_turn(here, list(zip(group, shares, strict=True)))
     step_loss, tokens = 0.0, 0
     if not mine:  # fewer micro-batches than processes at the epoch's end: join the gradient sum with 0
-        mine, scale = group[:1], 0.0
-    for i, idx in enumerate(mine):
+        mine = [(group[0], 0.0)]
+    for i, (idx, share) in enumerate(mine):
         last = i == len(mine) - 1
         sync = contextlib.nullcontext() if last or not here.distributed else session.step_model.no_sync()
         with sync:
             loss, _, n = forward(session, [session.train_set[j] for j in idx], session.step_model)
-            loss = loss * scale
+            loss = loss * (share * here.size)
             (scaler.scale(loss) if scaler else loss).backward()
-        if scale:
+        if share:
             step_loss += float(loss.detach()) / here.size
             tokens += n
     if here.distributed:
@@ -719,6 +734,10 @@ def _metadata(
             "precision": plan.precision,
             "quantization": plan.quantization,
             "attention": plan.attention,
+            "batch_tokens": plan.batch_tokens,
+            "pad_multiple": plan.pad_multiple,
+            "packing": plan.packing,
+            "choices": plan.choices,  # CUDA: what was chosen and why (hardware.py)
         },
         "library_versions": library_versions(),
         "resolved_config": config.model_dump(mode="json"),

@@ -8,6 +8,7 @@ from pulse_pipeline.core.training.batching import (
     collate,
     length_grouped_batches,
     padding_share,
+    token_budget_batches,
 )
 from pulse_pipeline.core.training.losses import IGNORE
 
@@ -50,6 +51,27 @@ def test_collate_pads_to_the_batch_not_to_max_length(tokenizer):
     assert batch["input_ids"].shape == (2, width) and batch["weights"].tolist() == [1.0, 1.0]
     assert batch["attention_mask"][0].sum().item() == len(feats[0])
     assert (batch["labels"][0, len(feats[0]) :] == IGNORE).all()
+
+
+def test_widths_round_up_to_a_multiple(tokenizer):
+    feats = [chat_features(tokenizer, chat("a" * n), 1.0, 1024) for n in (1, 30)]
+    batch = collate(feats, tokenizer.pad_token_id, multiple=64)
+    width = max(len(f) for f in feats)
+    assert batch["input_ids"].shape[1] == -(-width // 64) * 64 > width
+    assert batch["attention_mask"].sum().item() == sum(len(f) for f in feats)  # padding stays masked
+    assert (batch["labels"][:, width:] == IGNORE).all()
+
+
+def test_a_token_budget_fills_micro_batches_up_to_it():
+    lengths = [10, 200, 30, 31, 500, 12, 90, 64]
+    batches = token_budget_batches(range(8), lengths, budget=256, multiple=64)
+    assert sorted(i for b in batches for i in b) == list(range(8))  # every example once
+    assert batches[0] == [4]  # longer than the budget alone: a micro-batch of its own
+    for b in batches[1:]:
+        width = -(-max(lengths[i] for i in b) // 64) * 64
+        assert len(b) * width <= 256
+    assert [len(b) for b in batches] == [1, 1, 2, 4]  # short examples share: 4 x 64 tokens
+    assert token_budget_batches([], lengths, budget=256) == []
 
 
 def test_length_grouping_covers_everything_and_cuts_padding():

@@ -2,27 +2,86 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
 from pulse_pipeline.core.training.base_models import resolve_base_model
 from pulse_pipeline.core.training.config import resolve_training_config
-from pulse_pipeline.core.training.hardware import plan_for
+from pulse_pipeline.core.training.hardware import Gpu, parameter_count, plan_for
 from pulse_pipeline.core.training.models import load_for_training, restore_4bit_for_training
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_auto_picks_full_precision_lora_on_cpu_and_qlora_on_cuda():
+def test_auto_picks_full_precision_lora_on_cpu():
     chat = resolve_training_config("chat_sft")
     cpu = plan_for(chat, "causal_lm", cuda=False)
     assert (cpu.device, cpu.precision, cpu.quantization, cpu.attention) == ("cpu", "fp32", "none", "sdpa")
+    assert (cpu.batch_tokens, cpu.pad_multiple, cpu.packing, cpu.liger) == (None, 1, False, False)
     eight = plan_for(resolve_training_config("chat_sft", {"quantization": "8bit"}), "causal_lm", cuda=False)
     assert eight.quantization == "8bit"
-    if torch.cuda.is_available():
-        gpu = plan_for(chat, "causal_lm")
-        assert gpu.device == "cuda" and gpu.quantization == "4bit" and gpu.precision in ("bf16", "fp16")
-        assert plan_for(chat, "encoder").quantization == "none"  # a 22M encoder gains nothing from 4-bit
+
+
+def _weights(folder, parameters: int):
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file(
+        {"w": torch.zeros(parameters // 4, 4), "b": torch.zeros(parameters % 4 or 4)[: parameters % 4]},
+        folder / "model.safetensors",
+    )
+    return folder
+
+
+def test_on_cuda_4bit_only_where_the_bf16_weights_would_crowd_the_gpu(tmp_path):
+    chat = resolve_training_config("chat_sft")
+    model = _weights(tmp_path / "m", 1_000_000)  # 2 MB of bf16 weights
+    assert parameter_count(model) == 1_000_000 and parameter_count(tmp_path) is None
+    roomy = plan_for(chat, "causal_lm", cuda=True, model_path=model, gpu=Gpu("H200", 140 * 2**30, True))
+    assert roomy.quantization == "none" and roomy.precision == "bf16"
+    assert roomy.choices["quantization"].startswith("none: bf16 weights 0.0 GiB, 40% of 140 GiB")
+    small = plan_for(chat, "causal_lm", cuda=True, model_path=model, gpu=Gpu("tiny GPU", 4_000_000, False))
+    assert small.quantization == "4bit" and small.precision == "fp16"  # 2 MB > 40 % of 4 MB
+    assert small.choices["quantization"].startswith("4bit (QLoRA): bf16 weights")
+    assert (
+        plan_for(chat, "encoder", cuda=True, model_path=model, gpu=Gpu("g", 10**6, True)).quantization
+        == "none"
+    )
+    asked = resolve_training_config("chat_sft", {"quantization": "4bit"})
+    assert (
+        plan_for(
+            asked, "causal_lm", cuda=True, model_path=model, gpu=Gpu("H200", 140 * 2**30, True)
+        ).quantization
+        == "4bit"
+    )
+
+
+def test_on_cuda_batches_fill_a_token_budget_in_widths_of_64_without_cudnn_attention(tmp_path):
+    gpu = Gpu("H100", 80 * 2**30, True)
+    plan = plan_for(resolve_training_config("chat_sft"), "causal_lm", cuda=True, gpu=gpu)
+    assert (plan.batch_tokens, plan.pad_multiple, plan.cudnn_attention) == (16_384, 64, False)
+    flash = importlib.util.find_spec("flash_attn") is not None
+    assert plan.attention == ("flash_attention_2" if flash else "sdpa") and plan.packing is flash
+    assert set(plan.choices) >= {"precision", "quantization", "attention", "batching", "kernels"}
+    mine = resolve_training_config("chat_sft", {"batch_tokens": 4096, "pad_to_multiple_of": 8})
+    assert (
+        plan_for(mine, "causal_lm", cuda=True, gpu=gpu).batch_tokens,
+        plan_for(mine, "causal_lm", cuda=True, gpu=gpu).pad_multiple,
+    ) == (4096, 8)
+    assert plan_for(mine, "causal_lm", cuda=False).batch_tokens == 4096  # asked for: on CPU too
+
+
+@needs_cuda
+def test_the_recipe_trains_on_the_gpu_with_the_gpu_plan(config, model_cache, tmp_path):
+    from pulse_pipeline.core.training.recipe import train
+    from pulse_pipeline_tests.core.training.test_recipe import _chat_job
+
+    result = train(_chat_job(config, model_cache, tmp_path / "work", epochs=1))
+    hardware = result.metadata["hardware"]
+    assert hardware["device"] == "cuda" and hardware["pad_multiple"] == 64 and hardware["choices"]
+    assert result.metadata["loss_history"][-1]["loss"] < result.metadata["loss_history"][0]["loss"]
 
 
 def _layer0_grad(model, ids):

@@ -301,3 +301,22 @@ def test_a_linear_head_starts_from_the_floor_and_fine_tunes_from_there(model_cac
     assert torch.allclose(weight, floor_weight, atol=1e-6)
     tuned = [v for k, v in load_file(result.folder / "adapter_model.safetensors").items() if k.endswith("head.weight")]
     assert not torch.allclose(tuned[0], floor_weight, atol=1e-6)  # and fine-tuning moved it
+
+
+def test_a_token_budget_cuts_each_step_into_micro_batches_and_learns(config, model_cache, tmp_path):
+    """What CUDA does by default (batch_tokens 16,384, widths of 64), asked for on CPU: each step
+    still takes effective_batch_size examples, in as many micro-batches as the budget allows."""
+    job = _chat_job(config, model_cache, tmp_path / "work", batch_tokens=256, pad_to_multiple_of=64)
+    result = train(job)
+    m = result.metadata
+    assert m["hardware"]["batch_tokens"] == 256 and m["hardware"]["pad_multiple"] == 64
+    assert m["steps"] == 3 * 5  # 40 examples, 8 a step, 3 epochs: as with micro-batches of 4
+    assert m["train_tokens"] == 3 * sum(len(f) for f in _features(job))  # every example, every epoch
+    assert m["loss_history"][-1]["loss"] < m["loss_history"][0]["loss"]
+
+
+def _features(job):
+    from pulse_pipeline.core.training.models import load_tokenizer
+    from pulse_pipeline.core.training.recipe import encode_examples
+
+    return encode_examples(job, load_tokenizer(job.base_model.path), job.train)
