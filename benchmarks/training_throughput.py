@@ -2,8 +2,14 @@
 
 Run from the project root with the project's venv:
 
-    .venv/bin/python benchmarks/training_throughput.py [--models tiny,smollm2-135m] [--examples N]
-        [--max-length 512] [--quick] [--json]
+    .venv/bin/python benchmarks/training_throughput.py [--models tiny,smollm2-135m,PATH] [--examples N]
+        [--max-length 512] [--random-init 0.5b] [--quick] [--json]
+
+On CPU everything trains in fp32; on CUDA in bf16 (the recipe picks its own plan: hardware.py,
+shown in the table), with each method's peak GPU memory. `--models` takes built-in base models
+or local Hugging Face folders; `--random-init SIZE` adds a randomly initialised Llama of that size
+(`0.5b`: hidden 1024, 24 layers, 16 heads / 8 KV heads, as measured in issue 16; `tiny-test`: a
+few layers, to check the script) with smollm2-135m's tokenizer and the project's ChatML template.
 
 Each model trains one epoch of LoRA (the recipe's chat defaults: r=16, alpha=32, dropout 0.05 on
 q/k/v/o/gate/up/down, micro-batches of 4, 2 accumulation steps, lr 1e-4 cosine) on the same
@@ -15,14 +21,17 @@ mixed-length chat examples, four ways, in this one process:
 - recipe, packed: the same with `packing: true`.
 - pad-to-max Trainer (the original Pulse trainer): every example padded to max_length,
   `transformers.Trainer`, loss on the assistant's tokens.
-- TRL SFTTrainer: `messages` rows and TRL's defaults for everything but batch sizes, epochs,
-  learning rate, max_length and CPU precision (so: batches padded to their longest example in
-  random order, gradient checkpointing on, loss on every token, linear schedule).
+- TRL SFTTrainer defaults: `messages` rows and TRL's defaults for everything but batch sizes,
+  epochs, learning rate, max_length and CPU precision (so: batches padded to their longest
+  example in random order, gradient checkpointing on, loss on every token, linear schedule).
+- TRL SFTTrainer, padding-free: TRL at its best: `padding_free=True` (rows concatenated with
+  position ids), no gradient checkpointing, bf16 on CUDA, flash attention when installed.
 
 Throughput is real (non-padding) tokens per second; a baseline's seconds are the wall time of
 `trainer.train()`. Every method first runs once on 4 examples (one optimizer step) to warm up.
-"recipe speed-up" is the recipe's tokens/s over that baseline's. Targets: at least 3x the
-pad-to-max Trainer, at least 1.0x TRL's SFTTrainer defaults.
+"recipe speed-up" is the recipe's tokens/s over that baseline's. Targets on CPU: at least 3x the
+pad-to-max Trainer, at least 1.0x TRL's SFTTrainer defaults; on CUDA (max_length 1024, the 0.5b
+model): at least 2x the pad-to-max Trainer and 1.5x TRL padding-free.
 """
 
 from __future__ import annotations
@@ -48,9 +57,19 @@ CACHE = ROOT / ".pulse" / "bench-models"
 FAMILY = "access-qa"
 SEED = 7
 WARMUP_EXAMPLES = 4  # one micro-batch, one optimizer step
-DEFAULT_EXAMPLES = {"tiny": 512, "smollm2-135m": 32}
-QUICK_EXAMPLES = {"tiny": 64, "smollm2-135m": 8}
+DEFAULT_EXAMPLES = {"tiny": 512, "smollm2-135m": 32, "random-init:0.5b": 768, "random-init:tiny-test": 64}
+QUICK_EXAMPLES = {"tiny": 64, "smollm2-135m": 8, "random-init:0.5b": 16, "random-init:tiny-test": 16}
 TARGETS = {"pad-to-max Trainer": 3.0, "TRL SFTTrainer defaults": 1.0}
+CUDA_TARGETS = {"pad-to-max Trainer": 2.0, "TRL SFTTrainer, padding-free": 1.5}
+# Randomly initialised Llamas by size (--random-init): hidden, layers, heads, KV heads, MLP width.
+RANDOM_INIT = {"0.5b": (1024, 24, 16, 8, 4864), "tiny-test": (64, 2, 4, 2, 128)}
+
+
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
 
 # -- data ----------------------------------------------------------------------------------------
 
@@ -189,7 +208,7 @@ def base_model(name: str) -> Any:
 
     from pulse_pipeline.core.training.base_models import CHAT_TEMPLATE, BaseModel, resolve_base_model
 
-    base = resolve_base_model(name, CACHE)
+    base = random_init(name) if name.startswith("random-init:") else resolve_base_model(name, CACHE)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     if "{% generation %}" in (tokenizer.chat_template or ""):
         return base
@@ -197,12 +216,46 @@ def base_model(name: str) -> Any:
     if not (folder / "config.json").is_file():
         # The weights and model config linked, the tokenizer saved anew; whole or absent.
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=CACHE))
-        for file in ("config.json", "generation_config.json", "model.safetensors"):
-            (tmp / file).symlink_to((base.path / file).resolve())
+        for file in (
+            "config.json",
+            "generation_config.json",
+            *(p.name for p in base.path.glob("*.safetensors")),
+        ):
+            if (base.path / file).exists():
+                (tmp / file).symlink_to((base.path / file).resolve())
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.save_pretrained(tmp)
         os.rename(tmp, folder)
     return BaseModel(base.name, folder, base.architecture)
+
+
+def random_init(name: str) -> Any:
+    """`random-init:<size>`: a randomly initialised Llama (RANDOM_INIT), saved once under the cache
+    with smollm2-135m's tokenizer (its 49,152-token vocabulary) and the project's ChatML template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pulse_pipeline.core.training.base_models import CHAT_TEMPLATE, BaseModel, resolve_base_model
+
+    size = name.split(":", 1)[1]
+    folder = CACHE / f"random-init-{size}"
+    if not (folder / "config.json").is_file():
+        hidden, layers, heads, kv_heads, mlp = RANDOM_INIT[size]
+        tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("smollm2-135m", CACHE).path)
+        tokenizer.chat_template = CHAT_TEMPLATE
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=mlp,
+            max_position_embeddings=4096, tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        torch.manual_seed(SEED)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=CACHE))
+        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, folder)
+    return BaseModel(name, folder, "causal_lm")
 
 
 def lora_config(config: Any) -> Any:
@@ -250,7 +303,18 @@ def run_recipe(setup: Setup, examples: list[dict], *, packing: bool = False) -> 
     )
     metadata = train(job).metadata
     tokens = metadata["train_tokens"]
+    hardware = metadata["hardware"]
+    if not packing:  # the plan of the "recipe" row
+        RECIPE_PLAN.update(
+            {
+                k: hardware.get(k)
+                for k in ("precision", "quantization", "attention", "batch_tokens", "packing")
+            }
+        )
     return tokens, tokens / metadata["tokens_per_second"]
+
+
+RECIPE_PLAN: dict[str, Any] = {}  # what the recipe chose on this machine (its last run)
 
 
 def run_pad_to_max(setup: Setup, examples: list[dict]) -> tuple[int, float]:
@@ -289,7 +353,8 @@ def run_pad_to_max(setup: Setup, examples: list[dict]) -> tuple[int, float]:
         )
     tokens = sum(sum(row["attention_mask"]) for row in rows)
     set_seed(config.seed)  # the adapter's initialization, as the recipe and TRL seed theirs
-    model = AutoModelForCausalLM.from_pretrained(setup.base.path, dtype=torch.float32)
+    dtype = torch.bfloat16 if cuda() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(setup.base.path, dtype=dtype, attn_implementation="sdpa")
     model = get_peft_model(model, lora_config(config))
     args = TrainingArguments(
         output_dir=str(setup.work / "pad-to-max"),
@@ -304,7 +369,8 @@ def run_pad_to_max(setup: Setup, examples: list[dict]) -> tuple[int, float]:
         seed=config.seed,
         report_to=[],
         save_strategy="no",
-        use_cpu=True,
+        use_cpu=not cuda(),
+        bf16=cuda(),
         disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows))
@@ -314,25 +380,37 @@ def run_pad_to_max(setup: Setup, examples: list[dict]) -> tuple[int, float]:
     return tokens, time.perf_counter() - start
 
 
-def run_trl(setup: Setup, examples: list[dict]) -> tuple[int, float]:
-    """TRL's SFTTrainer with its defaults, but for batch sizes, epochs, rate, max_length and CPU."""
+def run_trl(setup: Setup, examples: list[dict], *, best: bool = False) -> tuple[int, float]:
+    """TRL's SFTTrainer with its defaults, but for batch sizes, epochs, rate, max_length and CPU;
+    `best`: padding-free rows, no gradient checkpointing, bf16 and flash attention on CUDA."""
+    import importlib.util
+
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     config = setup.config()
+    tuned: dict[str, Any] = {"max_length": setup.max_length}
+    if best:
+        flash = cuda() and importlib.util.find_spec("flash_attn") is not None
+        tuned = {
+            "padding_free": True,  # the examples are within max_length (bench_model checks), so no cut
+            "max_length": None,
+            "gradient_checkpointing": False,
+            "model_init_kwargs": {"attn_implementation": "flash_attention_2" if flash else "sdpa"},
+        }
     args = SFTConfig(
         output_dir=str(setup.work / "trl"),
         per_device_train_batch_size=config.micro_batch_size,
         gradient_accumulation_steps=config.accumulation_steps,
         num_train_epochs=1,
         learning_rate=config.learning_rate,
-        max_length=setup.max_length,
         report_to=[],
         save_strategy="no",
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not cuda(),
+        bf16=cuda() and best,
         disable_tqdm=True,
+        **tuned,
     )
     trainer = SFTTrainer(
         model=str(setup.base.path),
@@ -352,6 +430,7 @@ METHODS = {
     "recipe, packed": functools.partial(run_recipe, packing=True),
     "pad-to-max Trainer": run_pad_to_max,
     "TRL SFTTrainer defaults": run_trl,
+    "TRL SFTTrainer, padding-free": functools.partial(run_trl, best=True),
 }
 
 
@@ -375,16 +454,20 @@ def bench_model(name: str, n: int, max_length: int, work: Path) -> dict[str, Any
     batches = length_grouped_batches(lengths, config.micro_batch_size, seed=config.seed)
     rows = []
     started, load_before = time.perf_counter(), os.getloadavg()[0]
+    targets = CUDA_TARGETS if cuda() else TARGETS
     for method, run in METHODS.items():
         run(setup, examples[:WARMUP_EXAMPLES])
+        peak = PeakMemory()
         tokens, seconds = run(setup, examples)
         rows.append(
-            {"model": name, "method": method, "examples": n, "real_tokens": tokens, "seconds": seconds}
-        )
+            {"model": name, "method": method, "examples": n, "real_tokens": tokens, "seconds": seconds,
+             **peak.read()}
+        )  # fmt: skip
     recipe = rows[0]["real_tokens"] / rows[0]["seconds"]
     for row in rows:
         row["tokens_per_s"] = row["real_tokens"] / row["seconds"]
-        row["recipe_speedup"] = recipe / row["tokens_per_s"] if row["method"] in TARGETS else None
+        row["recipe_speedup"] = recipe / row["tokens_per_s"] if row["method"] in targets else None
+        row["target"] = targets.get(row["method"])
     return {
         "model": name,
         "examples": n,
@@ -396,8 +479,33 @@ def bench_model(name: str, n: int, max_length: int, work: Path) -> dict[str, Any
         "padding_share_recipe": padding_share(batches, lengths),
         "seconds": round(time.perf_counter() - started, 1),  # with warm-ups, loading, validation, saving
         "load_average": [load_before, os.getloadavg()[0]],  # 1-minute, before and after: others' work
+        "recipe_plan": dict(RECIPE_PLAN),
         "results": rows,
     }
+
+
+class PeakMemory:
+    """Peak GPU memory (allocated and reserved by the caching allocator) from now on; none on CPU."""
+
+    def __init__(self) -> None:
+        if cuda():
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def read(self) -> dict[str, float]:
+        if not cuda():
+            return {}
+        import torch
+
+        return {
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        }
 
 
 def quiet_libraries() -> None:
@@ -419,7 +527,13 @@ def quiet_libraries() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,smollm2-135m", help="comma-separated built-in base models")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated built-in base models or local model folders "
+        "(default: tiny,smollm2-135m; none with --random-init)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--random-init", choices=sorted(RANDOM_INIT), help="also a random-init Llama of this size"
+    )
     parser.add_argument("--examples", type=int, help="training examples per model (default: per model)")
     parser.add_argument("--max-length", type=int, default=512, help="max_length of every method")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
@@ -440,7 +554,12 @@ def main() -> None:
             "(--threads 1 suffers least)",
             file=sys.stderr,
         )
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    default = "" if args.random_init else "tiny,smollm2-135m"
+    models = [
+        m.strip() for m in (args.models if args.models is not None else default).split(",") if m.strip()
+    ]
+    if args.random_init:
+        models.append(f"random-init:{args.random_init}")
     sizes = QUICK_EXAMPLES if args.quick else DEFAULT_EXAMPLES
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -450,19 +569,20 @@ def main() -> None:
     report = {
         "max_length": args.max_length,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if cuda() else "cpu",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": _version("trl"),
         "peft": _version("peft"),
         "total_seconds": round(time.perf_counter() - started, 1),
-        "targets": TARGETS,
+        "targets": CUDA_TARGETS if cuda() else TARGETS,
         "models": reports,
     }
     if args.json:
         print(json.dumps(report))
         return
     print(
-        f"max_length {args.max_length}, {report['threads']} torch threads, torch {report['torch']}, "
+        f"{report['device']}, max_length {args.max_length}, {report['threads']} torch threads, torch {report['torch']}, "
         f"transformers {report['transformers']}, trl {report['trl']}, peft {report['peft']}"
     )
     for r in reports:
@@ -471,18 +591,24 @@ def main() -> None:
             f"(median {r['length_median']:.0f}, mean {r['length_mean']:.0f}); padding is "
             f"{r['padding_share_pad_to_max']:.0%} of pad-to-max batches, "
             f"{r['padding_share_recipe']:.0%} of the recipe's; {r['seconds'] / 60:.1f} min in all, "
-            f"load average {r['load_average'][0]:.1f} before, {r['load_average'][1]:.1f} after"
+            f"load average {r['load_average'][0]:.1f} before, {r['load_average'][1]:.1f} after; "
+            f"the recipe's plan: {', '.join(f'{k} {v}' for k, v in r['recipe_plan'].items())}"
         )
     print()
-    print("| model | method | real tokens | seconds | tokens/s | recipe speed-up |")
-    print("|---|---|---:|---:|---:|---:|")
+    memory = cuda()
+    print(
+        "| model | method | real tokens | seconds | tokens/s | recipe speed-up |"
+        + (" peak GiB (reserved) |" if memory else "")
+    )
+    print("|---|---|---:|---:|---:|---:|" + ("---:|" if memory else ""))
     for r in reports:
         for row in r["results"]:
             speedup = row["recipe_speedup"]
-            cell = "" if speedup is None else f"{speedup:.2f}x (target {TARGETS[row['method']]:.1f}x)"
+            cell = "" if speedup is None else f"{speedup:.2f}x (target {row['target']:.1f}x)"
+            peak = f" {row['peak_gib']:.2f} ({row['reserved_gib']:.1f}) |" if memory else ""
             print(
                 f"| {row['model']} | {row['method']} | {row['real_tokens']:,} | {row['seconds']:.1f} | "
-                f"{row['tokens_per_s']:,.0f} | {cell} |"
+                f"{row['tokens_per_s']:,.0f} | {cell} |{peak}"
             )
     print(f"\nTotal {report['total_seconds'] / 60:.1f} min.")
 
