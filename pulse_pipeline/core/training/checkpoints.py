@@ -3,7 +3,8 @@
 The work folder is named after what the training is (`run_key`: family, dataset_version, base
 model and resolved config), so re-running the same training finds its own checkpoints and a
 different training never picks up someone else's. A checkpoint holds the trainable weights
-(the adapter and any head), the optimizer and scheduler, the RNG states and the loop's place
+(the adapter and any head), the optimizer (by parameter name, whole: it resumes on another
+number of processes, sharded by FSDP or not) and scheduler, the RNG states and the loop's place
 (epoch, batches done in it, history); it is written to a temporary folder and renamed into
 place, so the newest `step-*` folder is always whole. The best epoch's weights by validation
 loss are kept beside them in `best.safetensors`.
@@ -28,12 +29,20 @@ def run_key(parts: dict[str, Any]) -> str:
 
 
 def trainable_state(model: Any) -> dict[str, Any]:
-    return {
-        n: p.detach().to("cpu").clone().contiguous() for n, p in model.named_parameters() if p.requires_grad
-    }
+    """The trainable weights by name, whole and on the CPU. Under FSDP each is gathered from every
+    process's shard, so every process must call this (a collective)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            value = p.detach()
+            if hasattr(value, "full_tensor"):  # a DTensor: FSDP2's shard of it
+                value = value.full_tensor()
+            out[name] = value.to("cpu").clone().contiguous()
+    return out
 
 
 def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
+    """Copy `state` into the model's trainable weights (under FSDP, every process its shard)."""
     import torch
 
     params = dict(model.named_parameters())
@@ -42,23 +51,38 @@ def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
         raise RuntimeError(f"checkpoint does not fit the model: unknown parameters {missing[:3]}")
     with torch.no_grad():
         for name, value in state.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
+            param = params[name]
+            value = value.to(param.device, param.dtype)
+            if hasattr(param, "device_mesh"):  # FSDP2: this process's shard of the whole tensor
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value, param.device_mesh, param.placements)
+            param.copy_(value)
 
 
-def save(work: Path, model: Any, optimizer: Any, scheduler: Any, loop: dict[str, Any]) -> Path:
-    """Write checkpoint `step-<loop['step']>` atomically; keep the newest KEEP."""
+def save(
+    work: Path, model: Any, optimizer: Any, scheduler: Any, loop: dict[str, Any], *, write: bool = True
+) -> Path:
+    """Write checkpoint `step-<loop['step']>` atomically; keep the newest KEEP.
+
+    The optimizer's state is saved by parameter name and whole, so a checkpoint resumes on any
+    number of processes, sharded or not. Under FSDP every process calls this (the weights and
+    the optimizer's state are gathered from all of them) and only the one with `write` writes."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
 
-    work.mkdir(parents=True, exist_ok=True)
     target = work / f"step-{loop['step']:07d}"
+    weights, optimizer_state = trainable_state(model), optimizer_state_by_name(model, optimizer)
+    if not write:
+        return target
+    work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=work))
     try:
-        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        save_file(weights, tmp / "trainable.safetensors")
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer_by_name": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "rng": {
                     "python": random.getstate(),
@@ -81,20 +105,41 @@ def save(work: Path, model: Any, optimizer: Any, scheduler: Any, loop: dict[str,
     return target
 
 
+def optimizer_state_by_name(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The optimizer's state keyed by parameter name (torch.distributed.checkpoint's layout),
+    whole: gathered from the shards under FSDP (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    sharded = _sharded(model)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=sharded)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
 def latest(work: Path) -> Path | None:
     found = sorted(p for p in work.glob("step-*") if (p / "loop.json").is_file())
     return found[-1] if found else None
 
 
-def restore(checkpoint: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Load a checkpoint into the model, optimizer and scheduler; return the loop's place."""
-    import numpy as np
-    import torch
+def restore_weights(checkpoint: Path, model: Any) -> None:
     from safetensors.torch import load_file
 
     load_trainable_state(model, load_file(checkpoint / "trainable.safetensors"))
+
+
+def restore_training_state(checkpoint: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Load a checkpoint's optimizer, scheduler and RNG states (after `restore_weights` and any
+    wrapping of the model: the optimizer is the one over the wrapped parameters); return the
+    loop's place."""
+    import numpy as np
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     state = torch.load(checkpoint / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if "optimizer_by_name" in state:
+        options = StateDictOptions(full_state_dict=_sharded(model))
+        set_optimizer_state_dict(model, optimizer, state["optimizer_by_name"], options=options)
+    else:  # written before checkpoints named their parameters
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
@@ -104,12 +149,21 @@ def restore(checkpoint: Path, model: Any, optimizer: Any, scheduler: Any) -> dic
     return json.loads((checkpoint / "loop.json").read_text())
 
 
-def save_best(work: Path, model: Any) -> None:
+def _sharded(model: Any) -> bool:
+    return any(hasattr(p, "device_mesh") for p in model.parameters())
+
+
+def save_best(work: Path, model: Any, *, write: bool = True) -> None:
+    """Keep the model's trainable weights as the best epoch's (under FSDP: every process calls
+    this, the one with `write` writes)."""
     from safetensors.torch import save_file
 
+    weights = trainable_state(model)
+    if not write:
+        return
     work.mkdir(parents=True, exist_ok=True)
     tmp = work / ".best.safetensors.tmp"
-    save_file(trainable_state(model), tmp)
+    save_file(weights, tmp)
     os.replace(tmp, work / "best.safetensors")
 
 

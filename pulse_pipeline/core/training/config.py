@@ -91,10 +91,18 @@ class TrainingConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
     packing: bool = Field(False, description="Pack examples into one row with per-example boundaries.")
     quantization: Literal["auto", "4bit", "8bit", "none"] = Field(
-        "auto", description="auto: 4-bit NF4 (QLoRA) on CUDA, none on CPU."
+        "auto",
+        description="auto: 4-bit NF4 (QLoRA) on CUDA when the model's bf16 weights would take over 40 % "
+        "of one GPU (and sharding them over the processes would not bring them under it), else none.",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU."
+    )
+    data_parallel: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="Several processes: ddp replicates the model in each; fsdp shards it (FSDP2, chat "
+        "families). auto: fsdp on CUDA when the bf16 weights would take over 40 % of one GPU and "
+        "their share per process would not, else ddp.",
     )
     checkpoint_every: int = Field(
         50, ge=1, description="Optimizer steps between checkpoints (and one per epoch)."

@@ -11,11 +11,14 @@ How the work is shared (recipe.py):
   length-grouped micro-batches are cut into groups of `effective_batch_size / micro_batch_size`
   and process r takes micro-batches r, r + N, ... of each group, so the loss curve matches one
   process with the same global batch, and a checkpoint written by N processes resumes on M;
-- gradients are averaged by DistributedDataParallel (DDP) or sharded by FSDP on CUDA;
+- gradients are averaged by DistributedDataParallel (DDP), each process holding the whole model;
+  or, for a causal LM too large for one device, FSDP2 (`fully_shard` on each decoder layer, then
+  the model) keeps a shard of every weight, gradient and optimizer state in each process and
+  gathers a layer's weights only while it runs (hardware.py decides which: `data_parallel`);
 - validation batches are shared out and the sums added up;
-- rank 0 alone fits the frozen-encoder floor (DDP copies its head to the others when it wraps
-  the model), writes checkpoints and the adapter, and (runner.py) records, publishes and logs
-  to MLflow.
+- rank 0 alone fits the frozen-encoder floor (its weights are copied to the others when the
+  model is wrapped), writes checkpoints and the adapter, and (runner.py) records, publishes and
+  logs to MLflow. Under FSDP the others join in gathering what it writes.
 """
 
 from __future__ import annotations
@@ -111,3 +114,59 @@ def main_first(here: World) -> Iterator[None]:
 def take_turn(here: World, items: list[Any]) -> list[Any]:
     """This process's share of `items`: items rank, rank + size, ..."""
     return items[here.rank :: here.size]
+
+
+def wrap(here: World, plan: Any, model: Any) -> Any:
+    """What a training step calls in this process: the model itself in a world of one; DDP
+    around it; or, with `plan.data_parallel == "fsdp"`, the same model sharded in place. Each
+    process starts from rank 0's trainable weights (DDP broadcasts them as it wraps)."""
+    if not here.distributed:
+        return model
+    if plan.data_parallel != "fsdp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from pulse_pipeline.core.training.checkpoints import load_trainable_state, trainable_state
+
+    main = from_main(here, trainable_state(model) if here.is_main else None)
+    if not here.is_main:
+        load_trainable_state(model, main)
+    # Compute in the plan's dtype, gradients reduced in fp32 (the adapter's weights stay fp32).
+    policy = MixedPrecisionPolicy(
+        param_dtype=plan.dtype if plan.autocast else None,
+        reduce_dtype=torch.float32 if plan.autocast else None,
+    )
+    layers = set(getattr(model.get_base_model(), "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in layers:
+            fully_shard(module, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model.to(plan.device)
+
+
+@contextlib.contextmanager
+def accumulating(here: World, step_model: Any, sync: bool) -> Iterator[None]:
+    """A backward pass whose gradients stay in this process (added to the next ones) unless
+    `sync`: DDP's no_sync, FSDP2's requires_gradient_sync."""
+    if sync or not here.distributed:
+        yield
+    elif hasattr(step_model, "no_sync"):
+        with step_model.no_sync():
+            yield
+    else:
+        step_model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            step_model.set_requires_gradient_sync(True)
+
+
+def take_even_turn(here: World, items: list[Any], filler: Any) -> list[Any]:
+    """This process's turn of `items`, filled up with `filler` to as many as rank 0's (the most):
+    under FSDP every process must run as many forward passes as the others, since each pass
+    gathers weights from all of them."""
+    mine = take_turn(here, items)
+    return mine + [filler] * (len(items[:: here.size]) - len(mine))

@@ -17,7 +17,9 @@ On CUDA (`auto` everywhere), each choice and its reason go into the adapter's me
   leaves the GPU idle; and widths rounded up to a multiple of 64, so that the kernels and the
   allocator see a few shapes instead of one per batch;
 - liger-kernel's RMSNorm, RoPE and SwiGLU kernels when the package is installed;
-- the caching allocator's expandable segments, against fragmentation from varying widths.
+- the caching allocator's expandable segments, against fragmentation from varying widths;
+- in several processes, FSDP2 (weights sharded, bf16 rather than 4-bit) when the bf16 weights
+  would pass that share of one GPU and a process's share of them would not; DDP otherwise.
 4-bit and 8-bit can be asked for on CPU too (bitsandbytes has CPU kernels); see
 `models.restore_4bit_for_training` for the one trap that brings.
 """
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pulse_pipeline.core.training.config import TrainingConfig
+from pulse_pipeline.core.training.config import TrainingConfig, TrainingConfigError
 
 QLORA_ABOVE_SHARE = 0.4  # QLoRA when the bf16 weights would take more of the GPU's memory than this
 CUDA_BATCH_TOKENS = 16_384  # padded tokens per micro-batch on CUDA (batch_tokens: auto)
@@ -63,6 +65,7 @@ class Plan:
     packing: bool = False  # chat: each micro-batch in one row, position ids restarting per example
     liger: bool = False  # liger-kernel's RMSNorm, RoPE and SwiGLU on the base model
     cudnn_attention: bool = True  # SDPA may pick its cuDNN backend
+    data_parallel: str = "none"  # several processes: "ddp" or "fsdp"
     choices: dict[str, str] = field(default_factory=dict, compare=False)  # what was chosen, and why
 
     @property
@@ -84,22 +87,28 @@ def plan_for(
     cuda: bool | None = None,
     model_path: Path | None = None,
     gpu: Gpu | None = None,
+    processes: int = 1,
 ) -> Plan:
-    """The plan for training `architecture` ("causal_lm" or "encoder") with `config` here; with
-    `model_path`, the model's size decides QLoRA on CUDA."""
+    """The plan for training `architecture` ("causal_lm" or "encoder") with `config` here, in
+    `processes` processes (one GPU each on CUDA); with `model_path`, the model's size decides
+    QLoRA and FSDP on CUDA."""
     import torch
 
     if cuda is None:
         cuda = torch.cuda.is_available()
     if not cuda:
+        quantization = "none" if config.quantization == "auto" else config.quantization
+        data_parallel, reason = _data_parallel(config, architecture, processes, quantization)
         return Plan(
             "cpu",
             "fp32" if config.precision == "auto" else config.precision,
-            "none" if config.quantization == "auto" else config.quantization,
+            quantization,
             "sdpa",
             batch_tokens=config.batch_tokens,
             pad_multiple=config.pad_to_multiple_of or 1,
             packing=config.packing,
+            data_parallel=data_parallel,
+            choices={"data_parallel": reason} if processes > 1 else {},
         )
     if gpu is None:
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -111,7 +120,10 @@ def plan_for(
     else:
         precision = config.precision
         choices["precision"] = f"{precision}: training.precision"
-    quantization, choices["quantization"] = _quantization(config, architecture, model_path, gpu)
+    quantization, choices["quantization"] = _quantization(config, architecture, model_path, gpu, processes)
+    data_parallel, reason = _data_parallel(config, architecture, processes, quantization, model_path, gpu)
+    if processes > 1:
+        choices["data_parallel"] = reason
     flash = importlib.util.find_spec("flash_attn") is not None and precision != "fp32"
     causal = architecture == "causal_lm"
     if flash and causal:
@@ -139,25 +151,81 @@ def plan_for(
     return Plan(
         "cuda", precision, quantization, attention,
         batch_tokens=batch_tokens, pad_multiple=pad_multiple, packing=packing, liger=liger,
-        cudnn_attention=False, choices=choices,
+        cudnn_attention=False, data_parallel=data_parallel, choices=choices,
     )  # fmt: skip
 
 
 def _quantization(
-    config: TrainingConfig, architecture: str, model_path: Path | None, gpu: Gpu
+    config: TrainingConfig, architecture: str, model_path: Path | None, gpu: Gpu, processes: int
 ) -> tuple[str, str]:
     if config.quantization != "auto":
         return config.quantization, f"{config.quantization}: training.quantization"
     if architecture != "causal_lm":
         return "none", "none: an encoder is small"
-    params = parameter_count(model_path) if model_path is not None else None
-    if params is None:
+    weights = _bf16_weights(model_path)
+    if weights is None:
         return "none", "none: the model's size is unknown (its weights are not safetensors)"
-    weights, budget = 2 * params, QLORA_ABOVE_SHARE * gpu.memory_bytes
-    size = f"bf16 weights {weights / 2**30:.1f} GiB, {QLORA_ABOVE_SHARE:.0%} of {gpu.memory_bytes / 2**30:.0f} GiB is {budget / 2**30:.1f} GiB"
-    if weights > budget:
-        return "4bit", f"4bit (QLoRA): {size}"
-    return "none", f"none: {size}; 4-bit would save nothing here"
+    size = _size(weights, gpu)
+    if weights <= QLORA_ABOVE_SHARE * gpu.memory_bytes:
+        return "none", f"none: {size}; 4-bit would save nothing here"
+    if _sharded(config, processes, weights, gpu):
+        return "none", f"none: {size}, sharded over {processes} processes (FSDP) instead"
+    return "4bit", f"4bit (QLoRA): {size}"
+
+
+def _data_parallel(
+    config: TrainingConfig,
+    architecture: str,
+    processes: int,
+    quantization: str,
+    model_path: Path | None = None,
+    gpu: Gpu | None = None,
+) -> tuple[str, str]:
+    """How several processes share the work: "ddp" (a replica each) or "fsdp" (FSDP2, the
+    weights sharded); "none" in one process."""
+    if processes <= 1:
+        return "none", "one process"
+    if config.data_parallel == "fsdp":
+        if architecture != "causal_lm":
+            raise TrainingConfigError(
+                "training.data_parallel: fsdp shards causal LMs that do not fit one device; "
+                "an encoder family trains with ddp"
+            )
+        if quantization != "none":
+            raise TrainingConfigError(
+                f"training.data_parallel: fsdp does not shard {quantization} weights; "
+                "set training.quantization: none, or data_parallel: ddp"
+            )
+        return "fsdp", f"fsdp: training.data_parallel, over {processes} processes"
+    replicas = f"a replica of the model in each of {processes} processes"
+    if config.data_parallel == "ddp":
+        return "ddp", f"ddp: training.data_parallel, {replicas}"
+    weights = _bf16_weights(model_path) if gpu is not None and architecture == "causal_lm" else None
+    crowded = weights is not None and weights > QLORA_ABOVE_SHARE * gpu.memory_bytes  # type: ignore[union-attr]
+    if crowded and quantization == "none" and _sharded(config, processes, weights, gpu):  # type: ignore[arg-type]
+        share = weights / processes / 2**30
+        return "fsdp", f"fsdp: {_size(weights, gpu)}; {share:.1f} GiB a process once sharded"  # type: ignore[arg-type]
+    return "ddp", f"ddp: {replicas}"
+
+
+def _bf16_weights(model_path: Path | None) -> int | None:
+    params = parameter_count(model_path) if model_path is not None else None
+    return None if params is None else 2 * params
+
+
+def _size(weights: int, gpu: Gpu) -> str:
+    budget = QLORA_ABOVE_SHARE * gpu.memory_bytes
+    return f"bf16 weights {weights / 2**30:.1f} GiB, {QLORA_ABOVE_SHARE:.0%} of {gpu.memory_bytes / 2**30:.0f} GiB is {budget / 2**30:.1f} GiB"
+
+
+def _sharded(config: TrainingConfig, processes: int, weights: int, gpu: Gpu) -> bool:
+    """Whether FSDP over `processes` GPUs brings each one's share of the weights under the budget."""
+    return (
+        processes > 1
+        and config.data_parallel != "ddp"
+        and config.quantization == "auto"
+        and weights / processes <= QLORA_ABOVE_SHARE * gpu.memory_bytes
+    )
 
 
 def parameter_count(model_path: Path) -> int | None:

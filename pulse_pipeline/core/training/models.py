@@ -101,7 +101,7 @@ def load_for_training(
         body = model if head is None else model.encoder
         body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         body.enable_input_require_grads()
-    if not quantized:
+    if not quantized and plan.data_parallel != "fsdp":  # FSDP moves each process's shard (distributed.wrap)
         model.to(plan.device)
     config = LoraConfig(
         r=lora.r,

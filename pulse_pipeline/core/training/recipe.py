@@ -45,8 +45,17 @@ from pulse_pipeline.core.training.batching import (
     text_features,
     token_budget_batches,
 )
-from pulse_pipeline.core.training.config import TrainingConfig
-from pulse_pipeline.core.training.distributed import World, barrier, sum_all, take_turn, world
+from pulse_pipeline.core.training.config import TrainingConfig, TrainingConfigError
+from pulse_pipeline.core.training.distributed import (
+    World,
+    accumulating,
+    barrier,
+    sum_all,
+    take_even_turn,
+    take_turn,
+    world,
+    wrap,
+)
 from pulse_pipeline.core.training.hardware import Plan, describe, library_versions, plan_for, prepare_device
 from pulse_pipeline.core.training.losses import (
     IGNORE,
@@ -128,8 +137,8 @@ class Session:
     train_set: list[Any]
     val_set: list[Any]
     model: Any  # the peft model
-    step_model: Any  # what a training step calls: the model, or DDP around it
-    optimizer: Any
+    step_model: Any  # what a training step calls: the model, DDP around it, or the model sharded by FSDP
+    optimizer: Any  # over the trainable parameters, once the model is wrapped (setup)
     scheduler: Any
     scaler: Any
     total_steps: int
@@ -145,6 +154,11 @@ class Session:
     @property
     def task(self) -> str:
         return self.job.family.task.value
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: every process holds a shard, so gathering the weights takes all of them."""
+        return self.plan.data_parallel == "fsdp"
 
     @property
     def sentence(self) -> Any:
@@ -169,9 +183,11 @@ def train(
 
 
 def setup(job: TrainingJob) -> Session:
-    """Tokenize the splits, load the base model with a fresh adapter, build the optimizer and
-    schedule, then either restore the newest checkpoint or fit the head and the floor on the frozen
-    encoder (rank 0; DDP copies its head to the other processes)."""
+    """Tokenize the splits, load the base model with a fresh adapter, then either restore the
+    newest checkpoint's weights or fit the head and the floor on the frozen encoder (rank 0);
+    wrap the model for several processes (distributed.wrap: DDP or FSDP, each process starting
+    from rank 0's weights), and build the optimizer and schedule over what a step trains
+    (restoring their state on resume)."""
     import torch
 
     from pulse_pipeline.core.training.floor import Floor
@@ -180,7 +196,12 @@ def setup(job: TrainingJob) -> Session:
     started = time.monotonic()
     config, task, here = job.config, job.family.task.value, world()
     torch.manual_seed(config.seed + here.rank)  # each process its own dropout
-    plan = plan_for(config, job.base_model.architecture, model_path=job.base_model.path)
+    try:
+        plan = plan_for(
+            config, job.base_model.architecture, model_path=job.base_model.path, processes=here.size
+        )
+    except TrainingConfigError as exc:
+        raise TrainingError(f"{job.family.name}: {exc}") from None
     prepare_device(plan)
     if task == "chat_sft" and job.base_model.architecture == "encoder":
         raise TrainingError(
@@ -199,13 +220,12 @@ def setup(job: TrainingJob) -> Session:
     model = load_for_training(
         job.base_model, plan, config.lora, head=head, gradient_checkpointing=config.gradient_checkpointing
     )
-    optimizer = _optimizer(model, config)
     total_steps = math.ceil(len(train_set) / config.effective_batch_size) * config.epochs
     session = Session(
-        job, here, plan, tokenizer, head, train_set, val_set, model, model, optimizer,
-        _scheduler(optimizer, config, total_steps),
-        torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None,
-        total_steps,
+        job, here, plan, tokenizer, head, train_set, val_set, model, step_model=model,
+        optimizer=None, scheduler=None,
+        scaler=torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None,
+        total_steps=total_steps,
         loop={"step": 0, "epoch": 0, "group": 0, "tokens": 0, "train_seconds": 0.0, "history": [],
               "epochs": [], "best": None},
         started=started,
@@ -213,16 +233,17 @@ def setup(job: TrainingJob) -> Session:
     job.work.mkdir(parents=True, exist_ok=True)
     found = checkpoints.latest(job.work)
     if found is not None:
-        session.loop = checkpoints.restore(found, model, optimizer, session.scheduler)
-        session.resumed_from = session.loop["step"]
-        session.started -= session.loop["train_seconds"]  # the interrupted attempt's time counts too
+        checkpoints.restore_weights(found, model)
         session.floor = Floor.load(job.work) if here.is_main else None
     elif head is not None and here.is_main:
         session.floor = fit_on_frozen_encoder(session)
-    if here.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        session.step_model = DistributedDataParallel(model)  # broadcasts rank 0's weights
+    session.step_model = wrap(here, plan, model)
+    session.optimizer = _optimizer(model, config)  # over the wrapped model's parameters (FSDP's shards)
+    session.scheduler = _scheduler(session.optimizer, config, total_steps)
+    if found is not None:
+        session.loop = checkpoints.restore_training_state(found, model, session.optimizer, session.scheduler)
+        session.resumed_from = session.loop["step"]
+        session.started -= session.loop["train_seconds"]  # the interrupted attempt's time counts too
     return session
 
 
@@ -293,7 +314,7 @@ def fit_epoch(
     step sees the same examples and the same gradient as in one process."""
     import torch
 
-    config, loop, here, model = session.config, session.loop, session.world, session.model
+    config, loop, model = session.config, session.loop, session.model
     groups = step_groups(session, epoch)
     model.train()
     segment_start, segment_tokens = time.monotonic(), 0
@@ -333,8 +354,7 @@ def fit_epoch(
             )
         if loop["step"] % config.checkpoint_every == 0 and g + 1 < len(groups):
             loop.update(epoch=epoch, group=g + 1, tokens=tokens_done, train_seconds=elapsed)
-            if here.is_main:
-                checkpoints.save(session.job.work, model, session.optimizer, session.scheduler, loop)
+            _checkpoint(session)
             segment_start, segment_tokens = time.monotonic(), 0  # saving is not training time
     elapsed = loop["train_seconds"] + time.monotonic() - segment_start
     loop.update(tokens=loop["tokens"] + segment_tokens, train_seconds=elapsed)
@@ -360,19 +380,19 @@ def _accumulate(session: Session, group: list[list[int]]) -> tuple[float, int]:
     so that the gradients add up (over micro-batches and DDP's average over processes) to the
     step's mean: by its share of the step's micro-batches, or of its examples when a token
     budget makes them uneven; returns the step's loss and tokens over all processes."""
-    import contextlib
-
     here, scaler = session.world, session.scaler
     examples = sum(len(mb) for mb in group)
     shares = [len(mb) / examples if session.plan.batch_tokens else 1 / len(group) for mb in group]
-    mine = take_turn(here, list(zip(group, shares, strict=True)))
+    turns = list(zip(group, shares, strict=True))
+    # Fewer micro-batches than processes at the epoch's end: join the gradient sum with 0. Under
+    # FSDP every process runs as many as the others (distributed.take_even_turn).
+    if session.plan.data_parallel == "fsdp":
+        mine = take_even_turn(here, turns, (group[0], 0.0))
+    else:
+        mine = take_turn(here, turns) or [(group[0], 0.0)]
     step_loss, tokens = 0.0, 0
-    if not mine:  # fewer micro-batches than processes at the epoch's end: join the gradient sum with 0
-        mine = [(group[0], 0.0)]
     for i, (idx, share) in enumerate(mine):
-        last = i == len(mine) - 1
-        sync = contextlib.nullcontext() if last or not here.distributed else session.step_model.no_sync()
-        with sync:
+        with accumulating(here, session.step_model, sync=i == len(mine) - 1):
             loss, _, n = forward(session, [session.train_set[j] for j in idx], session.step_model)
             loss = loss * (share * here.size)
             (scaler.scale(loss) if scaler else loss).backward()
@@ -402,7 +422,14 @@ def validate(session: Session) -> dict[str, float]:
     num = den = correct = abs_err = 0.0
     with torch.no_grad():
         batches = length_grouped_batches([len(f) for f in val_set], config.micro_batch_size, seed=0)
-        for idx in take_turn(session.world, batches):
+        if session.plan.data_parallel == "fsdp":
+            mine = take_even_turn(session.world, batches, None)
+        else:
+            mine = take_turn(session.world, batches)
+        for idx in mine:
+            if idx is None:  # FSDP: a pass to keep step with the others, not counted
+                forward(session, [val_set[i] for i in batches[0]], model)
+                continue
             batch = [val_set[i] for i in idx]
             loss, out, _ = forward(session, batch, model)
             w = sum(f.weight for f in batch)
@@ -444,11 +471,10 @@ def end_epoch(
         or better_on_validation(session.task, metrics, loop["best"])
     ):
         loop["best"] = {"epoch": epoch + 1, **metrics}
-        if main:
-            checkpoints.save_best(work, session.model)
+        if main or session.sharded:
+            checkpoints.save_best(work, session.model, write=main)
     loop.update(epoch=epoch + 1, group=0)
-    if main:
-        checkpoints.save(work, session.model, session.optimizer, session.scheduler, loop)
+    _checkpoint(session)
     barrier(session.world)  # a process that resumes finds this epoch's checkpoint written
 
 
@@ -459,7 +485,11 @@ def keep_best(session: Session) -> str:
     if session.floor is not None and floor_wins(session.floor, loop["best"]):
         session.model, session.head = floor_model(session.job, session.plan, session.head, session.floor)  # type: ignore[arg-type]
         return "floor"
-    if loop["best"] and loop["best"]["epoch"] != session.config.epochs and session.world.is_main:
+    if (
+        loop["best"]
+        and loop["best"]["epoch"] != session.config.epochs
+        and (session.world.is_main or session.sharded)
+    ):
         checkpoints.load_best(session.job.work, session.model)
     return "fine_tune"
 
@@ -474,13 +504,15 @@ def save(session: Session, selected: str) -> TrainingResult:
     metadata["selected"] = selected  # what was published: "fine_tune" (best_epoch) or "floor"
     metadata["floor"] = floor.describe() if floor is not None else None
     metadata["hardware"]["processes"] = session.world.size
+    # Under FSDP the weights are gathered from every process's shard first.
+    weights = checkpoints.trainable_state(session.model) if session.sharded else None
     if session.world.is_main:
         if out.exists():
             import shutil
 
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        session.model.save_pretrained(out)
+        session.model.save_pretrained(out, state_dict=weights)
         session.tokenizer.save_pretrained(out)
         if session.head is not None:
             session.head.save(out)
@@ -503,6 +535,15 @@ def save(session: Session, selected: str) -> TrainingResult:
 # keeps falling (or rising) for reasons accuracy does not share. (Name, higher is better.)
 SELECTED_ON = {"classification": "val_accuracy", "regression": "val_mae", "chat_sft": "val_loss"}
 _HIGHER_IS_BETTER = {"val_accuracy"}
+
+
+def _checkpoint(session: Session) -> None:
+    """Write a checkpoint of the run's place (rank 0; under FSDP all gather, rank 0 writes)."""
+    if session.world.is_main or session.sharded:
+        checkpoints.save(
+            session.job.work, session.model, session.optimizer, session.scheduler, session.loop,
+            write=session.world.is_main,
+        )  # fmt: skip
 
 
 def better_on_validation(task: str, metrics: dict[str, float], best: dict[str, Any]) -> bool:
@@ -737,7 +778,8 @@ def _metadata(
             "batch_tokens": plan.batch_tokens,
             "pad_multiple": plan.pad_multiple,
             "packing": plan.packing,
-            "choices": plan.choices,  # CUDA: what was chosen and why (hardware.py)
+            "data_parallel": plan.data_parallel,  # several processes: ddp or fsdp
+            "choices": plan.choices,  # what was chosen and why (hardware.py)
         },
         "library_versions": library_versions(),
         "resolved_config": config.model_dump(mode="json"),

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from typer.testing import CliRunner
 
 from pulse_pipeline.cli import app
@@ -43,11 +45,25 @@ def snapshot(pulse_env, tmp_path):
     return pulse_env
 
 
+@pytest.fixture
+def fsdp(snapshot, tmp_path, monkeypatch):
+    """The family set to shard its model over the processes (FSDP2) rather than replicate it."""
+    config = yaml.safe_load((PROJECT / "pulse.yaml").read_text())
+    family = config["families"][FAMILY]
+    config["families"] = {
+        FAMILY: {**family, "training": {**family.get("training", {}), "data_parallel": "fsdp"}}
+    }
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("PULSE_CONFIG", str(tmp_path / "fsdp.yaml"))
+    return snapshot
+
+
 def _train(*args: str, command: list[str] | None = None) -> dict:
     out = subprocess.run([*(command or TRAIN), *args, "--json"], capture_output=True, text=True, cwd=PROJECT)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    return json.loads((Path(report["path"]) / "training_metadata.json").read_text())
+    metadata = json.loads((Path(report["path"]) / "training_metadata.json").read_text())
+    return {**metadata, "folder": report["path"]}
 
 
 def _versions() -> list[str]:
@@ -75,6 +91,43 @@ def test_two_processes_follow_the_loss_curve_of_one_and_publish_one_version(snap
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_fsdp_shards_the_model_and_follows_the_same_loss_curve(fsdp):
+    one = _train("--epochs", "2")
+    assert one["hardware"]["data_parallel"] == "none"  # one process: nothing to shard over
+    two = _train("--epochs", "2", "--force", "--processes", "2")
+    assert two["hardware"]["data_parallel"] == "fsdp" and two["hardware"]["processes"] == 2
+    assert two["hardware"]["choices"]["data_parallel"] == "fsdp: training.data_parallel, over 2 processes"
+    assert _versions() == [one["version"], two["version"]]
+    assert _losses(two) == pytest.approx(_losses(one), rel=LOSS_TOLERANCE)
+    # Rank 0 gathered the whole adapter from the shards: every tensor, whole, and peft loads it.
+    shapes = [{k: t.shape for k, t in _adapter_weights(run["folder"]).items()} for run in (one, two)]
+    assert shapes[0] == shapes[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.device_count() >= 2), reason="needs two CUDA GPUs"
+)
+def test_fsdp_on_two_gpus_computes_in_bf16_over_nccl(fsdp):
+    two = _train("--epochs", "1", "--processes", "2")
+    hardware = two["hardware"]
+    assert (hardware["device"], hardware["data_parallel"], hardware["precision"]) == ("cuda", "fsdp", "bf16")
+    assert _losses(two)[-1] < _losses(two)[0]
+    _adapter_weights(two["folder"])
+
+
+def _adapter_weights(folder: str) -> dict:
+    from safetensors.torch import load_file
+
+    from pulse_pipeline.core.training.models import load_adapter
+
+    assert load_adapter(folder).task == "chat_sft"
+    return load_file(Path(folder) / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_accelerate_launch_runs_the_same_recipe(snapshot):
     accelerate = [
         str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
@@ -88,8 +141,9 @@ def test_accelerate_launch_runs_the_same_recipe(snapshot):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_killed_process_fails_the_run_with_one_line_and_the_next_run_resumes(snapshot):
-    work = snapshot / "work" / FAMILY
+def test_a_killed_process_fails_the_run_with_one_line_and_the_next_run_resumes(fsdp):
+    """Killed while sharded (FSDP), resumed in one process: checkpoints are whole."""
+    work = fsdp / "work" / FAMILY
     training = subprocess.Popen(
         [*TRAIN, "--epochs", "6", "--processes", "2"],
         cwd=PROJECT,
@@ -115,6 +169,7 @@ def test_a_killed_process_fails_the_run_with_one_line_and_the_next_run_resumes(s
 
     resumed = _train("--epochs", "6")  # and in one process: the step order does not depend on the count
     assert resumed["resumed_from_step"] == checkpoint and resumed["hardware"]["processes"] == 1
+    assert resumed["resolved_config"]["data_parallel"] == "fsdp"  # the killed run's setting: it sharded
     assert [p["step"] for p in resumed["loss_history"]] == list(range(1, resumed["steps"] + 1))
     assert _versions() == [resumed["version"]]
 
@@ -204,3 +259,79 @@ def test_a_failure_is_explained_in_one_line(tmp_path):
     said = Launched(1, "noise\npulse training: fam has no dataset snapshot yet\n" + TORCHRUN_REPORT)
     assert explain_failure("fam", 2, said) == "fam has no dataset snapshot yet"  # the recipe's own words
     assert "torchrun exited with code 2" in explain_failure("fam", 2, Launched(2, "usage: ..."))
+
+
+def test_a_checkpoint_moves_between_a_sharded_model_and_a_whole_one(tmp_path):
+    """Checkpoints hold whole weights and the optimizer's state by parameter name: what a model
+    sharded by FSDP2 writes resumes in a whole one and the other way round (a one-process gloo
+    group, in this process)."""
+    import torch
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from torch.distributed.fsdp import fully_shard
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pulse_pipeline.core.training import checkpoints
+
+    def model(seed):  # the same base model, an adapter started from `seed`
+        torch.manual_seed(0)
+        shape = LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2,
+        )  # fmt: skip
+        base = LlamaForCausalLM(shape)
+        torch.manual_seed(seed)
+        return get_peft_model(
+            base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian")
+        )
+
+    def optimizer(m):
+        return torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+
+    def schedule(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+    def step(m, opt):
+        ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+        m(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    def same(a, b):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def moments(m, opt):
+        state = checkpoints.optimizer_state_by_name(m, opt)["state"]
+        return {name: s["exp_avg"] for name, s in state.items()}
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        whole = model(0)
+        whole_opt = optimizer(whole)
+        step(whole, whole_opt)
+        written = checkpoints.save(tmp_path / "whole", whole, whole_opt, schedule(whole_opt), {"step": 1})
+
+        sharded = model(1)  # other weights, replaced from the checkpoint once sharded
+        for layer in sharded.get_base_model().model.layers:
+            fully_shard(layer)
+        fully_shard(sharded)
+        sharded_opt = optimizer(sharded)
+        checkpoints.restore_weights(written, sharded)
+        checkpoints.restore_training_state(written, sharded, sharded_opt, schedule(sharded_opt))
+        assert any(hasattr(p, "device_mesh") for p in sharded.parameters())
+        same(checkpoints.trainable_state(sharded), checkpoints.trainable_state(whole))
+        same(moments(sharded, sharded_opt), moments(whole, whole_opt))
+
+        step(sharded, sharded_opt)  # trains on, and what it writes resumes without FSDP
+        step(whole, whole_opt)
+        again = checkpoints.save(
+            tmp_path / "sharded", sharded, sharded_opt, schedule(sharded_opt), {"step": 2}
+        )
+        plain = model(2)
+        plain_opt = optimizer(plain)
+        checkpoints.restore_weights(again, plain)
+        assert checkpoints.restore_training_state(again, plain, plain_opt, schedule(plain_opt)) == {"step": 2}
+        for name, value in checkpoints.trainable_state(whole).items():
+            assert torch.allclose(checkpoints.trainable_state(plain)[name], value, atol=1e-6)
+    finally:
+        dist.destroy_process_group()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pulse_pipeline.core.training.base_models import resolve_base_model
-from pulse_pipeline.core.training.config import resolve_training_config
+from pulse_pipeline.core.training.config import TrainingConfigError, resolve_training_config
 from pulse_pipeline.core.training.hardware import Gpu, parameter_count, plan_for
 from pulse_pipeline.core.training.models import load_for_training, restore_4bit_for_training
 
@@ -56,6 +56,41 @@ def test_on_cuda_4bit_only_where_the_bf16_weights_would_crowd_the_gpu(tmp_path):
         ).quantization
         == "4bit"
     )
+
+
+def test_several_gpus_shard_a_model_too_big_for_one_instead_of_quantizing_it(tmp_path):
+    chat = resolve_training_config("chat_sft")
+    model = _weights(tmp_path / "m", 1_000_000)  # 2 MB of bf16 weights
+    gpu = Gpu("small GPU", 4_000_000, True)  # 40 %: 1.6 MB
+
+    def plan(config=chat, processes=2, gpu=gpu, architecture="causal_lm"):
+        return plan_for(config, architecture, cuda=True, model_path=model, gpu=gpu, processes=processes)
+
+    alone = plan(processes=1)
+    assert (alone.quantization, alone.data_parallel) == ("4bit", "none")
+    sharded = plan()  # 1 MB a process
+    assert (sharded.quantization, sharded.data_parallel) == ("none", "fsdp")
+    assert sharded.choices["data_parallel"] == (
+        "fsdp: bf16 weights 0.0 GiB, 40% of 0 GiB is 0.0 GiB; 0.0 GiB a process once sharded"
+    )
+    assert sharded.choices["quantization"].endswith("sharded over 2 processes (FSDP) instead")
+    too_big = plan(gpu=Gpu("smaller GPU", 2_000_000, True))  # 1 MB a process > 0.8 MB
+    assert (too_big.quantization, too_big.data_parallel) == ("4bit", "ddp")
+    roomy = plan(gpu=Gpu("H100", 80 * 2**30, True))
+    assert (roomy.quantization, roomy.data_parallel) == ("none", "ddp")
+    assert roomy.choices["data_parallel"] == "ddp: a replica of the model in each of 2 processes"
+    replicas = plan(resolve_training_config("chat_sft", {"data_parallel": "ddp"}))
+    assert (replicas.quantization, replicas.data_parallel) == ("4bit", "ddp")
+    on_cpu = plan_for(chat, "causal_lm", cuda=False, processes=2)
+    assert on_cpu.data_parallel == "ddp" and "data_parallel" in on_cpu.choices
+    fsdp = resolve_training_config("chat_sft", {"data_parallel": "fsdp"})
+    assert plan_for(fsdp, "causal_lm", cuda=False, processes=2).data_parallel == "fsdp"  # asked for
+    assert plan_for(fsdp, "causal_lm", cuda=False).data_parallel == "none"  # one process
+    with pytest.raises(TrainingConfigError, match="training.data_parallel: fsdp shards causal LMs"):
+        plan(fsdp, architecture="encoder")
+    four_bit = resolve_training_config("chat_sft", {"data_parallel": "fsdp", "quantization": "4bit"})
+    with pytest.raises(TrainingConfigError, match="fsdp does not shard 4bit weights"):
+        plan(four_bit)
 
 
 def test_on_cuda_batches_fill_a_token_budget_in_widths_of_64_without_cudnn_attention(tmp_path):
