@@ -98,7 +98,7 @@ def plan_for(
         cuda = torch.cuda.is_available()
     if not cuda:
         quantization = "none" if config.quantization == "auto" else config.quantization
-        data_parallel, reason = _data_parallel(config, architecture, processes, quantization)
+        data_parallel, reason = _data_parallel(config, architecture, processes, quantization, None)
         return Plan(
             "cpu",
             "fp32" if config.precision == "auto" else config.precision,
@@ -120,8 +120,10 @@ def plan_for(
     else:
         precision = config.precision
         choices["precision"] = f"{precision}: training.precision"
-    quantization, choices["quantization"] = _quantization(config, architecture, model_path, gpu, processes)
-    data_parallel, reason = _data_parallel(config, architecture, processes, quantization, model_path, gpu)
+    weights = _bf16_weights(model_path) if architecture == "causal_lm" else None
+    shard = _shard_for_size(config, processes, weights, gpu)
+    quantization, choices["quantization"] = _quantization(config, architecture, weights, gpu, shard)
+    data_parallel, reason = _data_parallel(config, architecture, processes, quantization, shard)
     if processes > 1:
         choices["data_parallel"] = reason
     flash = importlib.util.find_spec("flash_attn") is not None and precision != "fp32"
@@ -156,33 +158,43 @@ def plan_for(
 
 
 def _quantization(
-    config: TrainingConfig, architecture: str, model_path: Path | None, gpu: Gpu, processes: int
+    config: TrainingConfig, architecture: str, weights: int | None, gpu: Gpu, shard: str | None
 ) -> tuple[str, str]:
     if config.quantization != "auto":
         return config.quantization, f"{config.quantization}: training.quantization"
     if architecture != "causal_lm":
         return "none", "none: an encoder is small"
-    weights = _bf16_weights(model_path)
     if weights is None:
         return "none", "none: the model's size is unknown (its weights are not safetensors)"
     size = _size(weights, gpu)
     if weights <= QLORA_ABOVE_SHARE * gpu.memory_bytes:
         return "none", f"none: {size}; 4-bit would save nothing here"
-    if _sharded(config, processes, weights, gpu):
-        return "none", f"none: {size}, sharded over {processes} processes (FSDP) instead"
+    if shard:
+        return "none", f"none: {size}, sharded over the processes (FSDP) instead"
     return "4bit", f"4bit (QLoRA): {size}"
 
 
+def _shard_for_size(config: TrainingConfig, processes: int, weights: int | None, gpu: Gpu) -> str | None:
+    """Why FSDP (auto) shards the model: its bf16 weights would crowd one GPU and a process's
+    share of them would not; None when it need not or cannot."""
+    budget = QLORA_ABOVE_SHARE * gpu.memory_bytes
+    if (
+        weights is None
+        or processes <= 1
+        or config.data_parallel == "ddp"
+        or config.quantization != "auto"
+        or weights <= budget
+        or weights / processes > budget
+    ):
+        return None
+    return f"fsdp: {_size(weights, gpu)}; {weights / processes / 2**30:.1f} GiB a process once sharded"
+
+
 def _data_parallel(
-    config: TrainingConfig,
-    architecture: str,
-    processes: int,
-    quantization: str,
-    model_path: Path | None = None,
-    gpu: Gpu | None = None,
+    config: TrainingConfig, architecture: str, processes: int, quantization: str, shard: str | None
 ) -> tuple[str, str]:
     """How several processes share the work: "ddp" (a replica each) or "fsdp" (FSDP2, the
-    weights sharded); "none" in one process."""
+    weights sharded; `shard`: why, when the model's size decided it); "none" in one process."""
     if processes <= 1:
         return "none", "one process"
     if config.data_parallel == "fsdp":
@@ -200,11 +212,8 @@ def _data_parallel(
     replicas = f"a replica of the model in each of {processes} processes"
     if config.data_parallel == "ddp":
         return "ddp", f"ddp: training.data_parallel, {replicas}"
-    weights = _bf16_weights(model_path) if gpu is not None and architecture == "causal_lm" else None
-    crowded = weights is not None and weights > QLORA_ABOVE_SHARE * gpu.memory_bytes  # type: ignore[union-attr]
-    if crowded and quantization == "none" and _sharded(config, processes, weights, gpu):  # type: ignore[arg-type]
-        share = weights / processes / 2**30
-        return "fsdp", f"fsdp: {_size(weights, gpu)}; {share:.1f} GiB a process once sharded"  # type: ignore[arg-type]
+    if shard:
+        return "fsdp", shard
     return "ddp", f"ddp: {replicas}"
 
 
@@ -216,16 +225,6 @@ def _bf16_weights(model_path: Path | None) -> int | None:
 def _size(weights: int, gpu: Gpu) -> str:
     budget = QLORA_ABOVE_SHARE * gpu.memory_bytes
     return f"bf16 weights {weights / 2**30:.1f} GiB, {QLORA_ABOVE_SHARE:.0%} of {gpu.memory_bytes / 2**30:.0f} GiB is {budget / 2**30:.1f} GiB"
-
-
-def _sharded(config: TrainingConfig, processes: int, weights: int, gpu: Gpu) -> bool:
-    """Whether FSDP over `processes` GPUs brings each one's share of the weights under the budget."""
-    return (
-        processes > 1
-        and config.data_parallel != "ddp"
-        and config.quantization == "auto"
-        and weights / processes <= QLORA_ABOVE_SHARE * gpu.memory_bytes
-    )
 
 
 def parameter_count(model_path: Path) -> int | None:

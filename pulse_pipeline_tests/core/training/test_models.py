@@ -73,7 +73,7 @@ def test_several_gpus_shard_a_model_too_big_for_one_instead_of_quantizing_it(tmp
     assert sharded.choices["data_parallel"] == (
         "fsdp: bf16 weights 0.0 GiB, 40% of 0 GiB is 0.0 GiB; 0.0 GiB a process once sharded"
     )
-    assert sharded.choices["quantization"].endswith("sharded over 2 processes (FSDP) instead")
+    assert sharded.choices["quantization"].endswith("sharded over the processes (FSDP) instead")
     too_big = plan(gpu=Gpu("smaller GPU", 2_000_000, True))  # 1 MB a process > 0.8 MB
     assert (too_big.quantization, too_big.data_parallel) == ("4bit", "ddp")
     roomy = plan(gpu=Gpu("H100", 80 * 2**30, True))
