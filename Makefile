@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 UI_PORT ?= 3000
 
-.PHONY: setup demo test test-fast ui postgres prometheus chromium vllm lint clean
+.PHONY: setup demo test test-fast ui postgres prometheus chromium vllm label-studio lint clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ demo: setup
 	$(BIN)/pulse demo
 
 # Lint, then every test, slow ones included, on SQLite and on a real PostgreSQL started by the tests.
-test: setup postgres prometheus chromium vllm lint
+test: setup postgres prometheus chromium vllm label-studio lint
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # The default fast selection (what a bare `pytest` runs).
@@ -56,6 +56,11 @@ prometheus:
 # serving tests against a real server; skipped on non-x86_64 machines.
 vllm:
 	@bash scripts/install-vllm.sh
+
+# The Label Studio server in its own venv (.venv-label-studio: it pins Django 5.2 and more) for the
+# review tests against a real server.
+label-studio:
+	@bash scripts/install-label-studio.sh
 
 # Debian's Chromium for the browser tests (the HTML report); Playwright drives it, nothing is downloaded.
 chromium:

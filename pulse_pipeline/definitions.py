@@ -16,7 +16,9 @@ from pulse_pipeline.defs.annotations.assets import annotations_asset
 from pulse_pipeline.defs.automation.daily_report import daily_report_asset
 from pulse_pipeline.defs.automation.drift import drift_report_asset, drift_sensor
 from pulse_pipeline.defs.automation.failures import run_failures_sensor
+from pulse_pipeline.defs.automation.label_studio import label_studio_sensor
 from pulse_pipeline.defs.automation.production import production_accuracy_asset, production_accuracy_sensor
+from pulse_pipeline.defs.automation.requests import negative_feedback_sensor, retrain_requests_sensor
 from pulse_pipeline.defs.automation.review_sessions import closed_sessions_sensor
 from pulse_pipeline.defs.automation.schedules import build_schedules, run_limit_tags, watch_keys
 from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
@@ -69,6 +71,8 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
     sensors: list[dg.SensorDefinition] = [run_failures_sensor()]
     for family in families:
         chain = [review_queue_asset(family)] if has_review_queue(family) else []
+        if has_review_queue(family):
+            sensors.append(label_studio_sensor(family, config))
         chain += [
             examples_asset(family),
             dataset_snapshot_asset(family),
@@ -95,6 +99,9 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
             watch_assets.append(drift_report_asset(family))
             sensors.append(drift_sensor(family, retrain_job_name(family)))
         sensors.append(production_accuracy_sensor(family, promote_adapter.name))
+        sensors.append(retrain_requests_sensor(family, retrain_job_name(family)))
+        if family.automation.negative_feedback.enabled:
+            sensors.append(negative_feedback_sensor(family, retrain_job_name(family)))
     jobs = [
         dg.define_asset_job(
             ANNOTATIONS_JOB,

@@ -14,7 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from pulse_pipeline.core.artifacts import ArtifactStore
+    from pulse_pipeline.core.capture import Grant
     from pulse_pipeline.core.evaluation.judge import JudgeSettings
+    from pulse_pipeline.core.label_studio import LabelStudio
 
 
 class Settings(BaseSettings):
@@ -125,6 +127,21 @@ class Settings(BaseSettings):
         description="Retries of a judge request after a connection error, HTTP 429 or 5xx, with "
         "exponential backoff.",
     )
+    pulse_capture_tokens: str | None = Field(
+        None,
+        description='JSON list of the capture service\'s grants, `[{"name", "sha256", "families"}]`: '
+        'each token\'s SHA-256 (never the token) and the families it may write (`["*"]`: all); '
+        "`pulse capture-token` makes a token and prints its entry (core/capture.py).",
+    )
+    pulse_label_studio_url: str | None = Field(
+        None,
+        description="A running Label Studio server (e.g. http://label-studio:8080) that the families' "
+        "review queues are pushed to and answers pulled from (core/label_studio.py); unset: the "
+        "`label_studio_<family>` sensors skip, and `pulse review export`/`import` work with files.",
+    )
+    pulse_label_studio_api_key: SecretStr = Field(
+        SecretStr(""), description="The Label Studio user's API token (legacy token: Account & Settings)."
+    )
     pulse_clinc150: Path | None = Field(
         None,
         description="The CLINC150 dataset's folder (with data_full.json), for the demo's intent data; "
@@ -154,6 +171,19 @@ class Settings(BaseSettings):
     def vllm_urls(self) -> list[str]:
         """The vLLM replicas named by PULSE_VLLM_URL (comma-separated), in order; empty when unset."""
         return [url.strip() for url in (self.pulse_vllm_url or "").split(",") if url.strip()]
+
+    def capture_grants(self) -> list[Grant]:
+        """The capture service's grants (PULSE_CAPTURE_TOKENS); GrantError names a bad entry."""
+        from pulse_pipeline.core.capture import parse_grants
+
+        return parse_grants(self.pulse_capture_tokens)
+
+    def label_studio(self) -> LabelStudio | None:
+        """A client of the configured Label Studio server; None when PULSE_LABEL_STUDIO_URL is unset."""
+        from pulse_pipeline.core.label_studio import LabelStudio
+
+        url = (self.pulse_label_studio_url or "").strip()
+        return LabelStudio(url, self.pulse_label_studio_api_key.get_secret_value()) if url else None
 
     def artifact_store(self) -> ArtifactStore:
         from pulse_pipeline.core.artifacts import open_artifact_store
@@ -199,7 +229,12 @@ class Settings(BaseSettings):
 
         found = [
             secret.get_secret_value()
-            for secret in (self.pulse_s3_secret_key, self.pulse_vllm_api_key, self.pulse_judge_api_key)
+            for secret in (
+                self.pulse_s3_secret_key,
+                self.pulse_vllm_api_key,
+                self.pulse_judge_api_key,
+                self.pulse_label_studio_api_key,
+            )
         ]
         found.append(self.pulse_alert_webhook.get_secret_value())
         for url in (
@@ -208,6 +243,7 @@ class Settings(BaseSettings):
             *self.vllm_urls(),
             self.pulse_judge_url,
             self.pulse_pushgateway_url,
+            self.pulse_label_studio_url,
         ):
             found += url_secrets(url or "")
         return [value for value in found if value]

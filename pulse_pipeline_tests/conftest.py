@@ -11,6 +11,7 @@ import pytest
 from pulse_pipeline.core.families import PulseConfig, load_config
 from pulse_pipeline.core.store import Store
 from pulse_pipeline.settings import get_settings
+from pulse_pipeline_tests.label_studio_server import LabelStudioServer
 from pulse_pipeline_tests.postgres_server import PostgresServer
 from pulse_pipeline_tests.s3_server import S3Server
 from pulse_pipeline_tests.vllm_server import TEST_API_KEY, VllmTestServer, serve_exe
@@ -116,6 +117,14 @@ def smollm2(model_cache: Path) -> Path:
     from pulse_pipeline.core.training.base_models import resolve_base_model
 
     return resolve_base_model("smollm2-135m", model_cache).path
+
+
+@pytest.fixture(scope="session")
+def label_studio_server() -> Iterator[LabelStudioServer]:
+    """A real Label Studio server (its own venv, SQLite), started once per session; skips when
+    scripts/install-label-studio.sh has not run."""
+    with LabelStudioServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -426,3 +426,56 @@ def test_postgresql_restarted_between_ticks_then_the_next_retrain_succeeds(proof
         run = wait_for_success(proof, known)
         assert run["tags"]["dagster/sensor_name"] == SENSOR
         assert_promoted(proof, run["runId"])
+
+
+def _start(proof: Proof, sensor: str) -> None:
+    """Turn a sensor on through GraphQL. After the PostgreSQL restart above, the webserver's first
+    query on each pooled storage connection fails (HTTP 500) and drops it: ask again."""
+    import urllib.error
+
+    selector = {**_selector(proof), "sensorName": sensor}
+
+    def start() -> dict[str, Any] | None:
+        try:
+            return proof.stack.graphql(_START_SENSOR, {"selector": selector})["startSensor"]
+        except urllib.error.HTTPError as exc:
+            if exc.code != 500:
+                raise
+            return None
+
+    started = wait_for(start, f"the webserver to start {sensor}", 60, interval=1)
+    assert started["__typename"] == "Sensor" and started["sensorState"]["status"] == "RUNNING", started
+
+
+def _run_triggered_by(proof: Proof, known: set[str], trigger: str) -> dict[str, Any]:
+    run = wait_for_success(proof, known)
+    assert run["tags"].get("pulse/trigger") == trigger, run["tags"]
+    return run
+
+
+def test_users_negative_feedback_and_a_request_each_start_a_retrain_on_a_real_tick(proof):
+    """Feedback through the product's own path (pulse ingest; the capture service writes the same
+    records), the daemon's own ticks: 10 thumbs down on production retrain; so does a request."""
+    with proof.reporting():
+        version = current_version(proof)
+        known = {r["runId"] for r in family_runs(proof)}
+        now = dt.datetime.now(dt.UTC)
+        unhappy = [
+            {"kind": "feedback", "family": FAMILY, "query": f"How many cores does node {i} have?",
+             "response": "No idea.", "thumbs": "down", "model_version": version,
+             "created_at": (now - dt.timedelta(minutes=i)).isoformat()}
+            for i in range(10)
+        ]  # fmt: skip
+        proof.pulse.ingest(unhappy, "unhappy.jsonl")
+        _start(proof, f"negative_feedback_{FAMILY}")
+        run = _run_triggered_by(proof, known, "negative_feedback")
+        assert run["tags"]["pulse/reason"].startswith(f"10 of 10 feedback on {version}")
+        assert run["tags"]["dagster/sensor_name"] == f"negative_feedback_{FAMILY}"
+
+        known.add(run["runId"])
+        _start(proof, f"retrain_requests_{FAMILY}")
+        done = proof.pulse.run("request-retrain", "--family", FAMILY, "--reason", "new resources published")
+        assert done.returncode == 0, done.stderr
+        run = _run_triggered_by(proof, known, "request")
+        assert run["tags"]["pulse/reason"] == "new resources published"
+        assert run["tags"]["pulse/requested_by"].startswith("cli:")

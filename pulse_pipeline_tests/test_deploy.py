@@ -190,8 +190,23 @@ def test_vllm_serves_lora_adapters_on_a_gpu_only_in_the_gpu_profile(compose):
     assert f"adapters:{root}" in compose["services"]["adapter-sync"]["volumes"]
     assert compose["services"]["adapter-sync"]["profiles"] == ["gpu"]
     for name, service in compose["services"].items():
-        if name not in ("vllm", "adapter-sync"):
+        if name not in ("vllm", "adapter-sync", "capture"):
             assert "profiles" not in service, f"{name} would not start by default"
+
+
+def test_the_capture_service_runs_on_the_project_image_in_its_own_profile(compose):
+    capture = compose["services"]["capture"]
+    assert capture["profiles"] == ["capture"]  # it refuses to start until tokens are granted
+    assert capture["command"][:2] == ["pulse", "serve-capture"] and "0.0.0.0" in capture["command"]
+    env = service_env(capture)
+    assert env["PULSE_CAPTURE_TOKENS"] == "${PULSE_CAPTURE_TOKENS:-}"
+    assert env["PULSE_DATABASE_URL"] == service_env(compose["services"]["code-server"])["PULSE_DATABASE_URL"]
+    assert "8030/healthz" in " ".join(capture["healthcheck"]["test"])
+    scraped = [
+        job["static_configs"][0]["targets"]
+        for job in load(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]
+    ]
+    assert ["capture:8030"] in scraped
 
 
 def test_mlflow_keeps_runs_in_postgresql_and_artifacts_in_the_bucket(compose):
@@ -207,7 +222,9 @@ def test_prometheus_scrapes_the_pushgateway_with_its_labels(compose):
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "pushgateway"]
     assert job["honor_labels"] is True
     assert job["static_configs"] == [{"targets": ["pushgateway:9091"]}]
-    assert service_env(compose["services"]["code-server"])["PULSE_PUSHGATEWAY_URL"] == "http://pushgateway:9091"
+    assert (
+        service_env(compose["services"]["code-server"])["PULSE_PUSHGATEWAY_URL"] == "http://pushgateway:9091"
+    )
 
 
 # --- environment variables ----------------------------------------------------------------------
@@ -277,7 +294,9 @@ def test_no_literal_secret_in_any_deploy_file():
         text = path.read_text()
         where = str(path.relative_to(PROJECT))
         # user:password@ inside a URL, unless the password is interpolated
-        found += [f"{where}: {m}" for m in re.findall(r"://[^/\s:@]+:([^@\s]+)@", text) if not m.startswith("${")]
+        found += [
+            f"{where}: {m}" for m in re.findall(r"://[^/\s:@]+:([^@\s]+)@", text) if not m.startswith("${")
+        ]
         if path == ENV_EXAMPLE:
             found += [
                 f"{where}: {name}"
@@ -298,7 +317,9 @@ def test_no_literal_secret_in_any_deploy_file():
 
 def test_the_secret_scan_catches_a_literal_password():
     # The scan above must be able to fail.
-    assert _literal_secrets({"environment": {"POSTGRES_PASSWORD": "hunter2"}}, "x") == ["x: POSTGRES_PASSWORD"]
+    assert _literal_secrets({"environment": {"POSTGRES_PASSWORD": "hunter2"}}, "x") == [
+        "x: POSTGRES_PASSWORD"
+    ]
     assert _literal_secrets({"environment": {"POSTGRES_PASSWORD": "${P:?set it}"}}, "x") == []
 
 
@@ -309,13 +330,23 @@ def test_the_production_instance_runs_on_postgresql_with_queue_pools_monitoring_
     assert "postgres" in instance["storage"]
     assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
     pools = instance["concurrency"]["pools"]
-    assert pools.get("default_limit") == 1 or pools.get("training") == 1 or pools.get("limits", {}).get("training") == 1
+    assert (
+        pools.get("default_limit") == 1
+        or pools.get("training") == 1
+        or pools.get("limits", {}).get("training") == 1
+    )
     assert instance["run_monitoring"]["enabled"] is True
     assert instance["run_retries"]["enabled"] is True
     assert instance["telemetry"]["enabled"] is False
     assert instance["compute_logs"]["class"] == "S3ComputeLogManager"
     pg = instance_variables()
-    assert {"DAGSTER_PG_HOST", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB", "DAGSTER_PG_PORT"} <= pg
+    assert {
+        "DAGSTER_PG_HOST",
+        "DAGSTER_PG_USER",
+        "DAGSTER_PG_PASSWORD",
+        "DAGSTER_PG_DB",
+        "DAGSTER_PG_PORT",
+    } <= pg
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
@@ -353,12 +384,26 @@ def test_helm_values_configure_the_instance_like_the_production_dagster_yaml(hel
 def test_the_config_map_sets_what_the_code_location_needs_and_no_secret():
     config_map, claim = load_all(HELM_CONFIG)
     data = config_map["data"]
-    assert {"PULSE_ARTIFACTS", "PULSE_S3_ENDPOINT", "MLFLOW_TRACKING_URI", "PULSE_VLLM_ADAPTER_ROOT"} <= set(data)
-    assert not {"PULSE_DATABASE_URL", "PULSE_S3_SECRET_KEY", "PULSE_VLLM_API_KEY"} & set(data)  # pulse-secrets
+    assert {"PULSE_ARTIFACTS", "PULSE_S3_ENDPOINT", "MLFLOW_TRACKING_URI", "PULSE_VLLM_ADAPTER_ROOT"} <= set(
+        data
+    )
+    assert not {"PULSE_DATABASE_URL", "PULSE_S3_SECRET_KEY", "PULSE_VLLM_API_KEY"} & set(
+        data
+    )  # pulse-secrets
     assert data["PULSE_STEP_EXECUTOR"] == "k8s"
     k8s = json.loads(data["PULSE_TRAINING_K8S_CONFIG"])
     assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert claim["kind"] == "PersistentVolumeClaim" and claim["metadata"]["name"] == "pulse-home"
+
+
+def test_the_capture_manifest_runs_the_service_with_the_pipelines_settings_and_probes():
+    docs = {doc["kind"]: doc for doc in load_all(DEPLOY / "helm" / "capture.yaml")}
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["pulse", "serve-capture"] and "0.0.0.0" in container["command"]
+    sources = [next(iter(ref.values()))["name"] for ref in container["envFrom"]]
+    assert sources == ["pulse-config", "pulse-secrets"]  # the store's URL and the token grants are secret
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert docs["Service"]["spec"]["ports"][0]["port"] == 8030
 
 
 def test_the_vllm_manifest_serves_lora_adapters_from_the_adapter_volume():
@@ -373,11 +418,16 @@ def test_the_vllm_manifest_serves_lora_adapters_from_the_adapter_volume():
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "pulse-secrets"
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
     root = load_all(HELM_CONFIG)[0]["data"]["PULSE_VLLM_ADAPTER_ROOT"]
-    assert {"name": "data", "mountPath": root, "subPath": "artifacts", "readOnly": True} in vllm["volumeMounts"]
+    assert {"name": "data", "mountPath": root, "subPath": "artifacts", "readOnly": True} in vllm[
+        "volumeMounts"
+    ]
     sync = containers["adapter-sync"]
     assert {"name": "data", "mountPath": root, "subPath": "artifacts"} in sync["volumeMounts"]
     assert f"{root}/adapters" in sync["args"][0]
-    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert (
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    )
     assert docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
 
 
@@ -423,7 +473,9 @@ def test_the_training_step_takes_its_pod_config_from_the_environment(config, mon
     wanted = {"pod_spec_config": {"node_selector": {"pool": "a100"}}}
     monkeypatch.setenv("PULSE_TRAINING_K8S_CONFIG", json.dumps(wanted))
     get_settings.cache_clear()
-    assert set(map(json.dumps, _training_k8s_configs(build_definitions(config)).values())) == {json.dumps(wanted)}
+    assert set(map(json.dumps, _training_k8s_configs(build_definitions(config)).values())) == {
+        json.dumps(wanted)
+    }
     monkeypatch.setenv("PULSE_TRAINING_K8S_CONFIG", json.dumps({"pod_config": {}}))
     get_settings.cache_clear()
     with pytest.raises(ValueError, match="PULSE_TRAINING_K8S_CONFIG: unknown keys \\['pod_config'\\]"):
@@ -452,7 +504,12 @@ def test_the_dockerfile_builds_a_non_root_offline_image_of_the_installed_project
     assert re.search(r'pip install "\.\[k8s\]" ', text) and "pip install -e" not in text
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
-    for setting in ("HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "MLFLOW_DISABLE_TELEMETRY=true", "DO_NOT_TRACK=true"):
+    for setting in (
+        "HF_HUB_OFFLINE=1",
+        "TRANSFORMERS_OFFLINE=1",
+        "MLFLOW_DISABLE_TELEMETRY=true",
+        "DO_NOT_TRACK=true",
+    ):
         assert setting in text
     ignored = (PROJECT / ".dockerignore").read_text().split()
     for path in re.findall(r"^COPY (?:--chown=\S+ )?(\S+) ", text, re.MULTILINE):

@@ -83,7 +83,7 @@ def test_the_runbook_lists_every_metric_with_its_type_and_labels():
 
 def test_every_command_of_the_contract_exists():
     contract = (PROJECT / "docs" / "contract.md").read_text()
-    commands = set(re.findall(r"^\| `pulse ([a-z]+(?: [a-z]+)?)", contract, flags=re.M))
+    commands = set(re.findall(r"^\| `pulse ([a-z][a-z-]*(?: [a-z][a-z-]*)?)", contract, flags=re.M))
     commands |= set(re.findall(r"/ `pulse ([a-z]+ [a-z]+)`", contract))
     click = typer.main.get_command(app)
     for command in sorted(commands):

@@ -17,6 +17,9 @@ READS_GUARDING_A_LIBRARY_DEFAULT = {"core/evaluation/metrics/__init__.py"}
 # And the launcher's protocol, not settings: torchrun and accelerate tell each process its RANK,
 # WORLD_SIZE and LOCAL_RANK.
 READS_OF_THE_LAUNCHERS_PROTOCOL = {"core/training/distributed.py"}
+# And the client serving code vendors: it runs in the serving app's process, never imports
+# pulse_pipeline's settings, and reads only its own PULSE_CAPTURE_URL / PULSE_CAPTURE_TOKEN.
+READS_OF_THE_STANDALONE_CLIENT = {"client.py"}
 
 NEW_VARIABLES = (
     "PULSE_VLLM_ADAPTER_ROOT",
@@ -175,7 +178,9 @@ def test_settings_are_the_only_reader_of_the_environment():
         found = environment_reads(path.read_text(encoding="utf-8"))
         if found and name != "settings.py":
             reads[name] = found
-    allowed = READS_GUARDING_A_LIBRARY_DEFAULT | READS_OF_THE_LAUNCHERS_PROTOCOL
+    allowed = (
+        READS_GUARDING_A_LIBRARY_DEFAULT | READS_OF_THE_LAUNCHERS_PROTOCOL | READS_OF_THE_STANDALONE_CLIENT
+    )
     assert {n: r for n, r in reads.items() if n not in allowed} == {}, (
         "read the variable through a field of pulse_pipeline.settings.Settings"
     )

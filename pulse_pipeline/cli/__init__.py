@@ -7,12 +7,13 @@
     doctor.py       doctor
     demo.py         demo
     db.py           db upgrade
+    capture.py      serve-capture, capture-token
 
 Work that has a Dagster asset or job runs through it, so its runs show in the UI. Every failure is
 one line on stderr (`--debug` adds the traceback); every output line is masked (output.py).
 """
 
-from pulse_pipeline.cli import annotations, backfills, db, demo, doctor, registry, training  # noqa: F401 - registers the commands
+from pulse_pipeline.cli import annotations, backfills, capture, db, demo, doctor, registry, training  # noqa: F401 - registers the commands
 from pulse_pipeline.cli.app import app
 
 __all__ = ["app", "main"]

@@ -2,7 +2,8 @@
 
 `say` and `emit` are the only ways a command writes: both pass the text through
 `core.secrets.mask` with the secrets the settings hold, so no password, key or token reaches a
-terminal or a log collector. `guarded` wraps each command: a failure becomes one line on stderr,
+terminal or a log collector. `reveal` alone prints unmasked: a token the user just asked to be
+made (`pulse capture-token`). `guarded` wraps each command: a failure becomes one line on stderr,
 `pulse: <what went wrong>`, with no traceback and no class path, and the exit status the
 contract gives (1, 3 for a training in progress, 4 for too few annotations); `pulse --debug ...`
 shows the traceback as well.
@@ -57,6 +58,12 @@ def secrets() -> list[str]:
 
 def say(text: str = "", *, err: bool = False) -> None:
     typer.echo(mask(text, secrets()), err=err)
+
+
+def reveal(text: str) -> None:
+    """Print a secret the user asked to see, unmasked: the one exception (a new capture token,
+    shown once and stored nowhere). Never for anything read from the settings."""
+    typer.echo(text)
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -136,6 +136,8 @@ class IntentLabel(_Record):
     provider: Name | None = None
     language: Annotated[str, StringConstraints(min_length=2, max_length=16)] | None = None
     conversation_id: Name | None = None
+    lead_time: float | None = Field(None, ge=0, allow_inf_nan=False)  # seconds a reviewer spent on it
+    note: str | None = None  # a reviewer's free-text note (Label Studio's text area)
 
 
 class ScoreLabel(_Record):
@@ -159,9 +161,48 @@ class Feedback(_Record):
     kind: Literal["feedback"]
     query: Text
     response: Text
-    rating: int = Field(ge=1, le=5)
+    rating: int | None = Field(None, ge=1, le=5)
+    thumbs: Literal["up", "down"] | None = None
     corrected_response: Text | None = None
     sources: list[SourceId] | None = None
+    interaction_id: Name | None = None  # the logged interaction this judges (capture service)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _verdict(self) -> Feedback:
+        if self.rating is None and self.thumbs is None and self.corrected_response is None:
+            raise ValueError(
+                "rating is missing: a verdict is needed (rating 1..5, thumbs up/down or corrected_response)"
+            )
+        return self
+
+
+def feedback_rating(payload: dict[str, Any]) -> int:
+    """A feedback record's verdict on the 1..5 scale: its rating, else thumbs up 5 and down 1; a
+    correction alone says the answer was wrong (1)."""
+    rating = payload.get("rating")
+    if rating is not None:
+        return int(rating)
+    return 5 if payload.get("thumbs") == "up" else 1
+
+
+JSON = str | int | float | bool | list[Any] | dict[str, Any]
+
+
+class Interaction(_Record):
+    """One model call in production, logged by the capture service (or ingested from a log)."""
+
+    kind: Literal["interaction"]
+    input: Text | list[Any] | dict[str, Any]  # the prompt text, chat messages, or any JSON the model took
+    output: JSON | None = None
+    predicted_label: Name | None = None
+    confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    provider: Name | None = None
+    language: Annotated[str, StringConstraints(min_length=2, max_length=16)] | None = None
+    latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
+    request_id: Name | None = None
+    conversation_id: Name | None = None
+    metadata: dict[str, Any] | None = None
 
 
 MODELS: dict[AnnotationKind, type[_Record]] = {
@@ -171,6 +212,7 @@ MODELS: dict[AnnotationKind, type[_Record]] = {
     AnnotationKind.score_label: ScoreLabel,
     AnnotationKind.qa_pair: QaPair,
     AnnotationKind.feedback: Feedback,
+    AnnotationKind.interaction: Interaction,
 }
 
 
@@ -225,7 +267,7 @@ def parse_record(obj: Any, config: PulseConfig, *, may_hold_nul: bool = True) ->
         raise reject(
             f"{kind}.family {family_name!r} is not declared in pulse.yaml (declared: {', '.join(config.families)})"
         )
-    if kind not in family.annotation_kinds:
+    if not family.accepts(kind):
         raise reject(
             f"{kind} records do not belong to family '{family.name}' (it takes {', '.join(family.annotation_kinds)})"
         )
@@ -240,8 +282,13 @@ def parse_record(obj: Any, config: PulseConfig, *, may_hold_nul: bool = True) ->
     problem = _check_against_family(record, family)
     if problem:
         raise reject(f"{kind}.{problem}")
-    # The hash covers `family`, so an id derived from it is unique across families too.
-    digest = content_hash(obj)
+    # The hash covers `family`, so an id derived from it is unique across families too. An
+    # interaction is an event, not a judgment: two identical calls with their own ids are two.
+    digest = (
+        content_hash(obj)
+        if kind != "interaction" or record.id is None
+        else content_hash({**obj, "": record.id})
+    )
     return Annotation(
         id=record.id or digest[:32],
         family=family.name,
@@ -268,6 +315,11 @@ def _readable_time(value: Any) -> dt.datetime | None:
 
 
 def _check_against_family(record: _Record, family: FamilyConfig) -> str | None:
+    if isinstance(record, Interaction) and family.task is TaskKind.classification:
+        if not isinstance(record.input, str):
+            return f"input must be the text classified, for classification family '{family.name}'"
+        if record.predicted_label is not None and record.predicted_label not in family.label_set:
+            return f"predicted_label {record.predicted_label!r} is not a label of family '{family.name}'"
     if isinstance(record, IntentLabel) and family.task is TaskKind.classification:
         for field in ("label", "predicted_label"):
             value = getattr(record, field)
@@ -430,7 +482,7 @@ class Summary:
         elif kind == "qa_pair":
             self.by_label[payload.get("query_type") or "unspecified"] += 1
         elif kind == "feedback":
-            self.by_rating[str(payload["rating"])] += 1
+            self.by_rating[str(feedback_rating(payload))] += 1
 
 
 def summarize(rows: Iterable[Any]) -> Summary:

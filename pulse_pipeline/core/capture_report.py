@@ -36,7 +36,7 @@ def count_day(rows: Iterable[Any], family: FamilyConfig) -> DayCounts:
     counts = DayCounts()
     for row in rows:
         counts.annotations += 1
-        counts.by_status[triage(row.kind, row.payload, family.triage)] += 1
+        counts.by_status[triage(row.kind, row.payload, family)] += 1
         if is_capture(row.kind, row.payload):
             counts.captures += 1
             confidence = row.payload.get("confidence")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pulse_pipeline.core.annotations import feedback_rating
 from pulse_pipeline.core.build_stats import BuildStats
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
 from pulse_pipeline.core.redaction import Redactor
@@ -106,7 +107,7 @@ class ExampleBuilder:
         stats.watermark = max(stats.watermark, row.seq)
         if stats.newest_ingested_at is None or row.ingested_at > stats.newest_ingested_at:
             stats.newest_ingested_at = row.ingested_at
-        status = triage(row.kind, row.payload, self.family.triage)
+        status = triage(row.kind, row.payload, self.family)
         stats.by_status[status] += 1
         if status not in TRAINABLE:
             return
@@ -200,7 +201,7 @@ class ExampleBuilder:
         return ex, "question:" + question, p["question"]
 
     def _feedback(self, row: Any, p: dict[str, Any]) -> tuple[Example, str, str] | None:
-        if p["rating"] > 2:
+        if feedback_rating(p) > 2:
             self.stats.feedback_not_used += 1
             return None
         if not p.get("corrected_response"):

@@ -29,8 +29,14 @@ class AnnotationKind(StrEnum):
     score_label = "score_label"
     qa_pair = "qa_pair"
     feedback = "feedback"
+    interaction = "interaction"
 
 
+# Kinds every family accepts, whatever it learns from: what production logs through the capture
+# service (each model call, and the users' feedback on it). A family learns from them only when
+# they are among its `annotation_kinds` (feedback), or, for classification families that learn from
+# intent labels, from an interaction's predicted label once triage approves it.
+LOGGED_KINDS = frozenset({AnnotationKind.interaction, AnnotationKind.feedback})
 # Which annotation kinds can feed which task kind.
 KINDS_FOR_TASK: dict[TaskKind, frozenset[AnnotationKind]] = {
     TaskKind.chat_sft: frozenset(
@@ -203,6 +209,22 @@ class ProductionWatchConfig(_Strict):
     )
 
 
+class NegativeFeedbackConfig(_Strict):
+    """Users' negative verdicts on the production version (core/negative_feedback.py)."""
+
+    enabled: bool = Field(True, description="Watch them with the `negative_feedback_<family>` sensor.")
+    threshold: int = Field(
+        10, ge=1, description="Negative feedback on the production version within the window that acts."
+    )
+    window_hours: float = Field(24, gt=0, description="The window: feedback created in the last N hours.")
+    max_rating: int = Field(
+        2, ge=1, le=4, description="A rating at or below this is negative (so are thumbs down and corrections)."
+    )
+    action: Literal["retrain", "alert"] = Field(
+        "retrain", description="retrain: start the family's retrain (and alert); alert: only post an alert."
+    )
+
+
 class AutomationConfig(_Strict):
     """Sensors, schedules and run limits of one family."""
 
@@ -210,6 +232,10 @@ class AutomationConfig(_Strict):
     schedules: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Scheduled retrains.")
     production_watch: ProductionWatchConfig = Field(
         default_factory=ProductionWatchConfig, description="Live accuracy watch and optional rollback."
+    )
+    negative_feedback: NegativeFeedbackConfig = Field(
+        default_factory=NegativeFeedbackConfig,
+        description="Retrain (or alert) on users' negative feedback on the production version.",
     )
     max_run_minutes: int = Field(90, ge=1, description="A retrain run is stopped after this long.")
     new_annotations_interval_seconds: int = Field(
@@ -378,6 +404,10 @@ class FamilyConfig(_Strict):
     @cached_property
     def label_set(self) -> frozenset[str]:
         return frozenset(self.labels or ())
+
+    def accepts(self, kind: str) -> bool:
+        """Whether records of `kind` belong to this family: the kinds it learns from, and the logged ones."""
+        return kind in self.annotation_kinds or kind in LOGGED_KINDS
 
 
 class PulseConfig(_Strict):

@@ -238,14 +238,18 @@ def _csv_lines(
     header = next(csv.reader([text.readline()]), [])
     columns = {name.strip() for name in header}
     if "family" not in columns and family is None:
-        raise IngestError(f"{path}: no family column: give the family (pulse ingest {path.name} --family NAME)")
+        raise IngestError(
+            f"{path}: no family column: give the family (pulse ingest {path.name} --family NAME)"
+        )
     if family is not None and family not in config.families:
         raise IngestError(f"{path}: --family {family!r} is not a family ({', '.join(config.families)})")
     if "kind" not in columns and kind is None and family is not None:
         kinds = config.families[family].annotation_kinds
         if len(kinds) != 1:
             known = ", ".join(k.value for k in kinds)
-            raise IngestError(f"{path}: no kind column and {family} learns from several ({known}): give --kind")
+            raise IngestError(
+                f"{path}: no kind column and {family} learns from several ({known}): give --kind"
+            )
         kind = kinds[0].value
     text.seek(0)
     return (_Line(number, orjson.dumps(obj)) for number, obj in csv_records(text, family=family, kind=kind))
@@ -278,21 +282,8 @@ def ingest_lines(
     (`replace_day`); the first such line counts as restored instead of as a duplicate.
     """
     started = now()
-    with store.begin() as conn:
-        ingestion_id = conn.execute(
-            ingestions.insert()
-            .values(
-                source=source,
-                started_at=started,
-                lines=0,
-                blank_lines=0,
-                accepted=0,
-                duplicates=0,
-                quarantined=0,
-            )
-            .returning(ingestions.c.id)
-        ).scalar_one()
-    result = IngestResult(source=source, ingestion_id=ingestion_id)
+    result = start_ingestion(store, source, started)
+    ingestion_id = result.ingestion_id
     writer = _Writer(store, result, restore)
     batch = _Batch(ingestion_id, 1, source, started.date(), annotator)
     # PostgreSQL takes two batches at once on two connections; SQLite has one writer anyway.
@@ -320,6 +311,25 @@ def ingest_lines(
     batch.close(result, now(), store.dialect)
     writer.write(batch, final=True)
     return result
+
+
+def start_ingestion(store: Store, source: str, started: dt.datetime) -> IngestResult:
+    """Record that an ingestion from `source` started (its `ingestions` row, totals at zero)."""
+    with store.begin() as conn:
+        ingestion_id = conn.execute(
+            ingestions.insert()
+            .values(
+                source=source,
+                started_at=started,
+                lines=0,
+                blank_lines=0,
+                accepted=0,
+                duplicates=0,
+                quarantined=0,
+            )
+            .returning(ingestions.c.id)
+        ).scalar_one()
+    return IngestResult(source=source, ingestion_id=ingestion_id)
 
 
 def _signed(obj: Any, annotator: str | None) -> Any:
@@ -371,6 +381,7 @@ class _Batch:
         self.source = source
         self.ingest_day = ingest_day
         self.accepted: list[tuple[int, Annotation, str]] = []  # (line, annotation, its JSON text)
+        self.inserted: set[str] = set()  # ids stored by this batch, once written
         self.rejected: list[_Rejected] = []
         self.size = 0
         self.lines_so_far = 0
@@ -487,6 +498,7 @@ class _Writer:
         at, rows = batch.at, batch.rows
         with self.store.begin() as conn:
             inserted = insert(conn) if rows else set()
+            batch.inserted = inserted
             restored = self._restored(rows, inserted, taken) if self.to_restore else set()
             # (family, day, outcome) for every line of the batch; a C-speed count, not a Python loop
             outcomes = Counter(

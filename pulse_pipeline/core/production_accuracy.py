@@ -14,7 +14,8 @@ What "right" means, per annotation kind, each judged record scoring a number in 
   `corrected_output` that `ai_output` got right, compared as `field_accuracy` compares them
   (strings stripped and case-insensitively, numbers within 1e-6, lists as sets); a record without
   `ai_output` is not judgeable.
-- feedback: a rating of 4 or 5 is right, 1 to 3 is not.
+- feedback: a rating of 4 or 5 (or a thumbs up) is right, 1 to 3 (a thumbs down, a correction) is not;
+  in any family, whether or not it learns from feedback.
 - qa_pair, score_label: a reference answer or score, no verdict on the model's output: not
   judgeable, and counted as such.
 
@@ -45,11 +46,12 @@ from typing import Any
 import orjson
 
 from pulse_pipeline.core.alerts import Alert
+from pulse_pipeline.core.annotations import feedback_rating
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.evaluation.config import profile_of
 from pulse_pipeline.core.evaluation.json_fields import flatten, leaf_correct, lookup
 from pulse_pipeline.core.examples import segment_agrees
-from pulse_pipeline.core.families import FamilyConfig, ProductionWatchConfig, TriageConfig
+from pulse_pipeline.core.families import FamilyConfig, ProductionWatchConfig
 from pulse_pipeline.core.registry import files, read_current
 from pulse_pipeline.core.registry.errors import NameError_
 from pulse_pipeline.core.triage import ReviewStatus, triage
@@ -73,9 +75,11 @@ class NotJudged(StrEnum):
     no_verdict = "kind carries no verdict on the model's output (qa_pair, score_label)"
 
 
-def judge(kind: str, payload: dict[str, Any], triage_config: TriageConfig) -> float | NotJudged:
+def judge(kind: str, payload: dict[str, Any], family: FamilyConfig) -> float | NotJudged:
     """How right the model output judged by this record was (0..1), or why it cannot say."""
-    if triage(kind, payload, triage_config) is not ReviewStatus.human_reviewed:
+    if kind == "feedback":  # a user's verdict, whether or not the family learns from feedback
+        return float(feedback_rating(payload) >= RIGHT_RATING)
+    if triage(kind, payload, family) is not ReviewStatus.human_reviewed:
         return NotJudged.not_reviewed
     if kind == "intent_label":
         predicted = payload.get("predicted_label")
@@ -90,8 +94,6 @@ def judge(kind: str, payload: dict[str, Any], triage_config: TriageConfig) -> fl
         if not leaves:
             return NotJudged.no_model_output  # nothing to get right
         return sum(leaf_correct(v, lookup(ai, path)) for path, v in leaves.items()) / len(leaves)
-    if kind == "feedback":
-        return float(payload["rating"] >= RIGHT_RATING)
     return NotJudged.no_verdict
 
 
@@ -156,7 +158,7 @@ def live_accuracy(rows: Iterable[Any], family: FamilyConfig) -> LiveAccuracy:
         acc = out.versions.get(version)
         if acc is None:
             acc = out.versions[version] = VersionAccuracy(version)
-        acc.add(judge(row.kind, row.payload, family.triage), row.kind, _utc(row.created_at))
+        acc.add(judge(row.kind, row.payload, family), row.kind, _utc(row.created_at))
     return out
 
 

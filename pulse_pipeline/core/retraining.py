@@ -66,7 +66,7 @@ def count_new(
     count, newest = previous.count, previous.read_up_to
     for row in store.annotations.iter_family(family.name, after=previous.read_up_to):
         newest = row.seq
-        if triage(row.kind, row.payload, family.triage) in TRAINABLE:
+        if triage(row.kind, row.payload, family) in TRAINABLE:
             count += 1
     return NewAnnotations(watermark, newest, count, fixes)
 

@@ -17,7 +17,7 @@ from pulse_pipeline.core.examples import normalize
 from pulse_pipeline.core.families import FamilyConfig
 from pulse_pipeline.core.triage import QUEUED, ReviewStatus, triage
 
-FROM_NAME, TO_NAME = "intent", "text"  # names in the labeling config below
+FROM_NAME, TO_NAME, NOTE_NAME = "intent", "text", "note"  # names in the labeling config below
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,13 @@ def review_queue(rows: Any, family: FamilyConfig) -> ReviewQueue:
     waiting: dict[str, QueueItem] = {}
     queue = ReviewQueue()
     for row in rows:
-        status = triage(row.kind, row.payload, family.triage)
+        status = triage(row.kind, row.payload, family)
         queue.by_status[status] += 1
         p = row.payload
-        if row.kind != "intent_label":
+        if row.kind not in ("intent_label", "interaction") or status is ReviewStatus.logged:
             continue
-        key = normalize(p["text"])
+        text = p["text"] if row.kind == "intent_label" else p["input"]
+        key = normalize(text)
         if status is ReviewStatus.human_reviewed:
             if waiting.pop(key, None) is not None:
                 queue.settled += 1
@@ -57,7 +58,7 @@ def review_queue(rows: Any, family: FamilyConfig) -> ReviewQueue:
             waiting[key] = QueueItem(
                 annotation_id=row.id,
                 status=status,
-                text=p["text"],
+                text=text,
                 suggestion=p.get("predicted_label") or p["label"],
                 confidence=p.get("confidence"),
                 provider=p.get("provider"),
@@ -81,6 +82,8 @@ def labeling_config(family: FamilyConfig) -> str:
         f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInline="false">\n'
         f"{choices}\n"
         "  </Choices>\n"
+        f'  <TextArea name="{NOTE_NAME}" toName="{TO_NAME}" maxSubmissions="1" editable="true"\n'
+        '            placeholder="A note: a label that is missing, why the case is unclear"/>\n'
         "</View>\n"
     )
 
@@ -126,8 +129,12 @@ class LabelStudioError(ValueError):
     """A Label Studio export that cannot be read; names the task."""
 
 
-def from_label_studio(tasks: Any, family: FamilyConfig) -> tuple[list[dict[str, Any]], int]:
-    """Annotation records from a completed Label Studio export, and how many tasks had no answer."""
+def from_label_studio(
+    tasks: Any, family: FamilyConfig, users: dict[int, str] | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Annotation records from a completed Label Studio export, and how many tasks had no answer.
+
+    `users`: user id -> e-mail (`/api/users`), for exports that name the reviewer by id."""
     if not isinstance(tasks, list):
         raise LabelStudioError("a Label Studio export is a JSON list of tasks")
     records, unanswered = [], 0
@@ -145,7 +152,11 @@ def from_label_studio(tasks: Any, family: FamilyConfig) -> tuple[list[dict[str, 
             unanswered += 1
             continue
         answer, label = choice
-        prediction = next(iter(task.get("predictions") or []), {})
+        # a file export holds the predictions; the API's export only their ids, and each
+        # annotation the prediction it started from
+        prediction = next((p for p in task.get("predictions") or [] if isinstance(p, dict)), None)
+        if prediction is None:
+            prediction = answer.get("prediction") if isinstance(answer.get("prediction"), dict) else {}
         suggested = next(
             (
                 r["value"]["choices"][0]
@@ -157,6 +168,8 @@ def from_label_studio(tasks: Any, family: FamilyConfig) -> tuple[list[dict[str, 
         who = answer.get("completed_by")
         if isinstance(who, dict):
             who = who.get("email") or who.get("id")
+        elif isinstance(who, int) and users and who in users:
+            who = users[who]
         record: dict[str, Any] = {
             "kind": "intent_label",
             "family": family.name,
@@ -165,12 +178,29 @@ def from_label_studio(tasks: Any, family: FamilyConfig) -> tuple[list[dict[str, 
             "annotator": f"label-studio:{who}" if who is not None else "label-studio",
         }
         when = answer.get("updated_at") or answer.get("created_at")
+        if answer.get("id") is not None and task.get("id") is not None:
+            # the same answer read twice (a poll, the webhook, an export file) is one record;
+            # an edited answer (a new updated_at) is a new judgment, the latest one wins
+            stamp = "".join(c for c in str(when or "") if c.isdigit())
+            record["id"] = f"label-studio-{task['id']}-{answer['id']}-{stamp}"[:128]
         if when:
             record["created_at"] = when
         if suggested:
             record["predicted_label"] = suggested
         if prediction.get("score") is not None:
             record["confidence"] = prediction["score"]
+        if isinstance(answer.get("lead_time"), int | float) and answer["lead_time"] >= 0:
+            record["lead_time"] = float(answer["lead_time"])
+        note = next(
+            (
+                " ".join(r["value"]["text"]).strip()
+                for r in answer.get("result") or []
+                if r.get("from_name") == NOTE_NAME and r.get("value", {}).get("text")
+            ),
+            "",
+        )
+        if note:
+            record["note"] = note
         for key in ("conversation_id", "language", "model_version"):
             if data.get(f"pulse_{key}"):
                 record[key] = data[f"pulse_{key}"]

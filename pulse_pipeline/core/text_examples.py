@@ -13,7 +13,7 @@ from typing import Any
 from pulse_pipeline.core.build_stats import BuildStats
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
 from pulse_pipeline.core.redaction import Redactor
-from pulse_pipeline.core.triage import CAPTURE_KINDS, ReviewStatus
+from pulse_pipeline.core.triage import ReviewStatus, has_review_queue, learns_from_captures
 
 # Python's `\W` is "not a letter, digit or underscore" in Unicode: the same class in RE2.
 NON_WORD = r"[^\pL\pN_]+"
@@ -28,7 +28,7 @@ def text_fields(family: FamilyConfig) -> dict[str, tuple[tuple[str, ...], str]]:
         "annotator": (("annotator",), "str"),
     }
     if family.task is TaskKind.classification:
-        for name in ("label", "provider", "conversation_id"):
+        for name in ("label", "provider", "conversation_id", "input", "predicted_label"):
             fields[name] = ((name,), "str")
         fields["confidence"] = (("confidence",), "float")
     else:
@@ -54,6 +54,13 @@ def build_text_examples(table: Any, family: FamilyConfig) -> tuple[Any, BuildSta
 
     stats = BuildStats()
     stats.annotations = table.num_rows
+    if family.task is TaskKind.classification:  # a logged interaction: its input, its predicted label
+        table = table.set_column(
+            table.schema.get_field_index("text"), "text", pc.coalesce(table["text"], table["input"])
+        )
+        table = table.set_column(
+            table.schema.get_field_index("label"), "label", pc.coalesce(table["label"], table["predicted_label"])
+        )
     if table.num_rows:
         stats.watermark = int(pc.max(table["seq"]).as_py())
         stats.newest_ingested_at = pc.max(table["ingested_at"]).as_py()
@@ -83,9 +90,7 @@ def build_text_examples(table: Any, family: FamilyConfig) -> tuple[Any, BuildSta
     t = t.append_column("key", pc.take(key, winners))
 
     text = _redact(t["text"], family, stats)
-    weight = pa.array(
-        np.full(t.num_rows, float(family.weights.get(t["kind"][0].as_py() if t.num_rows else "", 1.0)))
-    )
+    weight = _weights(t["kind"].to_numpy(zero_copy_only=False), family)
     columns: dict[str, Any] = {"id": t["id"], "kind": t["kind"], "text": text}
     if family.task is TaskKind.classification:
         columns["label"] = t["label"]
@@ -114,15 +119,44 @@ def build_text_examples(table: Any, family: FamilyConfig) -> tuple[Any, BuildSta
     return pa.table(columns), stats  # sorted by id
 
 
+def _weights(kinds: Any, family: FamilyConfig) -> Any:
+    """Each example's weight by its kind; an approved interaction weighs what an intent label does."""
+    import numpy as np
+    import pyarrow as pa
+
+    weight = np.ones(len(kinds))
+    for kind, value in family.weights.items():
+        weight[kinds == str(kind)] = value
+        if kind == "intent_label":
+            weight[kinds == "interaction"] = value
+    return pa.array(weight)
+
+
 def _triage(table: Any, family: FamilyConfig) -> Any:
     """Review status per row, as `triage.triage` decides it one record at a time."""
     import numpy as np
     import pyarrow.compute as pc
 
+    kinds = table["kind"].to_numpy(zero_copy_only=False)
+    interaction = kinds == "interaction"
+    learned = np.isin(kinds, [str(k) for k in family.annotation_kinds])
+    if learns_from_captures(family):
+        learned |= interaction & pc.is_valid(table["predicted_label"]).to_numpy(zero_copy_only=False)
+    human = pc.is_valid(table["annotator"]).to_numpy(zero_copy_only=False) & ~interaction
+    if has_review_queue(family):
+        status = _capture_status(table, family, human)
+    else:
+        status = np.full(len(kinds), ReviewStatus.human_reviewed.value, dtype=object)
+    status[~learned] = ReviewStatus.logged.value
+    return status
+
+
+def _capture_status(table: Any, family: FamilyConfig, human: Any) -> Any:
+    """`triage.triage`'s routing of captures by confidence and provider, for a classification family."""
+    import numpy as np
+    import pyarrow.compute as pc
+
     n = table.num_rows
-    human = pc.is_valid(table["annotator"]).to_numpy(zero_copy_only=False)
-    if family.task is not TaskKind.classification or not set(family.annotation_kinds) & CAPTURE_KINDS:
-        return np.full(n, ReviewStatus.human_reviewed.value, dtype=object)
     cfg = family.triage
     conf = table["confidence"].to_numpy(zero_copy_only=False).astype(float)  # NaN where absent
     provider = pc.fill_null(table["provider"], cfg.primary_provider)

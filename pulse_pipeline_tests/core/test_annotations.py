@@ -1,6 +1,7 @@
 import copy
 import datetime as dt
 import io
+import re
 
 import pytest
 
@@ -82,6 +83,22 @@ VALID = {
         "rating": 2,
         "corrected_response": "better",
         "sources": ["documentation:delta"],
+        "interaction_id": "req-1",
+    },
+    "interaction": {
+        "kind": "interaction",
+        "family": "intent-router",
+        "input": "freeze my account please",
+        "output": {"intent": "freeze_account"},
+        "model_version": "intent-router-20261101-0900",
+        "predicted_label": "freeze_account",
+        "confidence": 0.91,
+        "provider": "encoder",
+        "language": "en",
+        "latency_ms": 12.5,
+        "request_id": "r-1",
+        "conversation_id": "conv-1",
+        "metadata": {"channel": "web"},
     },
 }
 
@@ -103,7 +120,8 @@ def test_every_kind_accepts_its_contract_record(config, kind):
     assert ann.payload == valid(kind)  # the record as received
     assert len(ann.id) == 32 and len(ann.content_hash) == 64
     # required fields only
-    minimal = {k: v for k, v in valid(kind).items() if k in REQUIRED[kind] | {"kind", "family"}}
+    needed = REQUIRED[kind] | ONE_OF.get(kind, set()) | {"kind", "family"}
+    minimal = {k: v for k, v in valid(kind).items() if k in needed}
     assert parse_record(minimal, config).kind == kind
 
 
@@ -120,8 +138,52 @@ REQUIRED = {
     "intent_label": {"text", "label"},
     "score_label": {"text", "scores"},
     "qa_pair": {"question", "answer"},
-    "feedback": {"query", "response", "rating"},
+    "feedback": {"query", "response"},
+    "interaction": {"input"},
 }
+ONE_OF = {"feedback": {"rating"}}  # a verdict: rating, thumbs or corrected_response
+
+
+@pytest.mark.parametrize("verdict", [{"rating": 1}, {"thumbs": "down"}, {"corrected_response": "better"}])
+def test_feedback_needs_one_verdict(config, verdict):
+    bare = valid("feedback", rating=..., corrected_response=...)
+    with pytest.raises(
+        RecordError, match=r"^feedback.rating is missing: a verdict is needed \(rating 1..5, thumbs"
+    ):
+        parse_record(bare, config)
+    assert parse_record(bare | verdict, config).kind == "feedback"
+
+
+def test_logged_kinds_belong_to_every_family(config):
+    # interactions and feedback are what production logs, whatever the family learns from
+    chat = valid("interaction", family="call-analysis", input=[{"role": "user", "content": "hi"}])
+    chat.pop("predicted_label")
+    assert parse_record(chat, config).family == "call-analysis"
+    assert parse_record(valid("feedback", family="intent-router"), config).family == "intent-router"
+    # ... but a kind a family neither learns from nor logs still does not
+    with pytest.raises(RecordError, match="qa_pair records do not belong to family 'intent-router'"):
+        parse_record(valid("qa_pair", family="intent-router"), config)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"input": {"text": "hi"}},
+            "interaction.input must be the text classified, for classification family",
+        ),
+        (
+            {"predicted_label": "nope"},
+            "interaction.predicted_label 'nope' is not a label of family 'intent-router'",
+        ),
+        ({"confidence": 1.5}, "interaction.confidence 1.5"),
+        ({"latency_ms": -1}, "interaction.latency_ms -1"),
+        ({"input": ""}, "interaction.input"),
+    ],
+)
+def test_an_interaction_is_checked_against_its_classification_family(config, changes, message):
+    with pytest.raises(RecordError, match="^" + re.escape(message)):
+        parse_record(valid("interaction", **changes), config)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +365,12 @@ def test_csv_rows_become_records_with_typed_cells(config):
         "family": "intent-router", "kind": "intent_label", "text": "what is my balance",
         "label": "balance", "confidence": 0.9, "annotator": "ann",
     }  # fmt: skip
-    assert rows[1][1] == {"family": "intent-router", "kind": "intent_label", "text": "a, quoted one", "label": "transfer"}
+    assert rows[1][1] == {
+        "family": "intent-router",
+        "kind": "intent_label",
+        "text": "a, quoted one",
+        "label": "transfer",
+    }
     assert parse_record(rows[0][1], config).annotator == "ann"
     with pytest.raises(RecordError, match="intent_label.confidence 'high'"):
         parse_record(rows[2][1], config)
@@ -313,6 +380,6 @@ def test_csv_columns_win_over_the_defaults_and_json_cells_are_read(config):
     table = io.StringIO(
         'kind,family,text,scores\nscore_label,article-scorer,an article,"{""relevance"": 7}"\n'
     )
-    (_, obj), = csv_records(table, family="intent-router", kind="intent_label")
+    ((_, obj),) = csv_records(table, family="intent-router", kind="intent_label")
     assert obj["kind"] == "score_label" and obj["family"] == "article-scorer"
     assert obj["scores"] == {"relevance": 7}

@@ -76,10 +76,8 @@ def text_build(config, tmp_path):
 def test_triage_routes_captures(config, changes, status):
     payload = {**valid("intent_label"), **changes}
     payload = {k: v for k, v in payload.items() if v is not None}
-    assert triage("intent_label", payload, config.family("intent-router").triage) is status
-    assert (
-        triage("qa_pair", valid("qa_pair"), config.family("access-qa").triage) is ReviewStatus.human_reviewed
-    )
+    assert triage("intent_label", payload, config.family("intent-router")) is status
+    assert triage("qa_pair", valid("qa_pair"), config.family("access-qa")) is ReviewStatus.human_reviewed
 
 
 def test_only_approved_and_reviewed_intents_become_examples(text_build):
@@ -117,9 +115,45 @@ def test_column_wise_triage_agrees_with_the_record_rules(text_build, config):
         }
         record.update({k: v for k, v in (("confidence", c), ("provider", p)) if v is not None})
         records.append(record)
-    _, stats = text_build("intent-router", records)
+    # the same predictions logged as interactions (the capture service's records)
+    logged = [
+        {
+            "kind": "interaction",
+            "family": r["family"],
+            "input": r["text"] + " (logged)",
+            "predicted_label": r["label"],
+        }
+        | {k: r[k] for k in ("confidence", "provider") if k in r}
+        for r in records
+    ]
+    _, stats = text_build("intent-router", records + logged)
     fam = config.family("intent-router")
-    assert stats.by_status == Counter(str(triage("intent_label", r, fam.triage)) for r in records)
+    expected = Counter(str(triage(r["kind"], r, fam)) for r in records + logged)
+    assert stats.by_status == expected
+    assert expected == Counter(
+        {s: 2 * n for s, n in Counter(str(triage("intent_label", r, fam)) for r in records).items()}
+    )
+
+
+def test_a_logged_interaction_is_a_capture_for_intent_families_and_only_logged_elsewhere(text_build, config):
+    unpredicted = valid("interaction", input="no prediction here", predicted_label=...)
+    router = [
+        valid("interaction", input="freeze it right now", confidence=0.95),  # approved: an example
+        valid("interaction", input="freeze it maybe", confidence=0.5),  # waits for review, first
+        unpredicted,  # nothing to learn from
+        valid("feedback", family="intent-router", rating=..., thumbs="down"),  # a verdict, no example
+    ]
+    out, stats = text_build("intent-router", router)
+    assert stats.by_status == {"auto_approved": 1, "priority_review": 1, "logged": 2}
+    assert [(r["text"], r["label"]) for r in out] == [("freeze it right now", "freeze_account")]
+
+    scorer = [valid("score_label"), valid("interaction", family="article-scorer", predicted_label=...)]
+    out, stats = text_build("article-scorer", scorer)
+    assert stats.by_status == {"human_reviewed": 1, "logged": 1} and len(out) == 1
+
+    chat = valid("interaction", family="call-analysis", input=[{"role": "user", "content": "hi"}])
+    b = build(config, "call-analysis", [valid("call_correction"), chat])
+    assert b.stats.by_status == {"human_reviewed": 1, "logged": 1} and len(b.examples()) == 1
 
 
 def test_call_correction_is_a_full_call_chat(config):

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from pulse_pipeline.core.artifacts import open_artifact_store
-from pulse_pipeline.core.families import ProductionWatchConfig, TriageConfig
+from pulse_pipeline.core.families import AnnotationKind, ProductionWatchConfig, TaskKind, TriageConfig
 from pulse_pipeline.core.ingestion import ingest_file
 from pulse_pipeline.core.production_accuracy import (
     NotJudged,
@@ -25,7 +25,10 @@ from pulse_pipeline.core.production_accuracy import (
     wilson,
 )
 
-TRIAGE = TriageConfig()
+# Every kind learned from, so that triage says human_reviewed for a person's judgment of any kind.
+FAMILY = SimpleNamespace(
+    triage=TriageConfig(), task=TaskKind.classification, annotation_kinds=tuple(AnnotationKind)
+)
 V1, V2 = "intent-router-20261101-0900", "intent-router-20261120-0900"
 T0 = dt.datetime(2026, 11, 21, 9, 0, tzinfo=dt.UTC)
 
@@ -52,12 +55,17 @@ def _segment(**changes):
         ("feedback", {"query": "q", "response": "r", "rating": 4}, 1.0),
         ("feedback", {"query": "q", "response": "r", "rating": 5}, 1.0),
         ("feedback", {"query": "q", "response": "r", "rating": 3}, 0.0),
+        ("feedback", {"query": "q", "response": "r", "thumbs": "up"}, 1.0),
+        ("feedback", {"query": "q", "response": "r", "thumbs": "down"}, 0.0),
+        ("feedback", {"query": "q", "response": "r", "corrected_response": "better"}, 0.0),
+        # A logged interaction is the model's output itself, not a verdict on it.
+        ("interaction", {"input": "t", "predicted_label": "alarm", "confidence": 0.99}, NotJudged.not_reviewed),
         ("qa_pair", {"question": "q", "answer": "a"}, NotJudged.no_verdict),
         ("score_label", {"text": "t", "scores": {"clarity": 3}}, NotJudged.no_verdict),
     ],
 )  # fmt: skip
 def test_what_counts_as_right_per_kind(kind, payload, expected):
-    assert judge(kind, payload, TRIAGE) == expected
+    assert judge(kind, payload, FAMILY) == expected
 
 
 def test_a_call_correction_scores_the_share_of_fields_the_ai_got_right():
@@ -68,10 +76,10 @@ def test_a_call_correction_scores_the_share_of_fields_the_ai_got_right():
     # right: sentiment (case, spaces), topics (a set), compliance.greeting, summary (null = absent); wrong:
     # quality, compliance.disclosure -> 4 of 6 leaves.
     score = judge("call_correction", {"call_id": "c", "transcript": "x", "corrected_output": corrected,
-                                      "ai_output": ai}, TRIAGE)  # fmt: skip
+                                      "ai_output": ai}, FAMILY)  # fmt: skip
     assert score == pytest.approx(4 / 6)
     no_ai = {"call_id": "c", "transcript": "x", "corrected_output": corrected}
-    assert judge("call_correction", no_ai, TRIAGE) is NotJudged.no_model_output
+    assert judge("call_correction", no_ai, FAMILY) is NotJudged.no_model_output
 
 
 def test_wilson_interval():
@@ -97,7 +105,7 @@ def test_live_accuracy_per_version_in_one_pass():
         _row("intent_label", label, 3, V2),  # no prediction recorded
         _row("intent_label", label | {"predicted_label": "alarm"}, 2),  # no version at all
     ]
-    live = live_accuracy(rows, SimpleNamespace(triage=TRIAGE))
+    live = live_accuracy(rows, FAMILY)
     assert live.without_version == 1
     v1, v2 = live.versions[V1], live.versions[V2]
     assert (v1.judged, v1.accuracy, dict(v1.by_kind)) == (2, 0.5, {"intent_label": 2})

@@ -7,6 +7,7 @@ table family:
     store.fixes         invalidations and replaced days (data_fixes.py)
     store.sessions      closed review sessions (review_sessions.py)
     store.locks         the training lock rows (locks.py; the policy is core/training/lock.py)
+    store.requests      retrain requests: who asked for a retrain, when and why (retrain_requests.py)
 
 Adapter version records and the deployments audit trail belong to the registry
 (`core/registry/records.py`), over the same database.
@@ -18,6 +19,7 @@ from pulse_pipeline.core.store.annotations import Annotations, DayAudit, day_bou
 from pulse_pipeline.core.store.data_fixes import DataFixes, Invalidation, InvalidationError
 from pulse_pipeline.core.store.database import Database, StoreError
 from pulse_pipeline.core.store.locks import LockHolder, LockRow, TrainingLocks
+from pulse_pipeline.core.store.retrain_requests import RetrainRequest, RetrainRequests
 from pulse_pipeline.core.store.review_sessions import ClosedSession, ReviewSessions, SessionClosedError
 from pulse_pipeline.core.store.schema import (
     adapter_versions,
@@ -28,6 +30,7 @@ from pulse_pipeline.core.store.schema import (
     invalidations,
     metadata,
     quarantine,
+    retrain_requests,
     review_sessions,
     training_locks,
 )
@@ -40,6 +43,8 @@ __all__ = [
     "DataFixes",
     "ReviewSessions",
     "TrainingLocks",
+    "RetrainRequest",
+    "RetrainRequests",
     "DayAudit",
     "Invalidation",
     "InvalidationError",
@@ -56,6 +61,7 @@ __all__ = [
     "invalidations",
     "metadata",
     "quarantine",
+    "retrain_requests",
     "review_sessions",
     "training_locks",
 ]
@@ -70,6 +76,7 @@ class Store(Database):
         self.fixes = DataFixes(self)
         self.sessions = ReviewSessions(self)
         self.locks = TrainingLocks(self)
+        self.requests = RetrainRequests(self)
 
     def __enter__(self) -> Store:
         return self

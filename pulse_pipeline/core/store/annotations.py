@@ -251,6 +251,19 @@ class Annotations:
                 out.update((r.id, (r.family, r.content_hash)) for r in conn.execute(q))
         return out
 
+    def payloads(self, ids: Iterable[str], *, kind: str) -> dict[str, tuple[str, dict[str, Any]]]:
+        """id -> (family, payload) of the valid stored records of `kind` among `ids`."""
+        wanted = list(dict.fromkeys(ids))
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        a = annotations.c
+        with self.db.connect() as conn:
+            for i in range(0, len(wanted), _CHUNK):
+                q = sa.select(a.id, a.family, a.payload).where(
+                    a.id.in_(wanted[i : i + _CHUNK]), a.kind == kind, _VALID
+                )
+                out.update((r.id, (r.family, r.payload)) for r in conn.execute(q))
+        return out
+
     def invalidated_ids(self, family: str) -> set[str]:
         """Ids of a family's invalidated records (a snapshot built before a fix may hold them)."""
         a = annotations.c

@@ -259,3 +259,20 @@ training_locks = Table(
     Column("host", String(255), nullable=False, server_default="", comment="The holder process's host."),
     Column("pid", Integer, nullable=False, server_default="0", comment="The holder process's id."),
 )
+
+# -- retrain requests: external events and people asking for a retrain (migration 0006) -------------
+
+# One row per request (`pulse request-retrain`, the capture service's POST /v1/events); the
+# family's `retrain_requests_<family>` sensor starts a retrain for the requests it has not read.
+retrain_requests = Table(
+    "retrain_requests",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("family", String(64), nullable=False),
+    Column("reason", Text, nullable=False, comment="Why, as the requester wrote it."),
+    Column(
+        "requested_by", String(256), nullable=False, comment="cli:<login>, or capture:<token name> (an event)."
+    ),
+    Column("requested_at", UtcTime, nullable=False),
+    Index(None, "family", "seq"),
+)
