@@ -128,6 +128,31 @@ class ExampleBuilder:
     def examples(self) -> list[Example]:
         return sorted((e for e, _ in self._kept.values()), key=lambda e: e.id)
 
+    # -- prompts shared with preference data (core/preferences.py) -------------------------
+
+    def prompt(self, kind: str, p: dict[str, Any]) -> tuple[list[dict[str, str]], str] | None:
+        """A record's system and user messages (redacted), as its example has them, and its group;
+        None for a kind without a chat prompt here (feedback needs a `feedback` or `qa_pair` prompt)."""
+        if kind == "feedback":
+            template = self.family.prompts.get("feedback") or self.family.prompts.get("qa_pair")
+            if template is None:
+                return None
+            user, group = (
+                fill(template, {"query": p["query"], "question": p["query"]}),
+                f"question:{normalize(p['query'])}",
+            )
+        elif kind == "call_correction" and "call_correction" in self.family.prompts:
+            values = {"transcript": render_transcript(p["transcript"]), "call_id": p["call_id"]}
+            user, group = fill(self.family.prompts["call_correction"], values), f"call:{p['call_id']}"
+        else:
+            return None
+        system = {"role": "system", "content": self.family.prompts["system"]}
+        return [system, {"role": "user", "content": self._clean(user)}], group
+
+    def clean(self, text: str) -> str:
+        """`text` with PII redacted as the family's examples are (counted in `stats.redactions`)."""
+        return self._clean(text)
+
     # -- helpers --------------------------------------------------------------------------
 
     def _clean(self, text: str) -> str:
@@ -256,7 +281,9 @@ def build_examples(store: Store, family: FamilyConfig) -> tuple[pa.Table, BuildS
             builder.add(row)
         table, stats = examples_table(family, builder.examples()), builder.stats
     else:
-        table, stats = build_text_examples(store.annotations.read_columns(family.name, text_fields(family)), family)
+        table, stats = build_text_examples(
+            store.annotations.read_columns(family.name, text_fields(family)), family
+        )
     stats.watermark = max(stats.watermark, floor)
     stats.invalidations = fixes
     return table, stats

@@ -209,6 +209,26 @@ class ProductionWatchConfig(_Strict):
     )
 
 
+class PreferencesConfig(_Strict):
+    """Preference data built from a chat family's feedback (core/preferences.py)."""
+
+    desirable_min_rating: int = Field(
+        4, ge=2, le=5, description="A rating at or above this (or a thumbs up) is a desirable KTO example."
+    )
+    undesirable_max_rating: int = Field(
+        2, ge=1, le=4, description="A rating at or below this (or a thumbs down) is an undesirable one."
+    )
+    max_pairs_per_prompt: int = Field(
+        10, ge=1, description="DPO pairs made from several rated responses to one prompt, at most."
+    )
+
+    @model_validator(mode="after")
+    def _apart(self) -> PreferencesConfig:
+        if self.undesirable_max_rating >= self.desirable_min_rating:
+            raise ValueError("'undesirable_max_rating' must be below 'desirable_min_rating'")
+        return self
+
+
 class NegativeFeedbackConfig(_Strict):
     """Users' negative verdicts on the production version (core/negative_feedback.py)."""
 
@@ -307,6 +327,10 @@ class FamilyConfig(_Strict):
         default_factory=dict,
         description="Training settings over the task's defaults and an optional preset "
         "(fields in pulse_pipeline/core/training/config.py).",
+    )
+    preferences: PreferencesConfig = Field(
+        default_factory=PreferencesConfig,
+        description="Chat families: how feedback becomes DPO pairs and KTO examples.",
     )
     evaluation: EvaluationConfig = Field(
         default_factory=EvaluationConfig,

@@ -201,8 +201,9 @@ def _every_stratum_in_train(split_of: Any, groups: _Groups) -> None:
 # -- versions and files --------------------------------------------------------------------------
 
 
-def dataset_version(family: FamilyConfig, table: Any) -> str:
-    """Hash of the settings that shape the examples and of every example's content, in id order."""
+def dataset_version(family: FamilyConfig, table: Any, preferences: Preferences | None = None) -> str:
+    """Hash of the settings that shape the examples and of every example's content, in id order;
+    and of the preference data's, when a chat family's feedback made some."""
     import pyarrow.compute as pc
 
     table = table.take(pc.sort_indices(table["id"]))
@@ -219,7 +220,30 @@ def dataset_version(family: FamilyConfig, table: Any) -> str:
         if name in table.column_names:
             digest.update(name.encode())
             digest.update(orjson.dumps(table[name].to_pylist()))
+    if preferences is not None and not preferences.empty:
+        digest.update(
+            b"preferences" + orjson.dumps(family.preferences.model_dump(), option=orjson.OPT_SORT_KEYS)
+        )
+        for part in (preferences.dpo, preferences.kto):
+            part = part.take(pc.sort_indices(part["id"]))
+            for name in part.column_names:
+                if name != "created_at":
+                    digest.update(name.encode())
+                    digest.update(orjson.dumps(part[name].to_pylist()))
     return digest.hexdigest()[:16]
+
+
+@dataclass
+class Preferences:
+    """A chat family's preference data (core/preferences.py), written beside its snapshot."""
+
+    dpo: Any  # Arrow: id, prompt, chosen, rejected, source, group, created_at
+    kto: Any  # Arrow: id, prompt, completion, label, group, created_at
+    stats: dict[str, Any]  # PreferenceStats.to_json()
+
+    @property
+    def empty(self) -> bool:
+        return self.dpo.num_rows == 0 and self.kto.num_rows == 0
 
 
 @dataclass
@@ -297,11 +321,13 @@ def write_snapshot(
     stats: BuildStats,
     *,
     now: dt.datetime | None = None,
+    preferences: Preferences | None = None,
 ) -> Snapshot:
-    """Write the snapshot of this examples table, or reuse the identical one already written."""
+    """Write the snapshot of this examples table (and a chat family's preference data), or reuse
+    the identical one already written."""
     import pyarrow as pa
 
-    version = dataset_version(family, table)
+    version = dataset_version(family, table, preferences)
     where = prefix(family.name, version)
     splits = assign_splits(table, family.split)
     if artifacts.exists(f"{where}/manifest.json"):
@@ -316,9 +342,43 @@ def write_snapshot(
     for name, part in parts.items():
         artifacts.write_bytes(f"{where}/{name}.parquet", to_parquet(part))
     manifest = _manifest(family, version, parts, stats, parent, now or dt.datetime.now(dt.UTC))
+    if preferences is not None and not preferences.empty:
+        manifest["preferences"] = _write_preferences(artifacts, where, family, table, splits, preferences)
     artifacts.write_bytes(f"{where}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     _point_latest(artifacts, family.name, manifest)
     return Snapshot(manifest, reused=False, splits=splits)
+
+
+def _write_preferences(
+    artifacts: ArtifactStore,
+    where: str,
+    family: FamilyConfig,
+    table: Any,
+    splits: list[str],
+    prefs: Preferences,
+) -> dict[str, Any]:
+    """Write the DPO and KTO tables, each row in its prompt group's split; their manifest entry."""
+    import pyarrow as pa
+
+    from pulse_pipeline.core.preferences import split_preferences
+
+    split_of_group = dict(zip(table["group"].to_pylist(), splits, strict=True))
+    entry: dict[str, Any] = {**prefs.stats, "files": {}, "counts": {}}
+    for name, part in (("dpo", prefs.dpo), ("kto", prefs.kto)):
+        split = split_preferences(part, split_of_group, family.split)
+        part = part.append_column("split", pa.array(split, pa.string()))
+        artifacts.write_bytes(f"{where}/preferences/{name}.parquet", to_parquet(part))
+        entry["files"][name] = f"preferences/{name}.parquet"
+        entry["counts"][name] = {s: split.count(s) for s in SPLITS}
+    return entry
+
+
+def read_preferences(artifacts: ArtifactStore, family: str, version: str, name: str) -> Any | None:
+    """A snapshot's `dpo` or `kto` table (with `split`), or None when it has no preference data."""
+    try:
+        return from_parquet(artifacts.read_bytes(f"{prefix(family, version)}/preferences/{name}.parquet"))
+    except KeyError:
+        return None
 
 
 def _point_latest(artifacts: ArtifactStore, family: str, manifest: dict[str, Any]) -> None:

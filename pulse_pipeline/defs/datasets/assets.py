@@ -1,12 +1,15 @@
 """Per family: `review_queue` and `examples` from the annotations, then `dataset_snapshot`."""
 
 import dagster as dg
+import orjson
 
+from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.build_stats import BuildStats
 from pulse_pipeline.core.examples import build_examples, formatter_version
-from pulse_pipeline.core.families import FamilyConfig
+from pulse_pipeline.core.families import FamilyConfig, TaskKind
 from pulse_pipeline.core.review import review_queue
 from pulse_pipeline.core.snapshots import (
+    Preferences,
     check_names,
     check_snapshot,
     from_parquet,
@@ -30,6 +33,11 @@ def examples_key(family: str) -> str:
 
 def build_stats_key(family: str) -> str:
     return f"examples/{family}/build.json"
+
+
+def preferences_key(family: str, name: str) -> str:
+    """A chat family's preference data beside its examples: `dpo`, `kto` (Parquet), `stats` (JSON)."""
+    return f"examples/{family}/preferences-{name}.{'json' if name == 'stats' else 'parquet'}"
 
 
 def review_queue_asset(family: FamilyConfig) -> dg.AssetsDefinition:
@@ -92,6 +100,15 @@ def examples_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         artifacts.write_bytes(examples_key(family.name), to_parquet(table))
         artifacts.write_bytes(build_stats_key(family.name), stats.to_json())
         context.log.info(f"{family.name}: {table.num_rows} examples from {stats.annotations} annotations")
+        preference_metadata = {}
+        if family.task is TaskKind.chat_sft:
+            from pulse_pipeline.core.preferences import build_preferences
+
+            dpo, kto, prefs = build_preferences(annotation_store.store, family)
+            artifacts.write_bytes(preferences_key(family.name, "dpo"), to_parquet(dpo))
+            artifacts.write_bytes(preferences_key(family.name, "kto"), to_parquet(kto))
+            artifacts.write_bytes(preferences_key(family.name, "stats"), orjson.dumps(prefs.to_json()))
+            preference_metadata = {"preferences": dg.MetadataValue.json(prefs.to_json())}
         by_kind = (
             {k["values"]: k["counts"] for k in table["kind"].value_counts().to_pylist()}
             if table.num_rows
@@ -114,9 +131,12 @@ def examples_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                 "weights": ", ".join(f"{w:g}" for w in weights),
                 "formatter_version": formatter_version(family),
                 "path": dg.MetadataValue.path(artifacts.uri(examples_key(family.name))),
+                **preference_metadata,
             },
             # moves with new records, with a data fix (invalidation) and with a new formatter
-            data_version=dg.DataVersion(f"{stats.watermark}-{stats.invalidations}-{formatter_version(family)}"),
+            data_version=dg.DataVersion(
+                f"{stats.watermark}-{stats.invalidations}-{formatter_version(family)}"
+            ),
         )
 
     return _examples
@@ -150,7 +170,9 @@ def dataset_snapshot_asset(family: FamilyConfig) -> dg.AssetsDefinition:
             ) from None
         if table.num_rows == 0:
             raise dg.Failure(no_examples_reason(family, stats))
-        snapshot = write_snapshot(artifacts, family, table, stats)
+        snapshot = write_snapshot(
+            artifacts, family, table, stats, preferences=_preferences(artifacts, family)
+        )
         m = snapshot.manifest
         context.log.info(
             f"{family.name}: dataset_version {snapshot.version} ({'reused' if snapshot.reused else 'new'})"
@@ -185,6 +207,20 @@ def dataset_snapshot_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         )
 
     return _dataset_snapshot
+
+
+def _preferences(artifacts: ArtifactStore, family: FamilyConfig) -> Preferences | None:
+    """The preference data the examples step built (chat families), or None."""
+    if family.task is not TaskKind.chat_sft:
+        return None
+    try:
+        return Preferences(
+            dpo=from_parquet(artifacts.read_bytes(preferences_key(family.name, "dpo"))),
+            kto=from_parquet(artifacts.read_bytes(preferences_key(family.name, "kto"))),
+            stats=orjson.loads(artifacts.read_bytes(preferences_key(family.name, "stats"))),
+        )
+    except KeyError:  # examples built before preference data existed
+        return None
 
 
 def _strata_table(by_stratum: dict[str, dict[str, int]]) -> str:

@@ -141,3 +141,49 @@ def test_snapshot_round_trips_through_s3(config, loaded, s3_server):
 
     rows = read_split(store, config.family("article-scorer"), version, "val")
     assert len(rows) == manifest["counts"]["val"] and len(rows[0]["labels"]) == 8
+
+
+def test_feedback_becomes_preference_data_in_the_snapshot_split_by_prompt(config, loaded, tmp_path):
+    from pulse_pipeline.core.snapshots import from_parquet, prefix, read_preferences
+
+    resources = _resources(loaded, str(tmp_path / "art"))
+    artifacts = resources["artifact_storage"].open()
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _materialize(config, "access-qa", resources, instance)
+        examples_meta = result.asset_materializations_for_node("access_qa__examples")[0].metadata
+    manifest = latest_manifest(artifacts, "access-qa")
+    prefs = manifest["preferences"]
+    assert (
+        prefs["dpo_pairs"]["correction"] > 0 and prefs["kto_desirable"] > 0 and prefs["kto_undesirable"] > 0
+    )
+    assert examples_meta["preferences"].value["dpo_pairs_total"] == prefs["dpo_pairs_total"]
+    assert sum(prefs["counts"]["dpo"].values()) == prefs["dpo_pairs_total"]
+    d_w, u_w = prefs["kto_desirable_weight"], prefs["kto_undesirable_weight"]
+    assert 1 - 1e-6 <= prefs["kto_desirable"] * d_w / (prefs["kto_undesirable"] * u_w) <= 4 / 3 + 1e-6
+
+    # leak-free: a prompt's pairs sit in the split of the same prompt's examples
+    version = manifest["dataset_version"]
+    example_split = {}
+    for split in ("train", "val", "test"):
+        part = from_parquet(artifacts.read_bytes(f"{prefix('access-qa', version)}/{split}.parquet"))
+        example_split |= dict.fromkeys(part["group"].to_pylist(), split)
+    for name in ("dpo", "kto"):
+        table = read_preferences(artifacts, "access-qa", version, name)
+        rows = table.select(["group", "split"]).to_pylist()
+        shared = [r for r in rows if r["group"] in example_split]
+        assert all(r["split"] == example_split[r["group"]] for r in shared)
+        assert shared or name == "kto"  # corrections are examples too; thumbs and ratings are not
+        by_group = {}
+        for r in rows:
+            assert by_group.setdefault(r["group"], r["split"]) == r["split"]  # a prompt in one split
+
+    # a thumbs up makes no SFT example, but new preference data: a new snapshot
+    with Store(loaded) as store:
+        thumbs = {"kind": "feedback", "family": "access-qa", "query": "Where do I find my quota?",
+                  "response": "Run `accessusage` <<SRC:documentation:quota>>.", "thumbs": "up"}  # fmt: skip
+        ingest_lines(store, [orjson.dumps(thumbs)], config, source="t")
+    with dg.DagsterInstance.ephemeral() as instance:
+        _materialize(config, "access-qa", resources, instance)
+    after = latest_manifest(artifacts, "access-qa")
+    assert after["dataset_version"] != version and after["counts"] == manifest["counts"]
+    assert after["preferences"]["kto_desirable"] == prefs["kto_desirable"] + 1
