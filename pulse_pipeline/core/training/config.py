@@ -8,9 +8,10 @@ the adapter's training_metadata.json and the MLflow run record.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CHAT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ENCODER_TARGETS = ("query", "key", "value", "dense")
@@ -109,6 +110,25 @@ class TrainingConfig(BaseModel):
     )
     log_every: int = Field(10, ge=1, description="Optimizer steps between progress lines.")
     seed: int = Field(42, description="Seed of initialization, shuffling and dropout.")
+    init: Literal["base", "champion", "merge_champion"] = Field(
+        "base",
+        description="What the adapter starts from: base (a fresh LoRA); champion (the weights of the "
+        "adapter `init_from` names, same LoRA shape: continual training); merge_champion (that adapter "
+        "merged into the base weights, then a fresh LoRA on top).",
+    )
+    init_from: str | None = Field(
+        None,
+        description="<family>@<production | previous | a version>: the adapter `init` starts from "
+        "(default: this family's production version); another family's for a specialised adapter "
+        "on top of a general one (same base model).",
+    )
+
+    @field_validator("init_from")
+    @classmethod
+    def _reference(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z][a-z0-9-]*@[A-Za-z0-9._-]+", v):
+            raise ValueError("must be <family>@<production | previous | a version>, e.g. 'faq@production'")
+        return v
 
     @model_validator(mode="after")
     def _batch_sizes(self) -> TrainingConfig:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pulse_pipeline.core.training.base_models import BaseModel
-from pulse_pipeline.core.training.config import LoraSettings
+from pulse_pipeline.core.training.config import LoraSettings, TrainingConfigError
 from pulse_pipeline.core.training.hardware import Plan
 from pulse_pipeline.core.training.heads import HeadConfig
 
@@ -63,8 +63,10 @@ def load_for_training(
     *,
     head: HeadConfig | None = None,
     gradient_checkpointing: bool = False,
+    merge_from: Path | None = None,
 ) -> Any:
-    """The base model in the plan's precision and quantization, wrapped with a fresh LoRA adapter."""
+    """The base model in the plan's precision and quantization, wrapped with a fresh LoRA adapter;
+    with `merge_from`, an adapter folder merged into the base weights first (init: merge_champion)."""
     _quiet_libraries()  # before peft imports bitsandbytes
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -95,6 +97,14 @@ def load_for_training(
         encoder = AutoModel.from_pretrained(base.path, add_pooling_layer=False, **kwargs)
         model = SentenceModel(encoder, head)
         task_type, modules_to_save = None, ["head"]
+    if merge_from is not None:
+        if quantized:
+            raise TrainingConfigError(
+                "training.init merge_champion merges into unquantized weights: set training.quantization: none"
+            )
+        from pulse_pipeline.core.training.continual import merge_into_base
+
+        model = merge_into_base(model, merge_from)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:

@@ -65,6 +65,7 @@ from pulse_pipeline.core.training.losses import (
 )
 
 if TYPE_CHECKING:
+    from pulse_pipeline.core.training.continual import InitAdapter
     from pulse_pipeline.core.training.heads import HeadConfig
 
 
@@ -81,6 +82,7 @@ class TrainingJob:
     val: list[dict[str, Any]]
     base_model: BaseModel
     work_root: Path  # checkpoints go to work_root/<family>/<run_key>/
+    init: InitAdapter | None = None  # the adapter a continual run starts from (continual.py)
 
     @property
     def key(self) -> str:
@@ -93,6 +95,7 @@ class TrainingJob:
                 "config": self.config.model_dump(mode="json"),
                 "labels": list(self.family.labels or ()),
                 "dimensions": list(self.family.dimensions or ()),
+                **({"init": self.init.describe()} if self.init else {}),
             }
         )
 
@@ -217,9 +220,20 @@ def setup(job: TrainingJob) -> Session:
     val_set = encode_examples(job, tokenizer, job.val)
     if not train_set:
         raise TrainingError(f"{job.family.name}: no training examples in snapshot {job.dataset_version}")
-    model = load_for_training(
-        job.base_model, plan, config.lora, head=head, gradient_checkpointing=config.gradient_checkpointing
-    )
+    init = job.init
+    if init is not None and init.mode == "champion":
+        from pulse_pipeline.core.training.continual import lora_mismatch
+
+        problem = lora_mismatch(init.folder, config.lora)
+        if problem:
+            raise TrainingError(f"{job.family.name}: {problem}")
+    try:
+        model = load_for_training(
+            job.base_model, plan, config.lora, head=head, gradient_checkpointing=config.gradient_checkpointing,
+            merge_from=init.folder if init is not None and init.mode == "merge_champion" else None,
+        )  # fmt: skip
+    except TrainingConfigError as exc:
+        raise TrainingError(f"{job.family.name}: {exc}") from None
     total_steps = math.ceil(len(train_set) / config.effective_batch_size) * config.epochs
     session = Session(
         job, here, plan, tokenizer, head, train_set, val_set, model, step_model=model,
@@ -235,8 +249,13 @@ def setup(job: TrainingJob) -> Session:
     if found is not None:
         checkpoints.restore_weights(found, model)
         session.floor = Floor.load(job.work) if here.is_main else None
-    elif head is not None and here.is_main:
-        session.floor = fit_on_frozen_encoder(session)
+    else:
+        if head is not None and here.is_main:  # the floor is the frozen base's, whatever the start
+            session.floor = fit_on_frozen_encoder(session)
+        if init is not None and init.mode == "champion":
+            from pulse_pipeline.core.training.continual import load_init_weights
+
+            load_init_weights(model, init.folder)
     session.step_model = wrap(here, plan, model)
     session.optimizer = _optimizer(model, config)  # over the wrapped model's parameters (FSDP's shards)
     session.scheduler = _scheduler(session.optimizer, config, total_steps)
@@ -749,6 +768,7 @@ def _metadata(
         "training_loss": last_epoch.get("train_loss"),
         "training_time_seconds": round(time.monotonic() - started, 1),
         "lora_config": config.lora.model_dump(mode="json"),
+        "init": job.init.describe() if job.init else {"mode": "base"},
         # And what makes the adapter reproducible and comparable
         "family": job.family.name,
         "task": job.family.task.value,

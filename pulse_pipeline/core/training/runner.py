@@ -67,7 +67,7 @@ def train_family(
     is trained, tells the other processes (`follow_training`) and alone records, publishes and
     logs to MLflow.
     """
-    from pulse_pipeline.core.training.config import resolve_training_config
+    from pulse_pipeline.core.training.config import TrainingConfigError, resolve_training_config
 
     here = world()
     if not here.is_main:
@@ -102,10 +102,23 @@ def train_family(
         return TrainedAdapter(family.name, done.version, uri, meta, run, None, reused=True, repaired=repaired)
 
     from pulse_pipeline.core.training.base_models import resolve_base_model
+    from pulse_pipeline.core.training.continual import resolve_init
 
+    try:
+        init = resolve_init(config, family, artifacts, home / "init")
+    except TrainingConfigError as exc:
+        from_main(here, None)
+        raise TrainingError(f"{family.name}: {exc}") from None
     base = resolve_base_model(family.base_model, home / "models")
-    job = TrainingJob(family, config, dataset_version, train_split, val_split, base, home / "work")
-    from_main(here, {"dataset_version": dataset_version, "config": config.model_dump(mode="json")})
+    job = TrainingJob(family, config, dataset_version, train_split, val_split, base, home / "work", init)
+    from_main(
+        here,
+        {
+            "dataset_version": dataset_version,
+            "config": config.model_dump(mode="json"),
+            "init": {"mode": init.mode, "family": init.family, "version": init.version} if init else None,
+        },
+    )
     record = registry.begin(
         family.name,
         dataset_version=dataset_version,
@@ -184,7 +197,15 @@ def follow_training(family: FamilyConfig, registry: Registry, *, home: Path, her
     train_split = snapshots.read_split(registry.artifacts, family, version, "train")
     val_split = snapshots.read_split(registry.artifacts, family, version, "val")
     base = resolve_base_model(family.base_model, home / "models")  # rank 0 built it first
-    train(TrainingJob(family, config, version, train_split, val_split, base, home / "work"))
+    init = None
+    if decided.get("init"):  # the adapter rank 0 starts from, copied here too
+        from pulse_pipeline.core.registry import files
+        from pulse_pipeline.core.training.continual import InitAdapter
+
+        source, source_version = decided["init"]["family"], decided["init"]["version"]
+        folder = files.local_folder(registry.artifacts, source, source_version, home / "init")
+        init = InitAdapter(decided["init"]["mode"], source, source_version, folder)
+    train(TrainingJob(family, config, version, train_split, val_split, base, home / "work", init))
 
 
 def _mlflow_run(
