@@ -255,7 +255,10 @@ def setup(job: TrainingJob) -> Session:
         if init is not None and init.mode == "champion":
             from pulse_pipeline.core.training.continual import load_init_weights
 
-            load_init_weights(model, init.folder)
+            try:
+                load_init_weights(model, init.folder)
+            except TrainingConfigError as exc:
+                raise TrainingError(f"{job.family.name}: {exc}") from None
     session.step_model = wrap(here, plan, model)
     session.optimizer = _optimizer(model, config)  # over the wrapped model's parameters (FSDP's shards)
     session.scheduler = _scheduler(session.optimizer, config, total_steps)
