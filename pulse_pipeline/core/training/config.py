@@ -28,6 +28,25 @@ class LoraSettings(BaseModel):
     )
 
 
+class PreferenceSettings(BaseModel):
+    """The preference stage (objective dpo, kto, sft_then_dpo, sft_then_kto), run by TRL's trainers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="How far the adapter may move from the reference (TRL's beta; higher: closer to it).",
+    )
+    epochs: int = Field(1, ge=1, le=100, description="Passes over the snapshot's preference data.")
+    learning_rate: float = Field(
+        5e-5,
+        gt=0,
+        lt=1,
+        description="Peak learning rate of the preference stage (LoRA takes rates ~10x a full fine-tune's).",
+    )
+
+
 class TrainingConfig(BaseModel):
     """What one training run does; the defaults are the Pulse system's for chat families."""
 
@@ -110,6 +129,16 @@ class TrainingConfig(BaseModel):
     )
     log_every: int = Field(10, ge=1, description="Optimizer steps between progress lines.")
     seed: int = Field(42, description="Seed of initialization, shuffling and dropout.")
+    objective: Literal["sft", "dpo", "kto", "sft_then_dpo", "sft_then_kto"] = Field(
+        "sft",
+        description="Chat families: what the adapter learns from. sft: the approved answers; dpo: the "
+        "snapshot's preference pairs; kto: its desirable and undesirable answers; sft_then_*: sft, "
+        "then the preference stage on its result. The adapter the preference stage starts from is "
+        "its frozen reference (core/training/preference.py).",
+    )
+    preference: PreferenceSettings = Field(
+        default_factory=PreferenceSettings, description="The preference stage's settings."
+    )
     init: Literal["base", "champion", "merge_champion"] = Field(
         "base",
         description="What the adapter starts from: base (a fresh LoRA); champion (the weights of the "
@@ -203,7 +232,7 @@ def resolve_training_config(
         merged = _merge(merged, layer)
     merged = _merge(merged, {k: v for k, v in (run_overrides or {}).items() if v is not None})
     try:
-        return TrainingConfig.model_validate(merged)
+        config = TrainingConfig.model_validate(merged)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -213,6 +242,11 @@ def resolve_training_config(
             else first["msg"].removeprefix("Value error, ")
         )
         raise TrainingConfigError(f"training.{where}: {what}" if where else f"training: {what}") from None
+    if config.objective != "sft" and task != "chat_sft":
+        raise TrainingConfigError(
+            f"training.objective: {config.objective} trains chat families; a {task} family trains with sft"
+        )
+    return config
 
 
 def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,7 @@ from pulse_pipeline.core.training.losses import (
 if TYPE_CHECKING:
     from pulse_pipeline.core.training.continual import InitAdapter
     from pulse_pipeline.core.training.heads import HeadConfig
+    from pulse_pipeline.core.training.preference import PreferenceData
 
 
 class TrainingError(RuntimeError):
@@ -83,6 +84,7 @@ class TrainingJob:
     base_model: BaseModel
     work_root: Path  # checkpoints go to work_root/<family>/<run_key>/
     init: InitAdapter | None = None  # the adapter a continual run starts from (continual.py)
+    preferences: PreferenceData | None = None  # objective dpo/kto/sft_then_*: the snapshot's (preference.py)
 
     @property
     def key(self) -> str:
@@ -176,13 +178,23 @@ def train(
     on_metrics: Callable[[dict[str, float], int], None] | None = None,
 ) -> TrainingResult:
     """Setup, then per epoch fit and validate, then keep the best and save: the recipe, run in
-    this process or (under torchrun / accelerate launch) in each of the launcher's processes."""
-    session = setup(job)
-    for epoch in range(session.loop["epoch"], job.config.epochs):
-        fit_epoch(session, epoch, on_progress=on_progress, on_metrics=on_metrics)
-        end_epoch(session, epoch, validate(session), on_metrics=on_metrics)
-    selected = keep_best(session)
-    return save(session, selected)
+    this process or (under torchrun / accelerate launch) in each of the launcher's processes.
+    A chat family's `objective` other than sft adds the preference stage (preference.py) after
+    it (sft_then_dpo, sft_then_kto) or trains with that stage alone (dpo, kto)."""
+    objective = job.config.objective
+    result = None
+    if objective in ("sft", "sft_then_dpo", "sft_then_kto"):
+        session = setup(job)
+        for epoch in range(session.loop["epoch"], job.config.epochs):
+            fit_epoch(session, epoch, on_progress=on_progress, on_metrics=on_metrics)
+            end_epoch(session, epoch, validate(session), on_metrics=on_metrics)
+        selected = keep_best(session)
+        result = save(session, selected)
+        if objective == "sft":
+            return result
+    from pulse_pipeline.core.training.preference import train_preferences
+
+    return train_preferences(job, result, on_progress=on_progress, on_metrics=on_metrics)
 
 
 def setup(job: TrainingJob) -> Session:

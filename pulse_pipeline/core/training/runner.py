@@ -109,8 +109,24 @@ def train_family(
     except TrainingConfigError as exc:
         from_main(here, None)
         raise TrainingError(f"{family.name}: {exc}") from None
+    preferences = None
+    if config.objective != "sft":
+        from pulse_pipeline.core.training.preference import preference_problem, read_preference_data
+
+        preferences = read_preference_data(artifacts, family, manifest)
+        problem = preference_problem(config, preferences, family.name, dataset_version)
+        if here.size > 1:
+            problem = (
+                f"{family.name}: training.objective {config.objective} trains its preference stage in one "
+                f"process; run it without torchrun/accelerate launch (or with --nproc_per_node 1)"
+            )
+        if problem:
+            from_main(here, None)
+            raise TrainingError(problem)
     base = resolve_base_model(family.base_model, home / "models")
-    job = TrainingJob(family, config, dataset_version, train_split, val_split, base, home / "work", init)
+    job = TrainingJob(
+        family, config, dataset_version, train_split, val_split, base, home / "work", init, preferences
+    )
     from_main(
         here,
         {

@@ -159,6 +159,9 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
                     "epochs": dg.MetadataValue.md(
                         "\n".join(["| epoch | train loss | val loss |", "|---:|---:|---:|", *epochs])
                     ),
+                    "objective": m.get("objective", "sft"),
+                    "started_from": (m.get("init") or {}).get("from", "base"),
+                    **_preference_metadata(m.get("preference")),
                     "mlflow_run": dg.MetadataValue.url(trained.mlflow_url)
                     if trained.mlflow_url
                     else (trained.mlflow_run_id or "not tracked"),
@@ -169,6 +172,26 @@ def adapter_asset(family: FamilyConfig) -> dg.AssetsDefinition:
         )
 
     return _adapter
+
+
+def _preference_metadata(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The preference stage's figures (objective dpo, kto, sft_then_*), for the materialization."""
+    if not record:
+        return {}
+    held_out = record.get("validation") or {}
+    return {
+        "preference": dg.MetadataValue.json(
+            {
+                k: record[k]
+                for k in ("trainer", "reference", "train_examples", "steps", "first_loss", "final_loss")
+            }
+        ),
+        **{
+            f"preference_val_{k.replace('/', '_')}": dg.MetadataValue.float(float(v))
+            for k, v in held_out.items()
+            if k in ("loss", "rewards/margins", "rewards/accuracies")
+        },
+    }
 
 
 def _train_elsewhere(

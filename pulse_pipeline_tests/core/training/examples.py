@@ -52,3 +52,23 @@ def score_examples(n: int, dimensions: int) -> list[dict[str, Any]]:
         text = "A careful, sourced analysis with evidence. " * (quality + 1) + "Short note."
         out.append({"id": f"score-{i}", "text": text, "labels": [2.0 * quality] * dimensions, "weight": 1.0})
     return out
+
+
+def preference_rows(n: int, *, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(DPO rows, KTO rows) as TRL reads them, on chat_examples' prompts: the answer in the
+    family's JSON format is preferred to the same answer in prose."""
+    dpo, kto = [], []
+    for example in chat_examples(n, seed=seed):
+        prompt = example["messages"][:2]
+        good = example["messages"][2]["content"]
+        bad = "It goes to " + good.split('"')[3] + ", I think."
+        dpo.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": good}],
+                "rejected": [{"role": "assistant", "content": bad}],
+            }
+        )
+        kto.append({"prompt": prompt, "completion": [{"role": "assistant", "content": good}], "label": True})
+        kto.append({"prompt": prompt, "completion": [{"role": "assistant", "content": bad}], "label": False})
+    return dpo, kto

@@ -177,6 +177,16 @@ def test_feedback_becomes_preference_data_in_the_snapshot_split_by_prompt(config
         for r in rows:
             assert by_group.setdefault(r["group"], r["split"]) == r["split"]  # a prompt in one split
 
+    # what the preference stage of training reads: TRL's conversational rows, by split
+    from pulse_pipeline.core.training.preference import read_preference_data
+
+    data = read_preference_data(artifacts, config.family("access-qa"), manifest)
+    for name in ("dpo", "kto"):
+        assert {s: len(data.rows(name, s)) for s in ("train", "val", "test")} == prefs["counts"][name]
+    pair = data.rows("dpo", "train")[0]
+    assert pair["prompt"][-1]["role"] == "user" and pair["chosen"][0]["role"] == "assistant"
+    assert (data.desirable_weight, data.undesirable_weight) == (d_w, u_w)
+
     # a thumbs up makes no SFT example, but new preference data: a new snapshot
     with Store(loaded) as store:
         thumbs = {"kind": "feedback", "family": "access-qa", "query": "Where do I find my quota?",

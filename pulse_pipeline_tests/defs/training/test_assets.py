@@ -133,3 +133,30 @@ def test_a_training_process_that_fails_fails_the_step_with_its_reason(resources,
         "pulse_pipeline.defs.retries.StepError: access-qa has no dataset snapshot yet: "
         "run `pulse snapshot --family access-qa` first"
     )
+
+
+def test_a_chat_family_with_a_preference_objective_trains_on_its_feedback(config, resources, tmp_path):
+    """objective sft_then_dpo: the SFT stage, then DPO (TRL) on the snapshot's pairs from the
+    demo's corrections and ratings, the SFT result as the reference; shown on the asset."""
+    fam = config.family("access-qa")
+    fam = fam.model_copy(
+        update={"training": {**fam.training, "objective": "sft_then_dpo", "preference": {"epochs": 1}}}
+    )
+    op = dg.AssetKey(["access-qa", "adapter"]).to_python_identifier()
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [examples_asset(fam), dataset_snapshot_asset(fam), adapter_asset(fam)],
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {op: {"config": {"epochs": 1, "max_samples": 16}}}},
+        )
+    meta = result.asset_materializations_for_node("access_qa__adapter")[0].metadata
+    assert meta["objective"].value == "sft_then_dpo" and meta["started_from"].value == "base"
+    summary = meta["preference"].value
+    assert summary["trainer"] == "trl.DPOTrainer" and summary["reference"] == "the sft stage's adapter"
+    stored = read_metadata(LocalArtifactStore(tmp_path / "artifacts"), "access-qa", meta["version"].value)
+    assert (
+        stored["preference"]["train_examples"] == summary["train_examples"] > 0
+        and stored["preference"]["steps"] > 0
+    )
+    assert stored["epoch_history"] and stored["resolved_config"]["objective"] == "sft_then_dpo"
