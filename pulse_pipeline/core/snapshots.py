@@ -86,17 +86,25 @@ def _groups(table: Any) -> tuple[_Groups, Any]:
     return groups, gi
 
 
-def assign_splits(table: Any, settings: SplitConfig) -> list[str]:
+def assign_splits(table: Any, settings: SplitConfig, previous: dict[str, str] | None = None) -> list[str]:
     """The split of each row: stratified by `stratum`, whole groups to one split, deterministic.
 
     Within a stratum, groups are visited in an order fixed by a hash of (seed, group); each
     goes to the split furthest below its target count. With one example per group, every
     stratum's split sizes are within one example of proportional, and so are the totals.
+
+    `previous` (group -> split, the family's previous snapshot's) makes splits sticky as the data
+    grows: a group keeps its split, and only new groups are placed, counting the kept ones. So
+    what was test stays test, and a model trained on an earlier snapshot is never judged on
+    examples it trained on (nor a continual run trained on earlier test examples).
     """
     if table.num_rows == 0:
         return []
     ratios = (settings.train, settings.val, settings.test)
     groups, gi = _groups(table)
+    index = {name: i for i, name in enumerate(SPLITS)}
+    kept = [index.get((previous or {}).get(g, ""), -1) for g in groups.names]
+    kept = [k if k >= 0 and ratios[k] > 0 else -1 for k in kept]
     seed = str(settings.seed).encode() + b"\x1f"
     digest = np.array(
         [int.from_bytes(hashlib.sha256(seed + g.encode()).digest()[:8], "big") for g in groups.names],
@@ -115,9 +123,16 @@ def assign_splits(table: Any, settings: SplitConfig) -> list[str]:
         targets = _targets(n, ratios, [seen * r - p for r, p in zip(ratios, placed, strict=True)])
         placed = [p + t for p, t in zip(placed, targets, strict=True)]
         t0, t1, t2 = targets
-        h0 = h1 = h2 = 0
+        held = [0, 0, 0]
+        for k in range(start, end):
+            if kept[visit[k]] >= 0:
+                held[kept[visit[k]]] += sizes[k]
+        h0, h1, h2 = held
         out = []
         for k in range(start, end):
+            if kept[visit[k]] >= 0:
+                out.append(kept[visit[k]])
+                continue
             d0, d1, d2 = t0 - h0, t1 - h1, t2 - h2
             if d0 >= d1 and d0 >= d2:
                 out.append(0)
@@ -329,13 +344,14 @@ def write_snapshot(
 
     version = dataset_version(family, table, preferences)
     where = prefix(family.name, version)
-    splits = assign_splits(table, family.split)
     if artifacts.exists(f"{where}/manifest.json"):
+        splits = assign_splits(table, family.split, _group_splits(artifacts, family.name, version))
         manifest = orjson.loads(artifacts.read_bytes(f"{where}/manifest.json"))
         newer = max(stats.watermark, manifest["watermark"]["seq"])
         manifest["watermark"] = {**manifest["watermark"], "seq": newer}
         _point_latest(artifacts, family.name, manifest)
         return Snapshot(manifest, reused=True, splits=splits)
+    splits = assign_splits(table, family.split, previous_splits(artifacts, family))
     parent = latest_manifest(artifacts, family.name)
     split_col = pa.array(splits, pa.string())
     parts = {s: table.filter(pa.compute.equal(split_col, s)) for s in SPLITS}
@@ -347,6 +363,26 @@ def write_snapshot(
     artifacts.write_bytes(f"{where}/manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     _point_latest(artifacts, family.name, manifest)
     return Snapshot(manifest, reused=False, splits=splits)
+
+
+def previous_splits(artifacts: ArtifactStore, family: FamilyConfig) -> dict[str, str] | None:
+    """Group -> split in the family's newest snapshot, when it was split with the same settings
+    (new settings: a fresh assignment); None without one."""
+    manifest = latest_manifest(artifacts, family.name)
+    if manifest is None or manifest.get("split_settings") != family.split.model_dump():
+        return None
+    return _group_splits(artifacts, family.name, manifest["dataset_version"])
+
+
+def _group_splits(artifacts: ArtifactStore, family: str, version: str) -> dict[str, str] | None:
+    out: dict[str, str] = {}
+    for split in SPLITS:
+        try:
+            part = from_parquet(artifacts.read_bytes(f"{prefix(family, version)}/{split}.parquet"))
+        except KeyError:
+            return None
+        out.update(dict.fromkeys(part["group"].to_pylist(), split))
+    return out
 
 
 def _write_preferences(
@@ -470,6 +506,12 @@ def read_split(
     """One split's examples in the contract's export shape (with `split`)."""
     table = from_parquet(artifacts.read_bytes(f"{prefix(family.name, version)}/{split}.parquet"))
     return records(family, table, split)
+
+
+def split_columns(artifacts: ArtifactStore, family: str, version: str, split: str, columns: list[str]) -> Any:
+    """Some columns of one split (e.g. id and stratum, which the export shape leaves out), as Arrow."""
+    table = from_parquet(artifacts.read_bytes(f"{prefix(family, version)}/{split}.parquet"))
+    return table.select(columns)
 
 
 # -- checks: pure functions over the written splits, wrapped as Dagster asset checks ---------

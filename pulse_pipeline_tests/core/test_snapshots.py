@@ -116,6 +116,44 @@ def test_clinc150_splits_are_proportional_per_intent_and_leak_free(config, tmp_p
     assert all(c.passed for c in check_snapshot(family, table, splits) if c.blocking)
 
 
+def test_splits_are_sticky_as_the_data_grows(config, tmp_path, artifacts):
+    """New intents and more utterances of the old ones arrive: every example of the first snapshot
+    keeps its split in the second (what was test stays test: a model of the first snapshot is
+    never judged on what it trained on), and the new ones still split in proportion per intent."""
+    data = json.loads((CLINC150 / "data_full.json").read_text())["train"]
+    intents = sorted({label for _, label in data})
+    first_intents, later_intents = set(intents[:20]), set(intents[20:40])
+
+    def lines(pairs, day):
+        return [
+            json.dumps({"kind": "intent_label", "family": "intent-router", "text": t, "label": y,
+                        "annotator": "clinc", "created_at": f"2026-0{day}-01T00:00:00Z"}).encode()
+            for t, y in pairs
+        ]  # fmt: skip
+
+    family = config.family("intent-router")
+    first = [(t, y) for t, y in data if y in first_intents][::2]  # half of the old intents' utterances
+    later = [(t, y) for t, y in data if y in later_intents] + [(t, y) for t, y in data if y in first_intents][1::2]
+    with Store(f"sqlite:///{tmp_path / 'c.db'}") as store:
+        ingest_lines(store, lines(first, 1), config, source="january")
+        v1 = write_snapshot(artifacts, family, *build_examples(store, family)).version
+        ingest_lines(store, lines(later, 2), config, source="february")
+        table, stats = build_examples(store, family)
+        v2 = write_snapshot(artifacts, family, table, stats).version
+    before = {e["id"]: s for s in ("train", "val", "test") for e in read_split(artifacts, family, v1, s)}
+    after = {e["id"]: s for s in ("train", "val", "test") for e in read_split(artifacts, family, v2, s)}
+    kept = [i for i in before if i in after]  # (a later duplicate of an utterance replaces it)
+    assert len(kept) >= len(before) - 2 and all(after[i] == before[i] for i in kept)
+    labels = dict(zip(table["id"].to_pylist(), table["label"].to_pylist()))
+    total = Counter(labels.values())
+    for split, ratio in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        got = Counter(labels[i] for i, s in after.items() if s == split)
+        assert max(abs(got[label] - n * ratio) for label, n in total.items()) <= 1.5, split
+    # a fresh assignment (as without a previous snapshot) would have moved some
+    fresh = dict(zip(table["id"].to_pylist(), assign_splits(table, family.split)))
+    assert any(fresh[i] != before[i] for i in kept)
+
+
 def test_groups_never_span_two_splits(config, tmp_path, demo_path):
     with Store(f"sqlite:///{tmp_path / 'a.db'}") as store:
         ingest_file(store, demo_path, config)

@@ -152,12 +152,30 @@ class TrainingConfig(BaseModel):
         "on top of a general one (same base model).",
     )
 
+    replay: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Continual runs (init champion or merge_champion): train on the examples new since "
+        "the start's snapshot plus earlier ones drawn (stratified) to make up this share of the mix; "
+        "0: new examples only; null: the whole train split (core/training/replay.py).",
+    )
+
     @field_validator("init_from")
     @classmethod
     def _reference(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[a-z][a-z0-9-]*@[A-Za-z0-9._-]+", v):
             raise ValueError("must be <family>@<production | previous | a version>, e.g. 'faq@production'")
         return v
+
+    @model_validator(mode="after")
+    def _replay_needs_a_start(self) -> TrainingConfig:
+        if self.replay is not None and self.init == "base":
+            raise ValueError(
+                "replay mixes earlier examples into a continual run: set training.init to champion or "
+                "merge_champion, or remove training.replay"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_sizes(self) -> TrainingConfig:

@@ -86,11 +86,16 @@ def lora_mismatch(folder: Path, lora: LoraSettings) -> str | None:
 
 def load_init_weights(model: Any, folder: Path) -> int:
     """Copy the adapter's trained weights (LoRA and any saved head) into the fresh peft `model`;
-    returns how many tensors were loaded."""
+    returns how many tensors were loaded.
+
+    A classification head is matched by label name: the labels the adapter knows get its rows,
+    labels added to the family since keep the rows they have (the probe's class means), and
+    labels since removed are dropped."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     state = load_file(str(folder / "adapter_model.safetensors"))
+    state = _head_by_label(model, folder, state)
     result = set_peft_model_state_dict(model, state)
     unexpected = list(getattr(result, "unexpected_keys", None) or [])
     if unexpected:
@@ -99,6 +104,37 @@ def load_init_weights(model: Any, folder: Path) -> int:
             f"place here (first: {unexpected[0]})"
         )
     return len(state)
+
+
+def _head_by_label(model: Any, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with its classification head's rows placed at this model's labels' positions."""
+    from peft import get_peft_model_state_dict
+
+    from pulse_pipeline.core.training.heads import HEAD_CONFIG, HeadConfig
+
+    ours = getattr(model.get_base_model(), "head_config", None)
+    if ours is None or ours.task != "classification" or not (folder / HEAD_CONFIG).is_file():
+        return state
+    theirs = HeadConfig.load(folder).labels
+    if theirs == ours.labels:
+        return state
+    if ours.kind != HeadConfig.load(folder).kind:
+        raise TrainingConfigError(
+            f"training.head is {ours.kind}, but the adapter it starts from ({folder.name}) has a "
+            f"{HeadConfig.load(folder).kind} head: set it to that"
+        )
+    current = get_peft_model_state_dict(model)
+    row_of = {label: i for i, label in enumerate(theirs)}
+    out = dict(state)
+    for key, tensor in state.items():
+        if ".head." not in key or tensor.dim() == 0 or tensor.shape[0] != len(theirs):
+            continue
+        placed = current[key].detach().clone().to(tensor.dtype)
+        for i, label in enumerate(ours.labels):
+            if label in row_of:
+                placed[i] = tensor[row_of[label]]
+        out[key] = placed
+    return out
 
 
 def merge_into_base(model: Any, folder: Path) -> Any:

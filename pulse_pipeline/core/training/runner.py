@@ -92,15 +92,6 @@ def train_family(
     repaired: tuple[str, ...] = ()
     if lease is not None:  # no other training of the family is alive: finish or clear what one left
         repaired = tuple(registry.reconcile(family.name, by=created_by).changes)
-    done = registry.find_trained(family.name, dataset_version, config.model_dump(mode="json"))
-    if done is not None and not force:
-        registry.saw_data_up_to(family.name, done.version, int(manifest["watermark"]["seq"]))
-        meta = registry.metadata(family.name, done.version)
-        run = (meta.get("mlflow") or {}).get("run_id")
-        uri = artifacts.uri(files.key(family.name, done.version))
-        from_main(here, None)  # nothing for the other processes to train
-        return TrainedAdapter(family.name, done.version, uri, meta, run, None, reused=True, repaired=repaired)
-
     from pulse_pipeline.core.training.base_models import resolve_base_model
     from pulse_pipeline.core.training.continual import resolve_init
 
@@ -109,6 +100,28 @@ def train_family(
     except TrainingConfigError as exc:
         from_main(here, None)
         raise TrainingError(f"{family.name}: {exc}") from None
+    done = registry.find_trained(family.name, dataset_version, config.model_dump(mode="json"))
+    meta = registry.metadata(family.name, done.version) if done is not None else {}
+    started = init.describe() if init is not None else {"mode": "base"}
+    if done is not None and not force and (meta.get("init") or {"mode": "base"}) == started:
+        registry.saw_data_up_to(family.name, done.version, int(manifest["watermark"]["seq"]))
+        run = (meta.get("mlflow") or {}).get("run_id")
+        uri = artifacts.uri(files.key(family.name, done.version))
+        from_main(here, None)  # nothing for the other processes to train
+        return TrainedAdapter(family.name, done.version, uri, meta, run, None, reused=True, repaired=repaired)
+
+    mix = None
+    if config.replay is not None and init is not None:
+        from pulse_pipeline.core.training.replay import continual_mix
+
+        try:
+            mix = continual_mix(
+                artifacts, family, init, dataset_version, train_split, config.replay, config.seed
+            )
+        except TrainingConfigError as exc:
+            from_main(here, None)
+            raise TrainingError(f"{family.name}: {exc}") from None
+        train_split = mix.examples
     preferences = None
     if config.objective != "sft":
         from pulse_pipeline.core.training.preference import preference_problem, read_preference_data
@@ -164,6 +177,8 @@ def train_family(
         if lease is not None:
             lease.check()
         metadata = dict(result.metadata, created_by=created_by, version=record.version)
+        if mix is not None:
+            metadata["replay"] = mix.record
         metadata["semantic_version"] = record.semantic_version
         if run_id:
             metadata["dagster"] = {"run_id": run_id}
@@ -221,6 +236,13 @@ def follow_training(family: FamilyConfig, registry: Registry, *, home: Path, her
         source, source_version = decided["init"]["family"], decided["init"]["version"]
         folder = files.local_folder(registry.artifacts, source, source_version, home / "init")
         init = InitAdapter(decided["init"]["mode"], source, source_version, folder)
+        if config.replay is not None:  # the same draw as rank 0's (seeded by the ids)
+            from pulse_pipeline.core.training.replay import continual_mix
+
+            mix = continual_mix(
+                registry.artifacts, family, init, version, train_split, config.replay, config.seed
+            )
+            train_split = mix.examples
     train(TrainingJob(family, config, version, train_split, val_split, base, home / "work", init))
 
 

@@ -128,3 +128,67 @@ def test_the_start_is_resolved_through_the_registry(config, tmp_path):
             )
     with pytest.raises(ValueError, match="must be <family>@<production | previous | a version>"):
         resolve_training_config("chat_sft", {}, {"init_from": "no-at-sign"})
+
+
+def test_a_champion_with_fewer_labels_seeds_the_labels_it_knows(model_cache, tmp_path):
+    """New intents arrive: the family's labels grow; the champion's head rows go to its labels,
+    the new label keeps the row the probe gave it (its class mean), nothing is refused."""
+    from pulse_pipeline.core.families import parse_config
+
+    family = FAMILIES.family("router")
+    fewer = parse_config(
+        {
+            "families": {
+                "router": {
+                    **family.model_dump(include={"task", "annotation_kinds", "base_model"}),
+                    "labels": ["balance", "transfer"],
+                }
+            }
+        }  # fmt: skip
+    ).family("router")
+    data = intent_examples(36)
+    old = [x for x in data if x["label"] != "book_flight"]
+    settings = {"epochs": 1, "micro_batch_size": 8, "effective_batch_size": 8}
+    champion = train(_job(fewer, model_cache, tmp_path / "w1", (old[:20], old[20:]), **settings))
+    saved = load_file(champion.folder / "adapter_model.safetensors")
+    key = next(k for k in saved if k.endswith("head.weight"))
+    init = InitAdapter("champion", "router", "router-20261201-0900", champion.folder)
+    job = _with_init(
+        _job(family, model_cache, tmp_path / "w2", (data[:27], data[27:]), **settings), init, tmp_path / "w2"
+    )
+    fresh = setup(_job(family, model_cache, tmp_path / "w0", (data[:27], data[27:]), **settings))
+    session = setup(job)
+    head = get_peft_model_state_dict(session.model)[key]
+    labels = family.labels
+    assert torch.equal(head[labels.index("transfer")], saved[key][1])  # by name, not position
+    assert torch.equal(head[labels.index("balance")], saved[key][0])
+    new_row = get_peft_model_state_dict(fresh.model)[key][labels.index("book_flight")]
+    assert torch.equal(head[labels.index("book_flight")], new_row)  # the probe's, as a fresh run's
+
+
+def test_replay_mixes_a_stratified_share_of_the_earlier_examples():
+    from pulse_pipeline.core.training.replay import replay_mix
+
+    train = [{"id": f"old-{i:03d}"} for i in range(90)] + [{"id": f"new-{i:03d}"} for i in range(30)]
+    strata = {x["id"]: ("a" if i % 3 else "b") for i, x in enumerate(train)}  # 2:1 among the old
+    earlier = {x["id"] for x in train[:90]}
+    mix = replay_mix(train, strata, earlier, 0.25, seed=7, earlier_version="v1")
+    assert mix.record == {
+        "share": 0.25, "earlier_snapshot": "v1", "new_examples": 30, "earlier_examples": 90,
+        "replayed_examples": 10, "replayed_share": 0.25, "strata_replayed": 2,
+    }  # fmt: skip
+    replayed = [x["id"] for x in mix.examples[30:]]
+    assert [x["id"] for x in mix.examples[:30]] == [f"new-{i:03d}" for i in range(30)]
+    assert sorted(strata[i] for i in replayed) == ["a"] * 7 + ["b"] * 3  # 2:1, by largest remainder
+    assert replayed == [
+        x["id"] for x in replay_mix(train, strata, earlier, 0.25, seed=7, earlier_version="v1").examples[30:]
+    ]
+    assert replayed != [
+        x["id"] for x in replay_mix(train, strata, earlier, 0.25, seed=8, earlier_version="v1").examples[30:]
+    ]
+    assert len(replay_mix(train, strata, earlier, 0.0, seed=7, earlier_version="v1").examples) == 30
+    assert (
+        len(replay_mix(train, strata, earlier, 0.9, seed=7, earlier_version="v1").examples) == 120
+    )  # all there is
+    with pytest.raises(TrainingConfigError, match="replay mixes earlier examples into a continual run"):
+        resolve_training_config("chat_sft", {"replay": 0.2})
