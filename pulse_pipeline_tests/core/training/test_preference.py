@@ -79,14 +79,21 @@ def test_dpo_from_the_champion_trains_with_the_champion_as_reference(config, mod
     assert list(loaded.model.peft_config) == ["default"]
 
 
-def test_kto_from_ratings_trains_with_the_computed_weights(config, model_cache, tmp_path):
+def test_kto_from_ratings_trains_with_the_computed_weights_and_the_champion_as_reference(
+    config, model_cache, tmp_path
+):
+    champion = train(_chat_job(config, model_cache, tmp_path / "w1", n=24, **SFT))
+    before = load_file(champion.folder / "adapter_model.safetensors")
+    init = InitAdapter("champion", "access-qa", "access-qa-20261201-0900", champion.folder)
     data = _preferences(24, undesirable=8)  # 24 desirable, 8 undesirable: weighted to TRL's range
     assert (data.desirable_weight, data.undesirable_weight) == (1.0, 2.25)
-    job = _preference_job(_chat_job(config, model_cache, tmp_path / "w", n=24, **SFT), "kto", data)
+    job = _preference_job(_chat_job(config, model_cache, tmp_path / "w2", n=24, **SFT), "kto", data, init)
 
     result = train(job)
     record = result.metadata["preference"]
-    assert record["trainer"] == "trl.KTOTrainer" and record["reference"] == "base"
+    assert (
+        record["trainer"] == "trl.KTOTrainer" and record["reference"] == "access-qa@access-qa-20261201-0900"
+    )
     assert (record["desirable_weight"], record["undesirable_weight"]) == (1.0, 2.25)
     assert record["train_examples"] == 32
     # At the start policy = reference: rewards and KL are 0, so each example's loss is its weight
@@ -95,8 +102,7 @@ def test_kto_from_ratings_trains_with_the_computed_weights(config, model_cache, 
     # Each step's batch mixes the kinds by chance, so its loss is noisy; on the held-out examples
     # the desirable answers' rewards are now above the undesirable ones' and the loss is down.
     assert record["validation"]["rewards/margins"] > 1 and record["validation"]["loss"] < 0.4
-    lora_b = [t for k, t in load_file(result.folder / "adapter_model.safetensors").items() if "lora_B" in k]
-    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # a fresh LoRA (B = 0) moved
+    assert _moved(load_file(result.folder / "adapter_model.safetensors"), before)
     assert (result.folder / "tokenizer_config.json").is_file() and (
         result.folder / "loss_curve.png"
     ).is_file()
