@@ -5,16 +5,18 @@ model blessing: absolute thresholds on the candidate's metrics, and change thres
 candidate - baseline (the production version, or the base model for a family's first version),
 where a metric may not regress by more than its tolerance with the paired-bootstrap interval
 excluding zero. An evidence rule asks a person (REVIEW) when the evaluation set is too small, or
-the candidate's interval too wide, to tell. The decision is the worst outcome over all checks:
-DEPLOY, REVIEW or FAIL.
+the candidate's interval too wide, to tell. Forgetting checks hold the candidate to the same
+standard on old slices, the test splits of the snapshots before its own (`forgetting`). The
+decision is the worst outcome over all checks: DEPLOY, REVIEW or FAIL.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Decision(StrEnum):
@@ -113,6 +115,48 @@ class GateConfig(_Strict):
     )
 
 
+class ForgettingConfig(_Strict):
+    """Old slices: the test splits of the snapshots before the candidate's, each judged against
+    production like the test set, so a candidate that learned the new data and forgot the old
+    does not pass on the new test split alone."""
+
+    snapshots: int = Field(
+        2,
+        ge=0,
+        description="How many of the family's snapshots created before the one the candidate was "
+        "trained on give an old slice (their test splits); 0 turns forgetting checks off.",
+    )
+    metric: str | None = Field(
+        None,
+        description="The metric compared on each old slice (default: the task's main one, "
+        "FORGETTING_METRIC: accuracy, mae, field_accuracy or answer_accuracy).",
+    )
+    max_drop: float | None = Field(
+        None,
+        ge=0,
+        description="Largest drop of `metric` on an old slice against production, in the metric's own "
+        "units (0.01 = 1 point of accuracy; for mae, a rise). Default: the family's change tolerance "
+        "for that metric (gate.change.tolerances, else gate.change.tolerance, 0.02), so an old slice "
+        "is held to the same standard as the test set.",
+    )
+    decision: Literal["review", "fail"] = Field(
+        "review", description="What a drop beyond `max_drop` on any old slice makes the gate say."
+    )
+    require_significant: bool = Field(
+        True,
+        description="Count a drop only when its paired-bootstrap interval excludes zero too, as the "
+        "change checks do (false: the point estimate alone decides).",
+    )
+
+    @field_validator("decision", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:  # REVIEW / FAIL, as gate.change.on_regression spells them
+        return value.lower() if isinstance(value, str) else value
+
+    def tolerance(self, metric: str, change: ChangeThresholds) -> float:
+        return self.max_drop if self.max_drop is not None else change.tolerance_for(metric)
+
+
 class EvaluationConfig(_Strict):
     """How a family's adapters are judged."""
 
@@ -145,6 +189,10 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Examples per generation or forward batch.")
     max_flipped: int = Field(25, ge=0, description="Most right-to-wrong examples listed in the report.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion gate.")
+    forgetting: ForgettingConfig = Field(
+        default_factory=ForgettingConfig,
+        description="Old slices: the earlier snapshots' test splits, and how far the candidate may fall on them.",
+    )
 
 
 # The metric modules each task kind gets when `metrics` is not set.
@@ -161,6 +209,16 @@ MAIN_METRICS = {
     "regression": ("mae", "rmse"),
     "chat_structured": ("json_valid", "field_accuracy", "token_f1"),
     "chat_qa": ("answer_accuracy", "token_f1", "citation_presence", "refusal_accuracy", "hallucination_rate"),
+}
+
+# What an old slice is judged on (`forgetting.metric`): the one figure a person would call "still
+# right on the old data". Call analysis uses field_accuracy, not json_valid: a model that forgot
+# what the fields hold still writes valid JSON.
+FORGETTING_METRIC = {
+    "classification": "accuracy",
+    "regression": "mae",
+    "chat_structured": "field_accuracy",
+    "chat_qa": "answer_accuracy",
 }
 
 # Fewest scored examples in the evidence set before the gate may say DEPLOY (`evidence.min_examples`).

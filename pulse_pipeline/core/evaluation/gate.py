@@ -3,7 +3,9 @@
 Absolute checks read the candidate's metrics; change checks read the paired-bootstrap rows
 (candidate - baseline). A change check fails only when the regression is beyond the metric's
 tolerance *and* the interval excludes zero, so noise on a small evaluation set does not block
-a promotion, and a real regression does. Evidence checks ask for REVIEW when the evaluation is
+a promotion, and a real regression does. Forgetting checks apply the same rule to the family's
+forgetting metric on each old slice (the test splits of earlier snapshots, forgetting.py), with
+`forgetting.max_drop` as the tolerance and REVIEW or FAIL as configured. Evidence checks ask for REVIEW when the evaluation is
 too thin to trust either way: fewer scored examples in the evidence set than the task's minimum,
 or (when configured) a candidate interval wider than allowed. The decision is the worst outcome
 of all checks, so thin evidence never turns a FAIL into a REVIEW; a check that cannot run (no
@@ -44,11 +46,13 @@ def decide(
     set_sizes: dict[str, int] | None = None,
     profile: str | None = None,
     floor: dict[str, Any] | None = None,
+    forgetting: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`candidate`: set -> metric -> value; `comparison`: set -> bootstrap rows; `set_sizes`: set ->
     scored examples (None: the number of examples is not checked); `profile`: the task profile
     (config.profile_of) whose minimum applies when `evidence.min_examples` is not set; `floor`:
-    classification, the candidate against the frozen-encoder floor (comparison.against_floor)."""
+    classification, the candidate against the frozen-encoder floor (comparison.against_floor);
+    `forgetting`: the old slices and their rule (forgetting.summary; None: no forgetting checks)."""
     checks = [absolute_check(m, t, candidate.get(t.set)) for m, t in gate.absolute.items()]
     if floor is not None:
         checks.append(floor_check(floor))
@@ -58,6 +62,8 @@ def decide(
         for metric in change.metrics or main_metrics:
             if metric in rows:
                 checks.append(change_check(rows[metric], set_name, change))
+    if forgetting is not None:
+        checks += forgetting_checks(forgetting, comparison)
     metric_checks_ran = any(c["outcome"] != "skipped" for c in checks)
     if set_sizes is not None:
         checks.append(examples_check(gate.evidence, set_sizes, profile))
@@ -170,6 +176,76 @@ def change_check(row: dict[str, Any], set_name: str, change: ChangeThresholds) -
     else:
         outcome = "pass"
         reason = f"{metric} on {set_name}: {shown}"
+    return {**base, "outcome": outcome, "reason": reason}
+
+
+def forgetting_checks(
+    forgetting: dict[str, Any], comparison: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """One check per old slice: its forgetting metric, candidate against production, on
+    `comparison[slice]`; one skipped check when no slice is judged (`forgetting["skipped"]`)."""
+    metric = forgetting["metric"]
+    if forgetting.get("skipped") or not forgetting.get("slices"):
+        why = forgetting.get("skipped") or "no old slice"
+        return [
+            {
+                "metric": metric, "set": "old slices", "kind": "forgetting", "value": None,
+                "threshold": _forgetting_threshold(forgetting), "outcome": "skipped",
+                "reason": f"forgetting: {why}",
+            }
+        ]  # fmt: skip
+    out = []
+    for old in forgetting["slices"]:
+        rows = {r["metric"]: r for r in comparison.get(old["name"], [])}
+        out.append(forgetting_check(rows.get(metric), old, forgetting))
+    return out
+
+
+def _forgetting_threshold(forgetting: dict[str, Any]) -> str:
+    text = f"worsens by <= {forgetting['max_drop']:g}"
+    if forgetting.get("require_significant", True):
+        text += f" (or the {forgetting.get('confidence', 0.95):.0%} interval includes 0)"
+    return text
+
+
+def forgetting_check(
+    row: dict[str, Any] | None, old: dict[str, Any], forgetting: dict[str, Any]
+) -> dict[str, Any]:
+    """PASS, or `forgetting["decision"]` (review or fail) when the candidate's metric on the old
+    slice is worse than production's by more than `max_drop` (and, with `require_significant`,
+    the paired interval lies on the worse side of zero, as change_check asks)."""
+    metric, name = forgetting["metric"], old["name"]
+    tolerance = forgetting["max_drop"]
+    level = f"{forgetting.get('confidence', 0.95):.0%}"
+    significant = forgetting.get("require_significant", True)
+    where = f"forgetting on {name} (snapshot {old['dataset_version']})"
+    delta = as_number((row or {}).get("delta"))
+    base = {
+        "metric": metric, "set": name, "kind": "forgetting", "value": delta,
+        "threshold": _forgetting_threshold(forgetting),
+    }  # fmt: skip
+    if row is None or delta is None:
+        return {**base, "outcome": "skipped", "reason": f"{where}: no {metric} on this slice"}
+    low, high = as_number(row.get("ci_low")), as_number(row.get("ci_high"))
+    if significant and (low is None or high is None):
+        return {**base, "outcome": "skipped", "reason": f"{where}: {metric}: no interval (too few examples)"}
+    higher = row.get("higher_is_better", True)
+    loss = -delta if higher else delta  # positive: the candidate is worse, in the metric's units
+    surely_worse = low is not None and high is not None and (high < 0 if higher else low > 0)
+    figures = (
+        f"{metric} {format_value(metric, row['baseline'])} (production) to "
+        f"{format_value(metric, row['candidate'])} (candidate), {format_delta(metric, delta, low, high)}"
+        + (f" ({level} interval)" if low is not None and high is not None else "")
+    )
+    if loss > tolerance and (surely_worse or not significant):
+        outcome = forgetting["decision"]
+        reason = f"{where}: {figures}; max drop {tolerance:g}: {outcome.upper()}"
+    elif loss > tolerance:
+        outcome = "pass"
+        reason = f"{where}: {figures}; worse by more than {tolerance:g}, but the interval includes 0"
+    else:
+        outcome = "pass"
+        reason = f"{where}: {figures}"
     return {**base, "outcome": outcome, "reason": reason}
 
 

@@ -104,6 +104,33 @@ HTML_TEMPLATE = """<!DOCTYPE html>
 {%- endfor %}
 {{ figure("deltas") }}
 
+{%- if v.forgetting %}
+<h2>Forgetting (old slices)</h2>
+<p>{{ v.forgetting.rule }}</p>
+{%- if v.forgetting.rows %}
+<table>
+  <thead><tr><th>slice</th><th>snapshot</th><th>created</th><th>examples</th><th>baseline</th><th>candidate</th>
+    <th>delta</th><th>interval</th><th>verdict</th></tr>
+  </thead>
+  <tbody>
+  {%- for r in v.forgetting.rows %}
+    <tr><td>{{ r.slice }}</td><td>{{ r.snapshot }}</td><td>{{ r.created }}</td><td class="num">{{ r.examples }}</td>
+        <td class="num">{{ r.baseline }}</td><td class="num">{{ r.candidate }}</td>
+        <td class="num">{{ r.delta }}</td><td class="num">{{ r.interval }}</td>
+        <td class="{{ css(r.verdict) }}" title="{{ r.reason }}">{{ r.verdict }}</td></tr>
+  {%- endfor %}
+  </tbody>
+</table>
+{%- endif %}
+{%- if v.forgetting.notes %}
+<ul class="note">
+{%- for note in v.forgetting.notes %}
+  <li>{{ note }}</li>
+{%- endfor %}
+</ul>
+{%- endif %}
+{%- endif %}
+
 {%- if v.flipped %}
 <h2>Flipped examples (baseline right, candidate wrong)</h2>
 {%- if v.flipped_total > v.flipped | length %}

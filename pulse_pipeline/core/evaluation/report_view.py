@@ -204,6 +204,7 @@ def build_view(results: dict) -> dict[str, Any]:
         "facts": _facts(results),
         "checks": [_check_row(c) for c in as_list(gate.get("checks")) if isinstance(c, dict)],
         "sets": _set_views(results),
+        "forgetting": _forgetting_view(results),
         "flipped": [_flipped_row(f) for f in flipped[:MAX_FLIPPED] if isinstance(f, dict)],
         "flipped_total": len(flipped),
         "confusions": _top_confusions(as_dict(results.get("confusion"))),
@@ -282,7 +283,7 @@ def _check_row(check: dict) -> dict[str, str]:
     metric = _text(check.get("metric"), "?")
     kind = _text(check.get("kind"))
     value = check.get("value")
-    if kind == "change":
+    if kind in ("change", "forgetting"):
         shown = format_delta(metric, value)
     elif kind == "evidence" and "ci_low" in check:  # the width of the candidate's interval
         shown = format_interval_width(value, check.get("ci_low"), check.get("ci_high"), check.get("limit"))
@@ -362,6 +363,78 @@ def _metric_row(metric: str, row: dict) -> dict[str, Any]:
         "delta": format_delta(metric, delta, row.get("ci_low"), row.get("ci_high")),
         "verdict": verdict(delta, row.get("ci_low"), row.get("ci_high"), higher),
     }
+
+
+def _forgetting_view(results: dict) -> dict[str, Any] | None:
+    """The old slices, one row each: the forgetting metric of production and the candidate, the
+    delta, its interval and the gate's verdict; None when forgetting was not judged."""
+    forgetting = as_dict(results.get("forgetting"))
+    if not forgetting:
+        return None
+    metric = _text(forgetting.get("metric"), "?")
+    comparison = as_dict(results.get("comparison"))
+    checks = {
+        str(c.get("set")): c
+        for c in as_list(as_dict(results.get("gate")).get("checks"))
+        if isinstance(c, dict) and c.get("kind") == "forgetting"
+    }
+    rows = []
+    for old in as_list(forgetting.get("slices")):
+        old = as_dict(old)
+        name = _text(old.get("name"), "?")
+        row = next(
+            (as_dict(r) for r in as_list(comparison.get(name)) if as_dict(r).get("metric") == metric), {}
+        )
+        low, high = row.get("ci_low"), row.get("ci_high")
+        interval = (
+            f"{format_delta(metric, low)} to {format_delta(metric, high)}"
+            if as_number(low) is not None and as_number(high) is not None
+            else "n/a"
+        )
+        check = as_dict(checks.get(name))
+        rows.append(
+            {
+                "slice": name,
+                "snapshot": _text(old.get("dataset_version")),
+                "created": _text(old.get("created_at"))[:16].replace("T", " "),
+                "examples": _text(old.get("examples")),
+                "baseline": format_value(metric, row.get("baseline")),
+                "candidate": format_value(metric, row.get("candidate")),
+                "delta": format_delta(metric, row.get("delta")),
+                "interval": interval,
+                "verdict": _text(check.get("outcome"), "n/a").lower(),
+                "reason": _text(check.get("reason")),
+            }
+        )
+    notes = [str(n) for n in as_list(forgetting.get("notes")) if n]
+    for old in (as_dict(o) for o in as_list(forgetting.get("slices"))):
+        if old.get("left_out"):
+            notes.append(
+                f"{old.get('name')}: {old['left_out']} test example(s) left out, in the train or val split "
+                "of the candidate's or production's snapshot"
+            )
+        if old.get("same_as_test"):
+            notes.append(f"{old.get('name')}: the same examples as the candidate's own test split")
+    return {"metric": metric, "rule": _forgetting_rule(forgetting, metric), "rows": rows, "notes": notes}
+
+
+def _forgetting_rule(forgetting: dict, metric: str) -> str:
+    tolerance = as_number(forgetting.get("max_drop"))
+    baseline = forgetting.get("baseline")
+    against = f"production version {baseline}" if baseline else "production"
+    text = (
+        f"{metric} on the test splits of up to {_text(forgetting.get('snapshots'), '?')} earlier snapshots, "
+        f"the candidate against {against}"
+    )
+    if tolerance is not None:
+        text += f"; worse by more than {tolerance:g}"
+        if forgetting.get("require_significant", True):
+            confidence = as_number(forgetting.get("confidence")) or 0.95
+            text += f" with the {confidence:.0%} interval excluding 0"
+        text += f" is {_text(forgetting.get('decision'), 'review').upper()}"
+    if forgetting.get("skipped"):
+        text += f". Not judged: {forgetting['skipped']}"
+    return text + "."
 
 
 def _flipped_row(example: dict) -> dict[str, str]:

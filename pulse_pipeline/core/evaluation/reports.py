@@ -79,6 +79,7 @@ def render_markdown(results: dict) -> str:
     for section in (
         _md_checks,
         _md_metrics,
+        _md_forgetting,
         _md_flipped,
         _md_confusions,
         _md_dimensions,
@@ -116,6 +117,20 @@ def _md_metrics(view: dict[str, Any]) -> list[str]:
             for r in set_view["rows"]
         ]
         lines += _md_table(headers, rows, right=(1, 2, 3)) if rows else ["No metrics for this set."]
+    return lines
+
+
+def _md_forgetting(view: dict[str, Any]) -> list[str]:
+    forgetting = view["forgetting"]
+    if not forgetting:
+        return []
+    lines = ["## Forgetting (old slices)", "", md_escape(forgetting["rule"])]
+    fields = ("slice", "snapshot", "created", "examples", "baseline", "candidate", "delta", "interval")
+    if forgetting["rows"]:
+        rows = [[*(row[f] for f in fields), _md_outcome(row["verdict"])] for row in forgetting["rows"]]
+        lines += ["", *_md_table((*fields, "verdict"), rows, right=(3, 4, 5, 6, 7))]
+    if forgetting["notes"]:
+        lines += ["", *(f"- {md_escape(note)}" for note in forgetting["notes"])]
     return lines
 
 

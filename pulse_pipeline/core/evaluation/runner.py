@@ -2,7 +2,8 @@
 
 `evaluate_version` is what the Dagster `<family>/eval_report` asset, `pulse evaluate` and the
 end of `pulse train` call. The candidate and its baseline (the production version named by
-current.json, or the base model for a family's first version) answer the same examples; the
+current.json, or the base model for a family's first version) answer the same examples, and,
+against production, the old slices too (the earlier snapshots' test splits, forgetting.py); the
 results, the decision and the reports land in the version's `eval/` folder, and the metrics
 in the training's MLflow run.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.evaluation import metrics
 from pulse_pipeline.core.evaluation.config import DEFAULT_METRICS, MAIN_METRICS, profile_of
+from pulse_pipeline.core.evaluation.forgetting import old_slices, summary
 from pulse_pipeline.core.evaluation.gate import decide
 from pulse_pipeline.core.evaluation.inference import AdapterPredictor, Predictions
 from pulse_pipeline.core.evaluation.reports import to_json_safe
@@ -81,7 +83,10 @@ def evaluate_version(
             f"{family.name} {version}: no evaluation examples (empty test split, no golden file)"
         )
     systems = _load_systems(family, artifacts, home, version, dataset, meta, log, vllm)
-    results = _score_sets(family, profile, names, version, meta, sets, systems, log, judge)
+    old, forgetting = _old_slices(family, profile, artifacts, dataset, systems, [*sets, *empty], log)
+    results = _score_sets(family, profile, names, version, meta, sets, systems, log, judge, old)
+    if forgetting is not None:
+        results["forgetting"] = forgetting
     for eval_set in empty:
         why = ", ".join(f"{n} {reason}" for reason, n in eval_set.not_used.items()) or "no records"
         results["skipped"].append(
@@ -98,6 +103,7 @@ def evaluate_version(
         set_sizes={s["name"]: s["examples"] for s in results["sets"]},  # scored examples per set
         profile=profile,
         floor=floor,
+        forgetting=forgetting,
     )
     return _publish(family, artifacts, version, to_json_safe(results), meta, tracking_uri)
 
@@ -105,8 +111,10 @@ def evaluate_version(
 def _score_sets(
     family: FamilyConfig, profile: str, names: list[str], version: str, meta: dict[str, Any],
     sets: list[EvalSet], systems: Systems, log: Callable[[str], None], judge: JudgeSettings | None,
+    old: Sequence[EvalSet] = (),
 ) -> dict[str, Any]:  # fmt: skip
-    """Every set through both systems and the metrics: the results, before the gate."""
+    """Every set through both systems and the metrics, then the old slices (not LLM-judged): the
+    results, before the gate."""
     ev = family.evaluation
     dataset = meta["dataset_version"]
     evaluator = SetScorer(
@@ -139,6 +147,9 @@ def _score_sets(
     for eval_set in sets:
         log(f"{eval_set.name}: {len(eval_set)} examples")
         evaluator.score_set(eval_set, results, log)
+    for eval_set in old:
+        log(f"{eval_set.name}: {len(eval_set)} examples ({eval_set.source})")
+        evaluator.score_set(eval_set, results, log, judged=False)
     return results
 
 
@@ -183,6 +194,31 @@ def _evaluation_sets(
     for f in eval_files:
         sets.append(from_records_file(family, config, Path(f), _unused(Path(f).stem, sets)))
     return [s for s in sets if s.examples], [s for s in sets if not s.examples]
+
+
+def _old_slices(
+    family: FamilyConfig, profile: str, artifacts: ArtifactStore, dataset: str, systems: Systems,
+    taken: list[EvalSet], log: Callable[[str], None],
+) -> tuple[list[EvalSet], dict[str, Any] | None]:  # fmt: skip
+    """The old slices to score, and the forgetting summary for the gate and the report (None when
+    `forgetting.snapshots` is 0). Against the base model nothing is scored: a first version has
+    forgotten nothing a production version knew. Examples of the candidate's or production's
+    train and val splits are left out of every slice."""
+    config = family.evaluation.forgetting
+    if config.snapshots == 0:
+        return [], None
+    info = systems.baseline_info
+    production = info["version"] if info["kind"] == "production" else None
+    trained_on = [dataset]
+    if production:
+        trained_on.append(files.read_metadata(artifacts, family.name, production).get("dataset_version"))
+    slices, notes = old_slices(
+        family, artifacts, dataset, config.snapshots,
+        trained_on=[v for v in trained_on if v], taken=[s.name for s in taken],
+    )  # fmt: skip
+    log(f"forgetting: {len(slices)} old slice(s)" + "".join(f"; {n}" for n in notes))
+    about = summary(config, profile, family.evaluation.gate.change, slices, notes, production)
+    return ([s.eval_set for s in slices] if production else []), about
 
 
 def _unused(name: str, sets: list[EvalSet]) -> str:
@@ -381,7 +417,9 @@ def _publish(
 def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     """For MLflow: eval.<set>.<metric> (the candidate), eval.<set>.baseline.<metric>,
     eval.<set>.delta.<metric> with .ci_low / .ci_high, and (classification) the top-1 accuracies
-    against the floor, eval.<set>.floor.{candidate,floor,delta}.top1_accuracy."""
+    against the floor, eval.<set>.floor.{candidate,floor,delta}.top1_accuracy. Old slices are sets
+    like the others (eval.old-<version>.*); eval.forgetting.worst_delta.<metric> (with .ci_low /
+    .ci_high) is the slice where the candidate fell furthest, a name that stays across snapshots."""
     flat: dict[str, float] = {}
     for set_name, systems in results["metrics"].items():
         for metric, value in systems["candidate"].items():
@@ -398,7 +436,25 @@ def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
             for key, name in (("delta", ""), ("ci_low", ".ci_low"), ("ci_high", ".ci_high")):
                 if row[key] is not None:
                     flat[f"eval.{set_name}.delta.{row['metric']}{name}"] = row[key]
+    worst = _worst_forgetting(results)
+    if worst is not None:
+        for key, name in (("delta", ""), ("ci_low", ".ci_low"), ("ci_high", ".ci_high")):
+            if worst[key] is not None:
+                flat[f"eval.forgetting.worst_delta.{worst['metric']}{name}"] = worst[key]
     return flat
+
+
+def _worst_forgetting(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The forgetting metric's comparison row on the old slice where the candidate fell furthest."""
+    forgetting = results.get("forgetting") or {}
+    metric = forgetting.get("metric")
+    rows = [
+        row
+        for old in forgetting.get("slices", [])
+        for row in results["comparison"].get(old["name"], [])
+        if row["metric"] == metric and row["delta"] is not None
+    ]
+    return max(rows, key=lambda r: -r["delta"] if r["higher_is_better"] else r["delta"], default=None)
 
 
 def _baseline_tag(results: dict[str, Any]) -> str:

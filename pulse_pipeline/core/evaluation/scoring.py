@@ -28,7 +28,11 @@ class SetScorer:
     systems: Any  # runner.Systems: answer(examples, baseline=...) and thresholds
     judge: JudgeSettings | None = None  # the optional LLM judge (chat families); None: skipped
 
-    def score_set(self, eval_set: EvalSet, results: dict[str, Any], log: Callable[[str], None]) -> None:
+    def score_set(
+        self, eval_set: EvalSet, results: dict[str, Any], log: Callable[[str], None], *, judged: bool = True
+    ) -> None:
+        """`judged`: whether the LLM judge (when configured) scores it too; old slices are not
+        judged, its figures are the candidate's alone and compare nothing."""
         family, ev = self.family, self.family.evaluation
         inputs = _inputs(eval_set, _shared_inputs(family))
         cand = _outputs(
@@ -73,7 +77,7 @@ class SetScorer:
         by_category = _by_category(eval_set, self.modules, cand, inputs)
         if by_category:
             results.setdefault("by_category", {})[eval_set.name] = by_category
-        if family.task is TaskKind.chat_sft:
+        if family.task is TaskKind.chat_sft and judged:
             _llm_judge(self.judge, results, eval_set, cand.predictions, log)
 
 

@@ -274,3 +274,98 @@ def test_a_candidate_below_the_frozen_encoder_floor_fails_with_both_figures_and_
     above = against_floor(references, floor, candidate)
     assert above["ci_low"] <= above["delta"] <= above["ci_high"]
     assert decide(gate, {"test": {"accuracy": 0.966}}, {}, ("accuracy",), floor=above)["decision"] == "DEPLOY"
+
+
+# --- forgetting on old slices -------------------------------------------------------------------------
+
+
+def _forgetting(**rule):
+    """forgetting.summary's shape: two old slices, accuracy with a 1-point tolerance, against production."""
+    slices = [
+        {"name": "old-aaaaaaaaaaaa", "dataset_version": "aaaaaaaaaaaa0001", "examples": 400},
+        {"name": "old-bbbbbbbbbbbb", "dataset_version": "bbbbbbbbbbbb0002", "examples": 300},
+    ]
+    return {
+        "snapshots": 2, "metric": "accuracy", "max_drop": 0.01, "decision": "review",
+        "require_significant": True, "confidence": 0.95, "baseline": "intents-20261120-0200",
+        "slices": slices, "notes": [], **rule,
+    }  # fmt: skip
+
+
+def _forgetting_rows(first, second):
+    return {"old-aaaaaaaaaaaa": [first], "old-bbbbbbbbbbbb": [second]}
+
+
+def _checks(out, kind="forgetting"):
+    return [c for c in out["checks"] if c["kind"] == kind]
+
+
+def test_a_drop_beyond_tolerance_on_an_old_slice_asks_a_person_or_fails_when_configured():
+    kept = _row("accuracy", 0.90, 0.905, -0.02, 0.01, True)  # within 1 point
+    lost = _row("accuracy", 0.80, 0.90, -0.14, -0.06, True)  # 10 points, the interval below zero
+    out = decide(GateConfig(), {}, _forgetting_rows(kept, lost), ("accuracy",), forgetting=_forgetting())
+    assert out["decision"] == "REVIEW"
+    first, second = _checks(out)
+    assert (first["set"], first["outcome"]) == ("old-aaaaaaaaaaaa", "pass")
+    assert (second["set"], second["outcome"]) == ("old-bbbbbbbbbbbb", "review")
+    assert out["reasons"] == [second["reason"]]
+    assert second["reason"] == (
+        "forgetting on old-bbbbbbbbbbbb (snapshot bbbbbbbbbbbb0002): accuracy 90.0% (production) to 80.0% "
+        "(candidate), -10.0 pp (-14.0 to -6.0) (95% interval); max drop 0.01: REVIEW"
+    )
+    assert second["value"] == pytest.approx(-0.1)
+    assert second["threshold"] == "worsens by <= 0.01 (or the 95% interval includes 0)"
+
+    failing = decide(
+        GateConfig(), {}, _forgetting_rows(kept, lost), ("accuracy",), forgetting=_forgetting(decision="fail")
+    )
+    assert failing["decision"] == "FAIL" and _checks(failing)[1]["reason"].endswith("max drop 0.01: FAIL")
+
+
+def test_forgetting_within_tolerance_or_inside_the_interval_passes():
+    small = _row("accuracy", 0.895, 0.90, -0.009, -0.001, True)  # surely worse, but within 1 point
+    noisy = _row("accuracy", 0.85, 0.90, -0.12, 0.02, True)  # 5 points worse, the interval holds zero
+    out = decide(GateConfig(), {}, _forgetting_rows(small, noisy), ("accuracy",), forgetting=_forgetting())
+    assert out["decision"] == "DEPLOY" and [c["outcome"] for c in _checks(out)] == ["pass", "pass"]
+    assert _checks(out)[1]["reason"].endswith("worse by more than 0.01, but the interval includes 0")
+    # require_significant false: the point estimate alone decides
+    strict = decide(
+        GateConfig(), {}, _forgetting_rows(small, noisy), ("accuracy",),
+        forgetting=_forgetting(require_significant=False),
+    )  # fmt: skip
+    assert [c["outcome"] for c in _checks(strict)] == ["pass", "review"]
+    assert _checks(strict)[0]["threshold"] == "worsens by <= 0.01"
+
+
+def test_forgetting_reads_lower_is_better_metrics_upwards():
+    worse = _row("mae", 1.0, 0.8, 0.1, 0.3, False)
+    better = _row("mae", 0.6, 0.8, -0.3, -0.1, False)
+    rule = _forgetting(metric="mae", max_drop=0.05)
+    out = decide(GateConfig(), {}, _forgetting_rows(better, worse), ("mae",), forgetting=rule)
+    assert [c["outcome"] for c in _checks(out)] == ["pass", "review"]
+    assert "mae 0.800 (production) to 1.000 (candidate), +0.200" in _checks(out)[1]["reason"]
+
+
+def test_without_a_production_version_or_an_old_slice_forgetting_is_skipped_with_the_reason():
+    no_production = _forgetting(
+        baseline=None,
+        skipped="the baseline is the base model, not a production version: nothing to have forgotten yet",
+    )
+    gate = GateConfig(absolute={"accuracy": Threshold(fail_below=0.5)})
+    out = decide(gate, {"test": {"accuracy": 0.9}}, {}, ("accuracy",), forgetting=no_production)
+    assert out["decision"] == "DEPLOY"
+    (check,) = _checks(out)
+    assert check["outcome"] == "skipped" and check["set"] == "old slices"
+    assert check["reason"] == (
+        "forgetting: the baseline is the base model, not a production version: nothing to have forgotten yet"
+    )
+    # a slice without the metric or without an interval is skipped, never passed
+    missing = {"old-aaaaaaaaaaaa": [], "old-bbbbbbbbbbbb": [_row("accuracy", 0.0, 1.0, None, None, True)]}
+    out = decide(gate, {"test": {"accuracy": 0.9}}, missing, ("accuracy",), forgetting=_forgetting())
+    assert [c["outcome"] for c in _checks(out)] == ["skipped", "skipped"]
+    assert _checks(out)[0]["reason"].endswith("no accuracy on this slice")
+    assert _checks(out)[1]["reason"].endswith("accuracy: no interval (too few examples)")
+    # forgetting checks alone are metric checks that ran: a gate with nothing else still decides
+    kept = _row("accuracy", 0.90, 0.90, -0.01, 0.01, True)
+    alone = decide(GateConfig(), {}, _forgetting_rows(kept, kept), (), forgetting=_forgetting())
+    assert alone["decision"] == "DEPLOY"

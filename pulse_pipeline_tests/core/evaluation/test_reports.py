@@ -630,3 +630,63 @@ def test_unknown_citation_ids_are_listed_in_both_reports() -> None:
     assert "## Citations of unknown sources (not in the source registry)" in markdown
     assert "- **test:** compute-resources:frontera, software:nope" in markdown
     assert "compute-resources:frontera, software:nope" in render_html(results, {})
+
+
+def test_forgetting_is_a_section_of_both_reports_with_each_slices_figures_and_verdict() -> None:
+    from pulse_pipeline.core.evaluation.config import ForgettingConfig
+    from pulse_pipeline.core.evaluation.forgetting import OldSlice, summary
+    from pulse_pipeline.core.evaluation.sets import EvalExample, EvalSet
+
+    results = classification_results()
+    old = "old-5e1f00c0ffee"
+    results["sets"].append(
+        {"name": old, "examples": 200, "source": "old slice: snapshot 5e1f00c0ffee1234 test split"}
+    )
+    results["metrics"][old] = {"candidate": {"accuracy": 0.8}, "baseline": {"accuracy": 0.9}}
+    results["comparison"][old] = [_row("accuracy", 0.8, 0.9, 0.04)]
+    examples = [EvalExample(str(i), "intent_label", "text", "balance") for i in range(200)]
+    slices = [
+        OldSlice(
+            EvalSet(old, "old slice", examples), "5e1f00c0ffee1234", "2026-11-20T02:00:00+00:00", 12, False
+        )
+    ]
+    notes = ["snapshot 0a0a0a0a0a0a0a0a: its test split is empty, so it gives no old slice"]
+    change = GateConfig().change
+    results["forgetting"] = summary(
+        ForgettingConfig(), "classification", change, slices, notes, "intent-router-20261120-0200"
+    )
+    results["gate"] = decide(
+        GateConfig(),
+        {},
+        results["comparison"],
+        MAIN_METRICS["classification"],
+        forgetting=results["forgetting"],
+    )
+    assert results["gate"]["decision"] == "REVIEW"
+
+    markdown = render_markdown(results)
+    section = _section(markdown, "Forgetting (old slices)")
+    assert section[2] == (
+        "accuracy on the test splits of up to 2 earlier snapshots, the candidate against production version "
+        "intent-router-20261120-0200; worse by more than 0.02 with the 95% interval excluding 0 is REVIEW."
+    )
+    assert (
+        "| old-5e1f00c0ffee | 5e1f00c0ffee1234 | 2026-11-20 02:00 | 200 | 90.0% | 80.0% | -10.0 pp "
+        "| -14.0 pp to -6.0 pp | **REVIEW** |"
+    ) in section
+    assert "- snapshot 0a0a0a0a0a0a0a0a: its test split is empty, so it gives no old slice" in section
+    assert any("12 test example(s) left out" in line for line in section)
+    checks = _section(markdown, "Gate checks")
+    assert (
+        "| accuracy | old-5e1f00c0ffee | forgetting | -10.0 pp | worsens by \\<= 0.02 (or the 95% interval includes 0) | **REVIEW** |"
+        in checks
+    )
+    html = render_html(results, {})
+    assert "<h2>Forgetting (old slices)</h2>" in html
+    assert '<td class="review" title="forgetting on old-5e1f00c0ffee (snapshot 5e1f00c0ffee1234)' in html
+
+    # no production version: the slices are listed, nothing is judged, and the section says why
+    results["forgetting"] = summary(ForgettingConfig(), "classification", change, slices, [], None)
+    text = "\n".join(_section(render_markdown(results), "Forgetting (old slices)"))
+    assert "Not judged: the baseline is the base model, not a production version" in text
+    assert "## Forgetting" not in render_markdown(classification_results())  # off: no section
