@@ -153,6 +153,14 @@ def train_preferences(
     from transformers.trainer_utils import get_last_checkpoint
     from transformers.utils import logging as transformers_logging
 
+    data, too_long = _fitting(kind, data, tokenizer, config.max_length)
+    if not data.rows(kind, "train") or (
+        kind == "kto" and len({r["label"] for r in data.rows(kind, "train")}) < 2
+    ):
+        raise TrainingError(
+            f"{family}: training.objective {config.objective}: {too_long} {kind.upper()} train rows are longer "
+            f"than training.max_length {config.max_length}, and too few are left to train on: raise max_length"
+        )
     trainer = _trainer(kind, job, plan, model, tokenizer, data)
     log = _Log(on_progress, on_metrics, config.preference.epochs)
     trainer.remove_callback(PrinterCallback)  # its lines go to the run's log through `log`
@@ -160,7 +168,7 @@ def train_preferences(
 
     work = job.work / "preference"
     resume = get_last_checkpoint(str(work)) if work.is_dir() else None
-    trainer.train(resume_from_checkpoint=resume)
+    trained = trainer.train(resume_from_checkpoint=resume)
     scored = trainer.evaluate() if trainer.eval_dataset is not None else {}
     transformers_logging.disable_progress_bar()  # the trainer turned it back on
 
@@ -173,7 +181,7 @@ def train_preferences(
         "beta": config.preference.beta,
         "epochs": config.preference.epochs,
         "learning_rate": config.preference.learning_rate,
-        "train_examples": len(data.rows(kind, "train")),
+        "train_examples": len(data.rows(kind, "train")),  # those that fit max_length
         "val_examples": len(data.rows(kind, "val")),
         **(
             {"desirable_weight": data.desirable_weight, "undesirable_weight": data.undesirable_weight}
@@ -184,6 +192,8 @@ def train_preferences(
         "resumed_from_step": _step_of(resume),
         "first_loss": log.history[0]["loss"] if log.history else None,
         "final_loss": log.history[-1]["loss"] if log.history else None,
+        "mean_loss": trained.training_loss,  # over this attempt's steps: steadier than one step's
+        "dropped_too_long": too_long,
         "validation": {k.removeprefix("eval_"): v for k, v in scored.items() if "/" in k or k == "eval_loss"},
         "loss_history": log.history,
         "training_time_seconds": round(time.monotonic() - started, 1),
@@ -210,6 +220,29 @@ def _load_start(model: Any, job: TrainingJob, sft: TrainingResult | None) -> tup
     if init is not None:  # merge_champion: a fresh LoRA on the merged weights
         return "fresh LoRA", f"base with {init.family}@{init.version} merged"
     return "fresh LoRA", "base"
+
+
+def _fitting(kind: str, data: PreferenceData, tokenizer: Any, max_length: int) -> tuple[PreferenceData, int]:
+    """The rows whose prompt and longest completion fit `max_length` tokens, and how many train rows
+    did not: TRL would cut a completion's end (its end-of-turn token too) or drop the row itself."""
+    import dataclasses
+
+    def fits(row: dict[str, Any]) -> bool:
+        answers = [row["chosen"], row["rejected"]] if kind == "dpo" else [row["completion"]]
+        return all(
+            len(
+                tokenizer.apply_chat_template(row["prompt"] + answer, tokenize=True, return_dict=True)[
+                    "input_ids"
+                ]
+            )
+            <= max_length
+            for answer in answers
+        )
+
+    table = data.dpo if kind == "dpo" else data.kto
+    kept = {split: [r for r in rows if fits(r)] for split, rows in table.items()}
+    dropped = len(table.get("train", [])) - len(kept.get("train", []))
+    return dataclasses.replace(data, **{kind: kept}), dropped
 
 
 def _trainer(kind: str, job: TrainingJob, plan: Any, model: Any, tokenizer: Any, data: PreferenceData) -> Any:
@@ -339,7 +372,7 @@ def _write_folder(
         metadata.update(
             samples_used=record["train_examples"],
             epochs=record["epochs"],
-            training_loss=record["final_loss"],
+            training_loss=record["mean_loss"],
             training_time_seconds=record["training_time_seconds"],
             steps=record["steps"],
             selected="fine_tune",

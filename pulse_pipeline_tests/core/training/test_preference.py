@@ -161,3 +161,11 @@ def test_a_preference_run_without_data_stops_before_loading_anything(config, mod
     )
     with pytest.raises(TrainingError, match="^access-qa: training.objective dpo needs DPO pairs"):
         train(job)
+
+
+def test_pairs_longer_than_max_length_are_left_out_and_none_left_is_one_line(config, model_cache, tmp_path):
+    job = _preference_job(
+        _chat_job(config, model_cache, tmp_path / "w", n=24, **SFT), "dpo", _preferences(), max_length=16
+    )
+    with pytest.raises(TrainingError, match="24 DPO train rows are longer than training.max_length 16"):
+        train(job)
