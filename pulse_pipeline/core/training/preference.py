@@ -95,8 +95,8 @@ def preference_problem(config: Any, data: PreferenceData | None, family: str, ve
     if kind == "kto" and len({row["label"] for row in train}) < 2:
         return (
             f"{family}: training.objective {config.objective} needs desirable and undesirable answers, and "
-            f"snapshot {version} has {len(train)} KTO examples in train, all of one kind (ratings of at most "
-            f"{'the undesirable threshold' if train else '2'} and thumbs down make undesirable ones)"
+            f"snapshot {version} has {len(train)} KTO examples in train, all of one kind (thumbs and ratings "
+            f"on both sides of preferences.desirable_min_rating / undesirable_max_rating make both)"
         )
     if kind == "kto" and config.micro_batch_size < 2:
         return f"{family}: training.objective {config.objective}: KTO needs micro_batch_size of at least 2"
