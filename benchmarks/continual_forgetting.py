@@ -226,6 +226,9 @@ def main() -> None:
     parser.add_argument("--replay", type=float, nargs="*", default=[0.3], help="replay shares to run")
     parser.add_argument("--first-domains", type=int, default=5, help="domains in period 1 (of 10)")
     parser.add_argument(
+        "--per-intent", type=int, default=None, help="utterances an intent (default: all 120)"
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="4 domains, 12 utterances an intent, 1 epoch: a quick check"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
