@@ -11,7 +11,7 @@ import dagster as dg
 
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig, load_config
 from pulse_pipeline.core.review_sessions import takes_review_sessions
-from pulse_pipeline.core.triage import has_review_queue
+from pulse_pipeline.core.triage import generates_qa, has_review_queue
 from pulse_pipeline.defs.annotations.assets import annotations_asset
 from pulse_pipeline.defs.automation.daily_report import daily_report_asset
 from pulse_pipeline.defs.automation.drift import drift_report_asset, drift_sensor
@@ -24,6 +24,11 @@ from pulse_pipeline.defs.automation.schedules import build_schedules, run_limit_
 from pulse_pipeline.defs.automation.sensors import new_annotations_sensor
 from pulse_pipeline.defs.datasets.assets import dataset_snapshot_asset, examples_asset, review_queue_asset
 from pulse_pipeline.defs.evaluation.assets import eval_report_asset
+from pulse_pipeline.defs.oracle.assets import (
+    generated_qa_asset,
+    oracle_calibration_asset,
+    oracle_labels_asset,
+)
 from pulse_pipeline.defs.registry.assets import (
     cleanup_adapters,
     deployment_asset,
@@ -67,6 +72,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
     chain_assets: list[dg.AssetsDefinition] = []  # review queue .. deployment, every family
     chain_keys: dict[str, list[dg.AssetKey]] = {}
     watch_assets: list[dg.AssetsDefinition] = []
+    oracle_assets: list[dg.AssetsDefinition] = []  # labelling with an LLM, for families with `oracle:`
     retrain_jobs = []
     sensors: list[dg.SensorDefinition] = [run_failures_sensor()]
     for family in families:
@@ -92,6 +98,10 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
             )
         )
         watch_assets += [daily_report_asset(family, partitions), production_accuracy_asset(family)]
+        if family.has_oracle:
+            oracle_assets += [oracle_calibration_asset(family), oracle_labels_asset(family, config)]
+        if generates_qa(family):
+            oracle_assets.append(generated_qa_asset(family, config))
         sensors.append(new_annotations_sensor(family, retrain_job_name(family)))
         if takes_review_sessions(family):
             sensors.append(closed_sessions_sensor(family, retrain_job_name(family)))
@@ -132,7 +142,7 @@ def build_definitions(config: PulseConfig) -> dg.Definitions:
         reconcile_adapters,
     ]
     return dg.Definitions(
-        assets=[*assets, *chain_assets, *watch_assets],
+        assets=[*assets, *chain_assets, *watch_assets, *oracle_assets],
         jobs=jobs,
         schedules=build_schedules(config, chain_keys, partitions, retrain_job=RETRAIN_JOB, watch_job=WATCH_JOB),
         sensors=sensors,

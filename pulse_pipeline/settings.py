@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pulse_pipeline.core.capture import Grant
     from pulse_pipeline.core.evaluation.judge import JudgeSettings
     from pulse_pipeline.core.label_studio import LabelStudio
+    from pulse_pipeline.core.oracle.oracles import OracleSettings
 
 
 class Settings(BaseSettings):
@@ -127,6 +128,29 @@ class Settings(BaseSettings):
         description="Retries of a judge request after a connection error, HTTP 429 or 5xx, with "
         "exponential backoff.",
     )
+    pulse_oracle_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint of the labelling oracle (`pulse calibrate`, `pulse label`; "
+        "core/oracle/); unset: the local oracle runs PULSE_ORACLE_MODEL in process.",
+    )
+    pulse_oracle_api_key: SecretStr = Field(SecretStr(""), description="The oracle endpoint's API key.")
+    pulse_oracle_model: str | None = Field(
+        None,
+        description="The oracle's model: the endpoint's model id (default: its first), or with no URL a "
+        "base model name run locally (default smollm2-135m).",
+    )
+    pulse_oracle_timeout: float = Field(60, gt=0, description="Seconds the oracle may take per request.")
+    pulse_oracle_max_concurrency: int = Field(4, ge=1, description="Requests to the oracle in flight at once.")
+    pulse_oracle_retries: int = Field(
+        2, ge=0, description="Retries of an oracle request after a connection error, HTTP 429 or 5xx, with backoff."
+    )
+    pulse_oracle_requests_per_minute: float = Field(
+        0, ge=0, description="Rate limit of requests to the oracle endpoint (0: none)."
+    )
+    pulse_oracle_price_input: float = Field(
+        0, ge=0, description="Price of a million prompt tokens, for the cost estimate and `--max-cost`."
+    )
+    pulse_oracle_price_output: float = Field(0, ge=0, description="Price of a million completion tokens.")
     pulse_capture_tokens: str | None = Field(
         None,
         description='JSON list of the capture service\'s grants, `[{"name", "sha256", "families"}]`: '
@@ -213,6 +237,22 @@ class Settings(BaseSettings):
             retries=self.pulse_judge_retries,
         )
 
+    def oracle(self) -> OracleSettings:
+        """The labelling oracle's settings (core/oracle/oracles.py): the endpoint at PULSE_ORACLE_URL,
+        or the local oracle when it is unset. A URL that is no http(s) URL raises ValueError."""
+        from pulse_pipeline.core.oracle.oracles import OracleSettings, Price
+
+        return OracleSettings(
+            url=self.pulse_oracle_url,
+            api_key=self.pulse_oracle_api_key.get_secret_value(),
+            model=self.pulse_oracle_model,
+            timeout=self.pulse_oracle_timeout,
+            max_concurrency=self.pulse_oracle_max_concurrency,
+            retries=self.pulse_oracle_retries,
+            requests_per_minute=self.pulse_oracle_requests_per_minute,
+            price=Price(self.pulse_oracle_price_input, self.pulse_oracle_price_output),
+        )
+
     def from_environment(self, name: str) -> bool:
         """Whether the field of environment variable `name` (any case, e.g. "PULSE_DATABASE_URL")
         was set from the environment (pydantic's `model_fields_set` before the defaults are filled
@@ -233,6 +273,7 @@ class Settings(BaseSettings):
                 self.pulse_s3_secret_key,
                 self.pulse_vllm_api_key,
                 self.pulse_judge_api_key,
+                self.pulse_oracle_api_key,
                 self.pulse_label_studio_api_key,
             )
         ]
@@ -242,6 +283,7 @@ class Settings(BaseSettings):
             self.mlflow_tracking_uri,
             *self.vllm_urls(),
             self.pulse_judge_url,
+            self.pulse_oracle_url,
             self.pulse_pushgateway_url,
             self.pulse_label_studio_url,
         ):

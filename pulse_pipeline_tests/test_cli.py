@@ -72,9 +72,9 @@ def test_unreachable_database_exits_1(hostile, monkeypatch):
 
 def test_db_upgrade_and_quarantine_listing(hostile):
     first = runner.invoke(app, ["db", "upgrade", "--json"])
-    assert json.loads(first.stdout) == {"from_revision": None, "revision": "0006"}
+    assert json.loads(first.stdout) == {"from_revision": None, "revision": "0007"}
     again = runner.invoke(app, ["db", "upgrade"])
-    assert again.stdout.strip() == "annotation store at revision 0006"
+    assert again.stdout.strip() == "annotation store at revision 0007"
     runner.invoke(app, ["ingest", str(hostile)])
     listing = json.loads(runner.invoke(app, ["quarantine", "--json", "--limit", "3"]).stdout)["quarantined"]
     assert len(listing) == 3 and all(item["reason"].startswith("line ") for item in listing)

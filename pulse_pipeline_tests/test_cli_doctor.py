@@ -66,7 +66,7 @@ def test_all_healthy_exits_0_and_json_is_one_object(deployment):
     rows = _rows(out.stdout)
     assert rows["annotation store"].startswith("ok")
     assert f"at 127.0.0.1:{postgres.port}/doctor_" in rows["annotation store"]
-    assert rows["annotation store"].endswith("schema at head 0006")
+    assert rows["annotation store"].endswith("schema at head 0007")
     assert rows["mlflow"].startswith("ok") and f"at {mlflow.tracking_uri}: /health OK" in rows["mlflow"]
     assert rows["artifact store"].startswith("ok") and rows["vllm"].startswith("skipped")
 

@@ -8,12 +8,23 @@
     demo.py         demo
     db.py           db upgrade
     capture.py      serve-capture, capture-token
+    oracle.py       calibrate, label (an LLM oracle labels new data after its prompt passed calibration)
 
 Work that has a Dagster asset or job runs through it, so its runs show in the UI. Every failure is
 one line on stderr (`--debug` adds the traceback); every output line is masked (output.py).
 """
 
-from pulse_pipeline.cli import annotations, backfills, capture, db, demo, doctor, registry, training  # noqa: F401 - registers the commands
+from pulse_pipeline.cli import (  # noqa: F401 - registers the commands
+    annotations,
+    backfills,
+    capture,
+    db,
+    demo,
+    doctor,
+    oracle,
+    registry,
+    training,
+)
 from pulse_pipeline.cli.app import app
 
 __all__ = ["app", "main"]

@@ -145,7 +145,8 @@ def quarantine(
         emit({"quarantined": items})
         return
     for item in items:
-        say(f"{item['source']}:{item['line']}  {item['reason']}")
+        where = item["source"] if item["line"] is None else f"{item['source']}:{item['line']}"
+        say(f"{where}  {item['reason']}")
 
 
 def _backfill_hint(config: PulseConfig, families: list[str], day: dt.date) -> str:

@@ -49,6 +49,9 @@ class _Record(BaseModel):
     created_at: dt.datetime | None = Field(None, strict=False)
     annotator: Name | None = None
     model_version: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    # "oracle": labelled by an LLM whose prompt passed calibration (`pulse label`), not by a person;
+    # "generated": written by an LLM from documents (`pulse generate-qa`), waiting for a person's review.
+    source: Literal["human", "oracle", "generated"] | None = None
 
 
 class Turn(BaseModel):
@@ -155,6 +158,7 @@ class QaPair(_Record):
     sources: list[SourceId] | None = None
     query_type: Literal["static", "dynamic"] | None = None
     citation_expected: bool | None = None
+    context: Text | None = None  # the passage a generated pair was written from, shown to its reviewer
 
 
 class Feedback(_Record):

@@ -172,11 +172,13 @@ class ExampleBuilder:
         ]
         return Example(
             id=row.id, kind=kind, created_at=row.created_at, seq=row.seq, messages=messages,
-            weight=extra.pop("weight", self._weight(kind)), **extra,
+            weight=extra.pop("weight", self._weight(kind, row.payload)), **extra,
         )  # fmt: skip
 
-    def _weight(self, kind: str) -> float:
-        return float(self.family.weights.get(kind, 1.0))
+    def _weight(self, kind: str, payload: dict[str, Any]) -> float:
+        """The kind's weight; an oracle's label (`source: oracle`) times the family's `oracle.weight`."""
+        weight = float(self.family.weights.get(kind, 1.0))
+        return weight * self.family.oracle.weight if payload.get("source") == "oracle" else weight
 
     # -- one formatter per kind -----------------------------------------------------------
 

@@ -229,6 +229,115 @@ class PreferencesConfig(_Strict):
         return self
 
 
+class OracleCalibrationConfig(_Strict):
+    """When an oracle prompt passes calibration and validation (core/oracle/calibration.py)."""
+
+    pass_agreement: float = Field(
+        0.8, gt=0, le=1, description="Agreement (with human labels, else the prefilter) at or above this: PASS."
+    )
+    review_agreement: float = Field(0.6, ge=0, le=1, description="Agreement below this: FAIL; between: REVIEW.")
+    max_off_topic_errors: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of the prefilter's off-topic items the oracle rates as on-topic above which: FAIL.",
+    )
+    max_unparsed: float = Field(0.1, ge=0, le=1, description="Share of unparseable answers above which: FAIL.")
+    score_tolerance: float = Field(
+        0.1, gt=0, le=1, description="Regression: a score within this share of the range of the human's agrees."
+    )
+    overfit_drop: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Validation agreement this far below calibration's is overfitting: a warning and REVIEW.",
+    )
+    min_items: int = Field(10, ge=1, description="Fewer judged items than this: REVIEW (too few to tell).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OracleCalibrationConfig:
+        if self.review_agreement > self.pass_agreement:
+            raise ValueError("'review_agreement' must not be above 'pass_agreement'")
+        return self
+
+
+class PrefilterConfig(_Strict):
+    """Rules that tell on-topic from off-topic items before any oracle sees them."""
+
+    on_topic: tuple[str, ...] = Field(
+        (), description="Regular expressions (case-insensitive); an item matching one is on topic."
+    )
+    off_topic: tuple[str, ...] = Field(
+        (), description="Regular expressions; an item matching one (and no on-topic one) is off topic."
+    )
+
+    @field_validator("on_topic", "off_topic")
+    @classmethod
+    def _compiles(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is no regular expression: {exc}") from None
+        return v
+
+
+class QaGenerationConfig(_Strict):
+    """QA pairs generated from documents (`pulse generate-qa`, core/oracle/qa_generation.py)."""
+
+    prompt: Path | None = Field(
+        None,
+        description="The generation prompt template (relative to pulse.yaml; placeholders {{passage}}, "
+        "{{title}}, {{n}}). Default: the built-in self-instruct prompt.",
+    )
+    per_passage: int = Field(2, ge=1, le=20, description="Question-answer pairs asked for per passage.")
+    passage_chars: int = Field(
+        1200, ge=200, description="A passage: paragraphs of one document merged up to this many characters."
+    )
+    min_grounding: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="Share of an answer's content words that must occur in its passage; below: quarantined.",
+    )
+    max_new_tokens: int = Field(320, ge=16, description="Tokens one passage's answer may take.")
+
+
+class OracleConfig(_Strict):
+    """Labelling new data with an LLM (core/oracle/): the prompt, what off topic means, the gates."""
+
+    prompt: Path | None = Field(
+        None,
+        description="The prompt template file (relative to pulse.yaml); its content hash is the prompt "
+        "version. Default: the built-in prompt of the family's task.",
+    )
+    prefilter: PrefilterConfig = Field(default_factory=PrefilterConfig, description="On- and off-topic rules.")
+    off_topic_label: str | None = Field(
+        None, description="Classification: the label an off-topic item must get (e.g. 'oos')."
+    )
+    off_topic_max_score: float | None = Field(
+        None,
+        description="Regression: the highest mean score an off-topic item may get (default: the bottom "
+        "30 % of score_range).",
+    )
+    calibration: OracleCalibrationConfig = Field(
+        default_factory=OracleCalibrationConfig, description="PASS / REVIEW / FAIL thresholds."
+    )
+    weight: float = Field(
+        1.0, ge=0, description="Sample weight of oracle labels, times the kind's weight (humans' stay 1.0)."
+    )
+    parse_retries: int = Field(
+        2, ge=0, description="Retries (sampled, temperature 0.7) of an unparseable answer before quarantine."
+    )
+    max_new_tokens: int = Field(96, ge=1, description="Tokens an oracle answer may take.")
+    max_cost: float | None = Field(
+        None, ge=0, description="Default cost cap of a labelling job (`pulse label --max-cost`); None: no cap."
+    )
+    generate_qa: QaGenerationConfig = Field(
+        default_factory=QaGenerationConfig, description="QA pairs from documents (`pulse generate-qa`)."
+    )
+
+
 class NegativeFeedbackConfig(_Strict):
     """Users' negative verdicts on the production version (core/negative_feedback.py)."""
 
@@ -342,6 +451,9 @@ class FamilyConfig(_Strict):
         default_factory=AutomationConfig,
         description="Drift watch, scheduled retrains, live accuracy watch, run time limit.",
     )
+    oracle: OracleConfig = Field(
+        default_factory=OracleConfig, description="Labelling new data with an LLM oracle (`pulse label`)."
+    )
     resources: ResourcesConfig = Field(
         default_factory=ResourcesConfig,
         description="Where training runs: in the step, a subprocess through Dagster Pipes, or a pod; processes.",
@@ -418,7 +530,15 @@ class FamilyConfig(_Strict):
         lo, hi = self.score_range
         if lo >= hi:
             raise ValueError(f"'score_range' [{lo}, {hi}] must have min < max")
+        oracle = self.oracle
+        if oracle.off_topic_label is not None and oracle.off_topic_label not in (self.labels or (oracle.off_topic_label,)):
+            raise ValueError(f"oracle.off_topic_label {oracle.off_topic_label!r} is not one of the family's labels")
         return self
+
+    @property
+    def has_oracle(self) -> bool:
+        """The family declares an `oracle:` block (even `oracle: {}`): the oracle commands and assets."""
+        return "oracle" in self.model_fields_set
 
     @property
     def snake(self) -> str:
@@ -556,6 +676,22 @@ def _resolve_evaluation_files(config: PulseConfig, base_dir: Path, source: str) 
     for name, fam in config.families.items():
         ev = fam.evaluation
         update: dict[str, Any] = {}
+        if fam.oracle.prompt is not None:
+            prompt = fam.oracle.prompt if fam.oracle.prompt.is_absolute() else base_dir / fam.oracle.prompt
+            if not prompt.is_file():
+                raise ConfigError(f"{source}: family '{name}', field 'oracle.prompt': {prompt} not found")
+            fam = fam.model_copy(update={"oracle": fam.oracle.model_copy(update={"prompt": prompt.resolve()})})
+        qa_prompt = fam.oracle.generate_qa.prompt
+        if qa_prompt is not None:
+            qa_prompt = qa_prompt if qa_prompt.is_absolute() else base_dir / qa_prompt
+            if not qa_prompt.is_file():
+                raise ConfigError(
+                    f"{source}: family '{name}', field 'oracle.generate_qa.prompt': {qa_prompt} not found"
+                )
+            generate_qa = fam.oracle.generate_qa.model_copy(update={"prompt": qa_prompt.resolve()})
+            fam = fam.model_copy(
+                update={"oracle": fam.oracle.model_copy(update={"generate_qa": generate_qa})}
+            )
         for field in ("golden_file", "sources_file", "test_file"):
             path = getattr(ev, field)
             if path is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pulse_pipeline.core.examples import normalize
 from pulse_pipeline.core.families import FamilyConfig
-from pulse_pipeline.core.triage import QUEUED, ReviewStatus, triage
+from pulse_pipeline.core.triage import QUEUED, ReviewStatus, generates_qa, triage
 
 FROM_NAME, TO_NAME, NOTE_NAME = "intent", "text", "note"  # names in the labeling config below
 
@@ -39,6 +39,12 @@ class ReviewQueue:
     settled: int = 0  # captures a later human judgment already answered
 
 
+# What a queued record asks about, by kind: a later human judgment of the same (normalized) text
+# settles it. A reviewer's verdict on a generated QA pair is a qa_pair (accepted, maybe edited) or
+# a thumbs-down feedback on it (rejected).
+_QUESTION = {"intent_label": "text", "interaction": "input", "qa_pair": "question", "feedback": "query"}
+
+
 def review_queue(rows: Any, family: FamilyConfig) -> ReviewQueue:
     """Build the queue from stored annotations (oldest first)."""
     waiting: dict[str, QueueItem] = {}
@@ -47,11 +53,15 @@ def review_queue(rows: Any, family: FamilyConfig) -> ReviewQueue:
         status = triage(row.kind, row.payload, family)
         queue.by_status[status] += 1
         p = row.payload
-        if row.kind not in ("intent_label", "interaction") or status is ReviewStatus.logged:
+        if row.kind not in _QUESTION or (row.kind == "feedback" and not p.get("annotator")):
+            continue  # a user's feedback through the capture service is no reviewer's verdict
+        if status is ReviewStatus.logged and row.kind != "feedback":
             continue
-        text = p["text"] if row.kind == "intent_label" else p["input"]
+        text = p[_QUESTION[row.kind]]
+        if not isinstance(text, str):  # an interaction whose input is chat messages or JSON
+            continue
         key = normalize(text)
-        if status is ReviewStatus.human_reviewed:
+        if status is ReviewStatus.human_reviewed or row.kind == "feedback":
             if waiting.pop(key, None) is not None:
                 queue.settled += 1
         elif status in QUEUED:
@@ -59,7 +69,7 @@ def review_queue(rows: Any, family: FamilyConfig) -> ReviewQueue:
                 annotation_id=row.id,
                 status=status,
                 text=text,
-                suggestion=p.get("predicted_label") or p["label"],
+                suggestion=p["answer"] if row.kind == "qa_pair" else p.get("predicted_label") or p["label"],
                 confidence=p.get("confidence"),
                 provider=p.get("provider"),
                 created_at=row.created_at,
@@ -73,8 +83,29 @@ def review_queue(rows: Any, family: FamilyConfig) -> ReviewQueue:
     return queue
 
 
+QA_CONTEXT, QA_QUESTION, QA_ANSWER, QA_VERDICT = "context", "question", "answer", "verdict"
+ACCEPT, REJECT = "accept", "reject"
+
+
 def labeling_config(family: FamilyConfig) -> str:
-    """A Label Studio labeling config for the family's label set."""
+    """A Label Studio labeling config for the family's label set (a family that generates QA
+    pairs: the passage, the question, its answer to edit, accept or reject; a question that is
+    wrong is rejected, since the queue knows a pair by its question)."""
+    if generates_qa(family):
+        return (
+            "<View>\n"
+            '  <Header value="Passage $pulse_sources"/>\n'
+            f'  <Text name="{QA_CONTEXT}" value="$context"/>\n'
+            '  <Header value="Question"/>\n'
+            f'  <Text name="{QA_QUESTION}" value="$text"/>\n'
+            '  <Header value="Answer, from the passage only (keep its &lt;&lt;SRC:...&gt;&gt; citation)"/>\n'
+            f'  <TextArea name="{QA_ANSWER}" toName="{QA_CONTEXT}" editable="true" maxSubmissions="1" rows="4"/>\n'
+            f'  <Choices name="{QA_VERDICT}" toName="{QA_CONTEXT}" choice="single" showInline="true" required="true">\n'
+            f'    <Choice value="{ACCEPT}"/>\n'
+            f'    <Choice value="{REJECT}"/>\n'
+            "  </Choices>\n"
+            "</View>\n"
+        )
     choices = "\n".join(f'    <Choice value="{label}"/>' for label in family.labels or ())
     return (
         "<View>\n"
@@ -93,6 +124,9 @@ def to_label_studio(queue: ReviewQueue, family: FamilyConfig) -> list[dict[str, 
     tasks = []
     for item in queue.items:
         p = item.payload
+        if "question" in p:
+            tasks.append(_qa_task(item, family))
+            continue
         tasks.append(
             {
                 "data": {
@@ -125,6 +159,44 @@ def to_label_studio(queue: ReviewQueue, family: FamilyConfig) -> list[dict[str, 
     return tasks
 
 
+def _qa_task(item: QueueItem, family: FamilyConfig) -> dict[str, Any]:
+    """A generated QA pair as a task: the passage, the question, and the answer and verdict as an
+    editable pre-annotation."""
+    p = item.payload
+
+    def text(name: str, value: str) -> dict[str, Any]:
+        return {"from_name": name, "to_name": QA_CONTEXT, "type": "textarea", "value": {"text": [value]}}
+
+    return {
+        "data": {
+            "text": item.text,
+            "context": p.get("context") or "",
+            "pulse_annotation_id": item.annotation_id,
+            "pulse_family": family.name,
+            "pulse_status": str(item.status),
+            "pulse_kind": "qa_pair",
+            "pulse_question": p["question"],
+            "pulse_answer": p["answer"],
+            "pulse_sources": " ".join(p.get("sources") or []),
+            "pulse_generated_by": p.get("annotator") or "",
+        },
+        "predictions": [
+            {
+                "model_version": p.get("annotator") or "generated",
+                "result": [
+                    text(QA_ANSWER, p["answer"]),
+                    {
+                        "from_name": QA_VERDICT,
+                        "to_name": QA_CONTEXT,
+                        "type": "choices",
+                        "value": {"choices": [ACCEPT]},
+                    },
+                ],
+            }
+        ],
+    }
+
+
 class LabelStudioError(ValueError):
     """A Label Studio export that cannot be read; names the task."""
 
@@ -143,6 +215,13 @@ def from_label_studio(
         if not isinstance(data, dict) or not isinstance(data.get("text"), str):
             raise LabelStudioError(f"task {n}: no data.text")
         answers = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        if data.get("pulse_kind") == "qa_pair":
+            record = _qa_verdict(data, answers, family, users)
+            if record is None:
+                unanswered += 1
+            else:
+                records.append(record)
+            continue
         choice = None
         for answer in sorted(answers, key=lambda a: a.get("updated_at") or a.get("created_at") or ""):
             for result in answer.get("result") or []:
@@ -165,17 +244,12 @@ def from_label_studio(
             ),
             None,
         )
-        who = answer.get("completed_by")
-        if isinstance(who, dict):
-            who = who.get("email") or who.get("id")
-        elif isinstance(who, int) and users and who in users:
-            who = users[who]
         record: dict[str, Any] = {
             "kind": "intent_label",
             "family": family.name,
             "text": data["text"],
             "label": label,
-            "annotator": f"label-studio:{who}" if who is not None else "label-studio",
+            "annotator": _reviewer(answer, users),
         }
         when = answer.get("updated_at") or answer.get("created_at")
         if answer.get("id") is not None and task.get("id") is not None:
@@ -206,3 +280,72 @@ def from_label_studio(
                 record[key] = data[f"pulse_{key}"]
         records.append(record)
     return records, unanswered
+
+
+def _reviewer(answer: dict[str, Any], users: dict[int, str] | None) -> str:
+    who = answer.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    elif isinstance(who, int) and users and who in users:
+        who = users[who]
+    return f"label-studio:{who}" if who is not None else "label-studio"
+
+
+def _qa_verdict(
+    data: dict[str, Any], answers: list[dict[str, Any]], family: FamilyConfig, users: dict[int, str] | None
+) -> dict[str, Any] | None:
+    """A reviewer's latest verdict on a generated QA pair: accepted, a qa_pair by the reviewer
+    (the answer as they left it, its citation kept); rejected, a thumbs-down feedback on it.
+    None: no verdict."""
+    latest = None
+    for answer in sorted(answers, key=lambda a: a.get("updated_at") or a.get("created_at") or ""):
+        results = answer.get("result") or []
+        verdict = next(
+            (
+                r["value"]["choices"][0]
+                for r in results
+                if r.get("from_name") == QA_VERDICT and r.get("value", {}).get("choices")
+            ),
+            None,
+        )
+        if verdict in (ACCEPT, REJECT):
+            edited = next(
+                (
+                    " ".join(r["value"]["text"]).strip()
+                    for r in results
+                    if r.get("from_name") == QA_ANSWER and r.get("value", {}).get("text")
+                ),
+                "",
+            )
+            latest = (answer, verdict, edited)
+    if latest is None:
+        return None
+    answer, verdict, edited = latest
+    question = data["pulse_question"]
+    reply = edited or data["pulse_answer"]
+    sources = [s for s in str(data.get("pulse_sources") or "").split() if s]
+    for source in sources:  # an edit that dropped the citation gets it back
+        if f"<<SRC:{source}>>" not in reply:
+            reply = f"{reply} <<SRC:{source}>>"
+    record: dict[str, Any] = {"family": family.name, "annotator": _reviewer(answer, users), "source": "human"}
+    if verdict == ACCEPT:
+        record.update(kind="qa_pair", question=question, answer=reply, citation_expected=bool(sources))
+        if data.get("context"):
+            record["context"] = data["context"]
+    else:
+        record.update(
+            kind="feedback", query=data["pulse_question"], response=data["pulse_answer"], thumbs="down"
+        )
+        record["metadata"] = {
+            "review": "rejected generated QA pair",
+            "generated_by": data.get("pulse_generated_by"),
+        }
+    if sources:
+        record["sources"] = sources
+    when = answer.get("updated_at") or answer.get("created_at")
+    if when:
+        record["created_at"] = when
+    if answer.get("id") is not None and data.get("pulse_annotation_id"):
+        stamp = "".join(c for c in str(when or "") if c.isdigit())
+        record["id"] = f"label-studio-{data['pulse_annotation_id'][-40:]}-{answer['id']}-{stamp}"[:128]
+    return record

@@ -313,6 +313,12 @@ def no_examples_reason(family: FamilyConfig, stats: BuildStats) -> str:
         return f"{family.name}: no annotations yet: `pulse ingest FILE` loads annotation records"
     waiting = sum(stats.by_status.get(str(status), 0) for status in QUEUED)
     by_status = ", ".join(f"{n:,} {status}" for status, n in sorted(stats.by_status.items()))
+    if waiting and not any(k in CAPTURE_KINDS for k in family.annotation_kinds):
+        return (
+            f"{family.name}: no trainable examples: {waiting:,} of {stats.annotations:,} records are QA pairs "
+            f"generated from documents waiting for review ({by_status}); review them (`pulse review export "
+            f"--family {family.name} --out tasks.json`, then `pulse review import EXPORT.json --family {family.name}`)"
+        )
     if waiting:
         kinds = " or ".join(k for k in family.annotation_kinds if k in CAPTURE_KINDS) or "capture"
         return (

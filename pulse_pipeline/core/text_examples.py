@@ -13,7 +13,7 @@ from typing import Any
 from pulse_pipeline.core.build_stats import BuildStats
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
 from pulse_pipeline.core.redaction import Redactor
-from pulse_pipeline.core.triage import ReviewStatus, has_review_queue, learns_from_captures
+from pulse_pipeline.core.triage import TRAINABLE, ReviewStatus, has_review_queue, learns_from_captures
 
 # Python's `\W` is "not a letter, digit or underscore" in Unicode: the same class in RE2.
 NON_WORD = r"[^\pL\pN_]+"
@@ -26,6 +26,7 @@ def text_fields(family: FamilyConfig) -> dict[str, tuple[tuple[str, ...], str]]:
     fields: dict[str, tuple[tuple[str, ...], str]] = {
         "text": (("text",), "str"),
         "annotator": (("annotator",), "str"),
+        "source": (("source",), "str"),
     }
     if family.task is TaskKind.classification:
         for name in ("label", "provider", "conversation_id", "input", "predicted_label"):
@@ -68,14 +69,18 @@ def build_text_examples(table: Any, family: FamilyConfig) -> tuple[Any, BuildSta
     stats.by_status = Counter(
         {str(s): int(n) for s, n in zip(*np.unique(status, return_counts=True), strict=True)}
     )
-    keep = (status == ReviewStatus.human_reviewed.value) | (status == ReviewStatus.auto_approved.value)
+    keep = np.isin(status, [str(s) for s in TRAINABLE])
     rows = np.flatnonzero(keep)  # indices into `table`; the wide table is copied once, at the end
 
-    # Latest judgment per normalized text: order by (created_at, seq), keep the last of each key.
+    # Latest judgment per normalized text: order by (not an oracle's, created_at, seq), keep the
+    # last of each key, so a person's label of a text wins over an oracle's, whenever it came.
     key = normalized(pc.take(table["text"], rows))
+    person = status[rows] != ReviewStatus.oracle_labelled.value
     order = pc.sort_indices(
-        pa.table({"t": pc.take(table["created_at"], rows), "s": pc.take(table["seq"], rows)}),
-        sort_keys=[("t", "ascending"), ("s", "ascending")],
+        pa.table(
+            {"p": person, "t": pc.take(table["created_at"], rows), "s": pc.take(table["seq"], rows)}
+        ),
+        sort_keys=[("p", "ascending"), ("t", "ascending"), ("s", "ascending")],
     ).to_numpy()
     rank = np.empty(len(rows), dtype=np.int64)
     rank[order] = np.arange(len(rows))
@@ -91,6 +96,9 @@ def build_text_examples(table: Any, family: FamilyConfig) -> tuple[Any, BuildSta
 
     text = _redact(t["text"], family, stats)
     weight = _weights(t["kind"].to_numpy(zero_copy_only=False), family)
+    oracle = pc.fill_null(pc.equal(t["source"], "oracle"), False).to_numpy(zero_copy_only=False)
+    if oracle.any():
+        weight = pa.array(np.where(oracle, weight.to_numpy() * family.oracle.weight, weight.to_numpy()))
     columns: dict[str, Any] = {"id": t["id"], "kind": t["kind"], "text": text}
     if family.task is TaskKind.classification:
         columns["label"] = t["label"]
@@ -147,6 +155,8 @@ def _triage(table: Any, family: FamilyConfig) -> Any:
         status = _capture_status(table, family, human)
     else:
         status = np.full(len(kinds), ReviewStatus.human_reviewed.value, dtype=object)
+    oracle = pc.fill_null(pc.equal(table["source"], "oracle"), False).to_numpy(zero_copy_only=False)
+    status[oracle & ~interaction] = ReviewStatus.oracle_labelled.value
     status[~learned] = ReviewStatus.logged.value
     return status
 

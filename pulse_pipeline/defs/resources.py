@@ -114,6 +114,37 @@ class ServingEnvironment(dg.ConfigurableResource):
         return Targets(tracking_uri or None, list(servers), self.max_loras, self.adapter_root or None, smoke)
 
 
+class OracleEndpoint(dg.ConfigurableResource):
+    """The labelling oracle (PULSE_ORACLE_*, settings.py): an OpenAI-compatible endpoint, or with no
+    URL the local oracle running `model` (default smollm2-135m) in the step's process."""
+
+    url: str = ""
+    api_key: str = ""  # PULSE_ORACLE_API_KEY, an EnvVar so the UI never shows it
+    model: str = ""
+    timeout: float = 60.0
+    max_concurrency: int = 4
+    retries: int = 2
+    requests_per_minute: float = 0.0
+    price_input: float = 0.0  # per million prompt tokens
+    price_output: float = 0.0  # per million completion tokens
+
+    def open(self, models_dir: Path) -> Any:
+        """The oracle (core/oracle/oracles.py); close it when done."""
+        from pulse_pipeline.core.oracle.oracles import OracleSettings, Price, open_oracle
+
+        settings = OracleSettings(
+            url=self.url or None,
+            api_key=self.api_key or None,
+            model=self.model or None,
+            timeout=self.timeout,
+            max_concurrency=self.max_concurrency,
+            retries=self.retries,
+            requests_per_minute=self.requests_per_minute,
+            price=Price(self.price_input, self.price_output),
+        )
+        return open_oracle(settings, models_dir)
+
+
 def _from_env(name: str, default: str | None) -> Any:
     """A value set in the environment stays an EnvVar, so the UI never shows a secret in it."""
     return dg.EnvVar(name) if get_settings().from_environment(name) else default
@@ -137,6 +168,17 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             mlflow_tracking_uri=_from_env("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
             lock_stale_seconds=settings.pulse_training_lock_stale_seconds,
             heartbeat_seconds=settings.pulse_training_heartbeat_seconds,
+        ),
+        "oracle": OracleEndpoint(
+            url=_from_env("PULSE_ORACLE_URL", ""),
+            api_key=_from_env("PULSE_ORACLE_API_KEY", ""),
+            model=settings.pulse_oracle_model or "",
+            timeout=settings.pulse_oracle_timeout,
+            max_concurrency=settings.pulse_oracle_max_concurrency,
+            retries=settings.pulse_oracle_retries,
+            requests_per_minute=settings.pulse_oracle_requests_per_minute,
+            price_input=settings.pulse_oracle_price_input,
+            price_output=settings.pulse_oracle_price_output,
         ),
         "serving": ServingEnvironment(
             vllm_url=_from_env("PULSE_VLLM_URL", ""),

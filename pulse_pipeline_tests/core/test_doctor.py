@@ -54,11 +54,11 @@ def test_store_at_head_is_ok_and_an_unmigrated_one_fails(database_url):
     status, detail = probe_store(database_url)
     assert (status, detail.split(": ", 1)[1]) == (
         "fail",
-        "schema at 0003, head is 0006: run `pulse db upgrade`",
+        "schema at 0003, head is 0007: run `pulse db upgrade`",
     )
     Store(database_url).dispose()  # migrates to head
     status, detail = probe_store(database_url)
-    assert status == "ok" and detail.endswith(", schema at head 0006")
+    assert status == "ok" and detail.endswith(", schema at head 0007")
     assert detail.startswith("sqlite 3." if database_url.startswith("sqlite") else "postgresql 1")
 
 

@@ -328,3 +328,22 @@ def test_examples_and_text_examples_import_each_other_one_way_only():
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip() == str(alone == chat), (alone, done.stdout)
+
+
+def test_oracle_labels_train_weighted_apart_and_a_person_wins_the_same_text(text_build, config):
+    from pulse_pipeline.core.families import OracleConfig
+
+    fam = config.family("intent-router").model_copy(update={"oracle": OracleConfig(weight=0.5)})
+    by_oracle = {"kind": "intent_label", "family": "intent-router", "source": "oracle", "annotator": "oracle:m@v1"}
+    person = {"kind": "intent_label", "family": "intent-router", "annotator": "amy"}
+    records = [
+        # the person labelled it first; the oracle's later label of the same text does not replace it
+        {**person, "text": "Please freeze my card", "label": "report_lost_card", "created_at": "2026-05-01T00:00:00Z"},
+        {**by_oracle, "text": "please freeze my card!", "label": "freeze_account", "created_at": "2026-05-02T00:00:00Z"},
+        {**by_oracle, "text": "what is my balance", "label": "balance", "created_at": "2026-05-02T00:00:00Z"},
+    ]
+    examples, stats = text_build("intent-router", records, fam)
+    assert stats.by_status == {"human_reviewed": 1, "oracle_labelled": 2}
+    assert [str(triage(r["kind"], r, fam)) for r in records] == ["human_reviewed", "oracle_labelled", "oracle_labelled"]
+    got = {e["text"]: (e["label"], e["weight"]) for e in examples}
+    assert got == {"Please freeze my card": ("report_lost_card", 1.0), "what is my balance": ("balance", 0.5)}

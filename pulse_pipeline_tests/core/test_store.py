@@ -12,7 +12,7 @@ from pulse_pipeline.core.store import LockHolder, Store, StoreError, metadata
 
 
 def test_migrations_apply_on_first_use_and_match_the_tables(store):
-    assert store.revision() == "0006"
+    assert store.revision() == "0007"
     with store.engine.connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -29,14 +29,14 @@ def test_upgrade_is_idempotent_and_reopening_keeps_data(database_url, config):
             source="t",
         )
     with Store(database_url) as again:
-        assert again.upgrade() == "0006"
+        assert again.upgrade() == "0007"
         assert again.annotations.count_since("access-qa") == 1
 
 
 def test_an_empty_database_has_no_revision_until_upgraded(database_url):
     with Store(database_url, upgrade=False) as s:
         assert s.revision() is None
-        assert s.upgrade() == "0006"
+        assert s.upgrade() == "0007"
 
 
 def _plan(store: Store, sql: str, params: dict) -> str:
@@ -164,7 +164,7 @@ def test_migration_upgrades_a_0001_database_keeping_its_data(database_url):
             assert not REGISTRY_TABLES & set(sa.inspect(conn).get_table_names())
         _insert_at_0001(old)
     with Store(database_url) as new:  # first open of the new code: upgrades to head
-        assert new.revision() == "0006"
+        assert new.revision() == "0007"
         assert new.annotations.count_since("access-qa") == 1
         with new.engine.connect() as conn:
             assert set(sa.inspect(conn).get_table_names()) >= REGISTRY_TABLES
@@ -183,7 +183,7 @@ def test_migration_0002_downgrades_cleanly(store):
     assert store.revision() == "0001"
     with store.engine.connect() as conn:
         assert not REGISTRY_TABLES & set(sa.inspect(conn).get_table_names())
-    assert store.upgrade() == "0006"
+    assert store.upgrade() == "0007"
     assert _schema_diff(store) == []
 
 
@@ -234,7 +234,7 @@ def test_migration_0004_gives_every_old_status_its_state(database_url):
         assert not {"host", "pid", "run_id"} & _columns(s, "training_locks")
         _insert_at_0003(s)
 
-        assert s.upgrade() == "0006"
+        assert s.upgrade() == "0007"
         expected = {version: state for version, (_, state) in OLD_VERSIONS.items()}
         assert _states(s) == expected
         with s.engine.connect() as conn:
@@ -258,7 +258,7 @@ def test_migration_0004_gives_every_old_status_its_state(database_url):
         assert s.revision() == "0003"
         assert "state" not in _columns(s, "adapter_versions")
         assert not {"host", "pid", "run_id"} & _columns(s, "training_locks")
-        assert s.upgrade() == "0006"
+        assert s.upgrade() == "0007"
         assert _states(s) == expected  # the round trip keeps every state
         assert _schema_diff(s) == []
         with s.engine.connect() as conn:

@@ -167,7 +167,7 @@ def test_migration_0003_upgrades_a_0002_store_keeping_its_data_and_downgrades(da
                 {"t": dt.datetime(2026, 6, 30, 12, tzinfo=dt.UTC)},
             )
     with Store(database_url) as new:
-        assert new.revision() == "0006"
+        assert new.revision() == "0007"
         assert [r.id for r in new.annotations.iter_family("access-qa")] == ["a1"]  # valid by default
         assert new.fixes.invalidate("access-qa", day=DAY2, reason="r", by="t").invalidated == 1
         cfg = Config()
@@ -180,7 +180,7 @@ def test_migration_0003_upgrades_a_0002_store_keeping_its_data_and_downgrades(da
             tables = set(sa.inspect(conn).get_table_names())
             columns = {c["name"] for c in sa.inspect(conn).get_columns("annotations")}
         assert not {"invalidations", "review_sessions"} & tables and "invalidated_at" not in columns
-        assert new.upgrade() == "0006"
+        assert new.upgrade() == "0007"
 
 
 def test_read_columns_in_a_created_window_and_with_every_row_invalidated(two_days, config):

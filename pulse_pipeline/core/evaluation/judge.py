@@ -27,14 +27,14 @@ import json
 import logging
 import math
 import re
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from pulse_pipeline.core import chat_api
+from pulse_pipeline.core.chat_api import ChatEndpoint, ChatError, EndpointUnavailable, display_url
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ CRITERIA = ("relevance", "correctness", "completeness")
 MAX_REPLY_CHARS = 200  # what an unparsed reply keeps for the report
 MAX_RATIONALE_CHARS = 1000
 LOWEST_IN_REPORT = 10
-_MAX_RETRY_AFTER = 30.0  # seconds; a longer Retry-After is capped
 
 SYSTEM_PROMPT = """\
 You are a strict, impartial grader of answers written by a chat assistant. You receive a user's \
@@ -88,12 +87,10 @@ USER_TEMPLATE = """\
 Grade the candidate answer. Reply with ONLY the JSON object."""
 
 
-class JudgeUnavailable(RuntimeError):
-    """The judge cannot be used at all: its endpoint is unreachable, or no model can be found there.
-
-    The message is one line naming the URL (never the API key) and the cause, e.g.
-    `judge at http://host:8000/v1 unreachable: ConnectError: [Errno 111] Connection refused`.
-    """
+# The judge cannot be used at all: its endpoint is unreachable, or no model can be found there. The
+# message is one line naming the URL (never the API key) and the cause, e.g.
+# `judge at http://host:8000/v1 unreachable: ConnectError: [Errno 111] Connection refused`.
+JudgeUnavailable = EndpointUnavailable
 
 
 # -- settings ----------------------------------------------------------------------------------------
@@ -101,21 +98,7 @@ class JudgeUnavailable(RuntimeError):
 
 def normalize_url(url: str) -> str:
     """`http://h:8000`, `http://h:8000/` and `http://h:8000/v1/` all become `http://h:8000/v1`."""
-    url = url.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"PULSE_JUDGE_URL must be an http(s) URL such as http://host:8000/v1, got {url!r}")
-    if not re.search(r"/v\d+$", parts.path):
-        url += "/v1"
-    return url
-
-
-def display_url(url: str) -> str:
-    """The URL without any user:password part, fit for logs, reports and exceptions."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return chat_api.normalize_url(url, "PULSE_JUDGE_URL")
 
 
 @dataclass(frozen=True)
@@ -279,128 +262,12 @@ def _score(value: Any) -> int | None:
 # -- talking to the endpoint -------------------------------------------------------------------------
 
 
-class _Run:
-    """One judging run: the client, the model, and whether the server accepts `response_format`."""
-
-    def __init__(self, client: httpx.Client, settings: JudgeSettings, model: str):
-        self.client = client
-        self.settings = settings
-        self.model = model
-        self.use_response_format = True
-        self._lock = threading.Lock()
-
-    def drop_response_format(self) -> None:
-        with self._lock:
-            if self.use_response_format:
-                log.info("judge at %s rejects response_format; sending requests without it", self.url)
-            self.use_response_format = False
-
-    @property
-    def url(self) -> str:
-        return display_url(self.settings.url)
-
-    def redact(self, text: str) -> str:
-        """The text with the API key (should a server echo it) replaced by ***."""
-        key = self.settings.api_key
-        return text.replace(key, "***") if key else text
+_MODEL_HINT = "set PULSE_JUDGE_MODEL to the judge's model id"
 
 
-def _request(run: _Run, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-    """One request, retried after connection errors, 429 and 5xx with exponential backoff.
-
-    Returns the last response whatever its status; raises httpx.TransportError when the last
-    attempt could not get a response.
-    """
-    settings = run.settings
-    for attempt in range(settings.retries + 1):
-        last = attempt == settings.retries
-        delay = settings.backoff * 2**attempt
-        try:
-            response = run.client.request(method, path, json=body)
-        except httpx.TransportError as exc:
-            if last:
-                raise
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            if not _retryable(response.status_code) or last:
-                return response
-            reason = f"HTTP {response.status_code}"
-            delay = max(delay, _retry_after(response))
-        log.warning(
-            "judge %s %s%s failed (%s); retry %d/%d in %.1fs",
-            method,
-            run.url,
-            path,
-            run.redact(reason),
-            attempt + 1,
-            settings.retries,
-            delay,
-        )
-        time.sleep(delay)
-    raise AssertionError("unreachable")  # the loop always returns or raises
-
-
-def _retryable(status: int) -> bool:
-    return status == 429 or 500 <= status < 600
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return min(_MAX_RETRY_AFTER, max(0.0, float(response.headers.get("retry-after", "0"))))
-    except ValueError:
-        return 0.0
-
-
-def _http_error(run: _Run, method: str, path: str, response: httpx.Response) -> str:
-    detail = " ".join(response.text.split())[:300]
-    return run.redact(f"HTTP {response.status_code} from {method} {run.url}{path}: {detail}".rstrip(": "))
-
-
-def _transport_error(exc: httpx.TransportError) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _discover_model(run: _Run) -> str:
-    """The first model id of `GET {url}/models`."""
-    try:
-        response = _request(run, "GET", "/models")
-    except httpx.TransportError as exc:
-        raise JudgeUnavailable(
-            f"judge at {run.url} unreachable: {run.redact(_transport_error(exc))}"
-        ) from None
-    hint = "set PULSE_JUDGE_MODEL to the judge's model id"
-    if not response.is_success:
-        raise JudgeUnavailable(f"judge at {run.url}: {_http_error(run, 'GET', '/models', response)}; {hint}")
-    try:
-        models = response.json()["data"]
-        model = str(models[0]["id"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise JudgeUnavailable(f"judge at {run.url}: GET /models listed no model; {hint}") from None
-    log.info("judge at %s: using model %s (the first listed)", run.url, model)
-    return model
-
-
-def _chat_body(run: _Run, item: JudgeItem, response_format: bool) -> dict[str, Any]:
+def _chat_messages(item: JudgeItem) -> list[dict[str, str]]:
     user = USER_TEMPLATE.format(question=item.question, reference=item.reference, answer=item.answer)
-    body: dict[str, Any] = {
-        "model": run.model,
-        "temperature": 0,
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
-    }
-    if response_format:
-        body["response_format"] = {"type": "json_object"}
-    return body
-
-
-def _reply_text(response: httpx.Response) -> str:
-    """The assistant message's text; ValueError when the body is not a chat completion."""
-    try:
-        content = response.json()["choices"][0]["message"].get("content")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise ValueError(f"not a chat completion: {' '.join(response.text.split())[:200]}") from None
-    if isinstance(content, list):  # content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 @dataclass
@@ -410,41 +277,23 @@ class _Outcome:
     error: str | None = None  # set when failed
 
 
-def _judge_one(run: _Run, item: JudgeItem) -> _Outcome:
+def _judge_one(endpoint: ChatEndpoint, item: JudgeItem) -> _Outcome:
     """Grade one item. httpx.TransportError escapes (the caller decides what unreachable means)."""
-    path = "/chat/completions"
-    with_format = run.use_response_format
-    response = _request(run, "POST", path, _chat_body(run, item, with_format))
-    if response.status_code == 400 and with_format:
-        retry = _request(run, "POST", path, _chat_body(run, item, False))
-        if retry.is_success:
-            run.drop_response_format()
-        response = retry
-    if not response.is_success:
-        return _Outcome(error=_http_error(run, "POST", path, response))
     try:
-        reply = _reply_text(response)
-    except ValueError as exc:
-        return _Outcome(error=run.redact(f"POST {run.url}{path}: {exc}"))
+        reply = endpoint.chat(_chat_messages(item), temperature=0).text
+    except ChatError as exc:
+        return _Outcome(error=str(exc))
     scores = parse_scores(reply)
     if scores is None:
         return _Outcome(reply=reply[:MAX_REPLY_CHARS])
     return _Outcome(scores=scores)
 
 
-def _judge_rest(run: _Run, item: JudgeItem) -> _Outcome:
+def _judge_rest(endpoint: ChatEndpoint, item: JudgeItem) -> _Outcome:
     try:
-        return _judge_one(run, item)
+        return _judge_one(endpoint, item)
     except httpx.TransportError as exc:
-        return _Outcome(error=run.redact(f"POST {run.url}/chat/completions: {_transport_error(exc)}"))
-
-
-def _client(settings: JudgeSettings) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    limits = httpx.Limits(
-        max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
-    )
-    return httpx.Client(base_url=settings.url, headers=headers, timeout=settings.timeout, limits=limits)
+        return _Outcome(error=f"POST {endpoint.url}/chat/completions: {endpoint.transport_error(exc)}")
 
 
 def judge_answers(items: list[JudgeItem], settings: JudgeSettings) -> JudgeResult:
@@ -462,23 +311,20 @@ def judge_answers(items: list[JudgeItem], settings: JudgeSettings) -> JudgeResul
         raise ValueError(f"judge items need unique ids; duplicated: {duplicates[:10]}")
     if not items:
         return JudgeResult(model=settings.model or "", url=display_url(settings.url), scores={})
-    with _client(settings) as client:
-        run = _Run(client, settings, settings.model or "")
-        if not run.model:
-            run.model = _discover_model(run)
+    with ChatEndpoint(settings, "judge") as endpoint:
+        if not endpoint.model:
+            endpoint.model = endpoint.discover_model(_MODEL_HINT)
         try:
-            first = _judge_one(run, items[0])
+            first = _judge_one(endpoint, items[0])
         except httpx.TransportError as exc:
-            raise JudgeUnavailable(
-                f"judge at {run.url} unreachable: {run.redact(_transport_error(exc))}"
-            ) from None
+            raise endpoint.unavailable(exc) from None
         with ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="judge") as pool:
-            rest = list(pool.map(lambda item: _judge_rest(run, item), items[1:]))
-    return _summarize(run, items, [first, *rest])
+            rest = list(pool.map(lambda item: _judge_rest(endpoint, item), items[1:]))
+    return _summarize(endpoint, items, [first, *rest])
 
 
-def _summarize(run: _Run, items: list[JudgeItem], outcomes: list[_Outcome]) -> JudgeResult:
-    result = JudgeResult(model=run.model, url=run.url, scores={})
+def _summarize(endpoint: ChatEndpoint, items: list[JudgeItem], outcomes: list[_Outcome]) -> JudgeResult:
+    result = JudgeResult(model=endpoint.model, url=endpoint.url, scores={})
     for item, outcome in zip(items, outcomes, strict=True):
         result.scores[item.id] = outcome.scores
         if outcome.scores is not None:
@@ -499,7 +345,7 @@ def _summarize(run: _Run, items: list[JudgeItem], outcomes: list[_Outcome]) -> J
     if result.failed:
         log.warning(
             "judge at %s: %d of %d items failed; first: %s",
-            run.url,
+            endpoint.url,
             result.failed,
             len(items),
             result.first_error,

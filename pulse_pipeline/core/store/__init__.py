@@ -8,6 +8,7 @@ table family:
     store.sessions      closed review sessions (review_sessions.py)
     store.locks         the training lock rows (locks.py; the policy is core/training/lock.py)
     store.requests      retrain requests: who asked for a retrain, when and why (retrain_requests.py)
+    store.oracle        the oracle's labelling journal: answers and their cost (oracle_labels.py)
 
 Adapter version records and the deployments audit trail belong to the registry
 (`core/registry/records.py`), over the same database.
@@ -19,6 +20,7 @@ from pulse_pipeline.core.store.annotations import Annotations, DayAudit, day_bou
 from pulse_pipeline.core.store.data_fixes import DataFixes, Invalidation, InvalidationError
 from pulse_pipeline.core.store.database import Database, StoreError
 from pulse_pipeline.core.store.locks import LockHolder, LockRow, TrainingLocks
+from pulse_pipeline.core.store.oracle_labels import JournalRow, OracleLabels
 from pulse_pipeline.core.store.retrain_requests import RetrainRequest, RetrainRequests
 from pulse_pipeline.core.store.review_sessions import ClosedSession, ReviewSessions, SessionClosedError
 from pulse_pipeline.core.store.schema import (
@@ -29,6 +31,7 @@ from pulse_pipeline.core.store.schema import (
     ingestions,
     invalidations,
     metadata,
+    oracle_labels,
     quarantine,
     retrain_requests,
     review_sessions,
@@ -45,6 +48,8 @@ __all__ = [
     "TrainingLocks",
     "RetrainRequest",
     "RetrainRequests",
+    "OracleLabels",
+    "JournalRow",
     "DayAudit",
     "Invalidation",
     "InvalidationError",
@@ -60,6 +65,7 @@ __all__ = [
     "ingestions",
     "invalidations",
     "metadata",
+    "oracle_labels",
     "quarantine",
     "retrain_requests",
     "review_sessions",
@@ -77,6 +83,7 @@ class Store(Database):
         self.sessions = ReviewSessions(self)
         self.locks = TrainingLocks(self)
         self.requests = RetrainRequests(self)
+        self.oracle = OracleLabels(self)
 
     def __enter__(self) -> Store:
         return self

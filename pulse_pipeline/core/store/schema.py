@@ -276,3 +276,27 @@ retrain_requests = Table(
     Column("requested_at", UtcTime, nullable=False),
     Index(None, "family", "seq"),
 )
+
+# -- the oracle's labelling journal (migration 0007) ------------------------------------------------
+
+# One row per corpus item an oracle answered for a prompt version, written as soon as the answer
+# is paid for and before its annotation is stored: an interrupted `pulse label` resumes without
+# asking (and paying) twice, and stores what an earlier run paid for but did not store.
+oracle_labels = Table(
+    "oracle_labels",
+    metadata,
+    Column("family", String(64), primary_key=True),
+    Column("prompt_version", String(32), primary_key=True),
+    Column("item_id", String(256), primary_key=True),
+    Column("status", String(16), nullable=False, comment="labelled, generated (QA pairs), or quarantined (no parseable answer)."),
+    Column("record", OptionalPayload, nullable=True, comment="The annotation record (labelled); a passage's QA records and rejected pairs (generated)."),
+    Column("reply", Text, nullable=False, comment="The oracle's last reply, cut to 500 characters."),
+    Column("error", Text, nullable=True, comment="Why the answer could not be parsed (quarantined)."),
+    Column("oracle", String(256), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("cost", Float, nullable=False),
+    Column("labelled_by", String(256), nullable=False, comment="Who ran the labelling: cli:<login>, run:<id>."),
+    Column("labelled_at", UtcTime, nullable=False),
+)

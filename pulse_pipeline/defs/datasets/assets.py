@@ -18,6 +18,7 @@ from pulse_pipeline.core.snapshots import (
     to_parquet,
     write_snapshot,
 )
+from pulse_pipeline.core.triage import generates_qa
 from pulse_pipeline.defs.metadata import count_table
 from pulse_pipeline.defs.resources import AnnotationStore, ArtifactStorage
 from pulse_pipeline.defs.retries import retry_transient
@@ -43,7 +44,7 @@ def preferences_key(family: str, name: str) -> str:
 def review_queue_asset(family: FamilyConfig) -> dg.AssetsDefinition:
     @dg.asset(
         key=_key(family, "review_queue"),
-        deps=[_key(family, "annotations")],
+        deps=[_key(family, "annotations")] + ([_key(family, "generated_qa")] if generates_qa(family) else []),
         group_name=family.snake,
         kinds={"python"},
         tags={"pulse/family": family.name, "pulse/stage": "review"},
@@ -52,7 +53,7 @@ def review_queue_asset(family: FamilyConfig) -> dg.AssetsDefinition:
     def _review_queue(
         context: dg.AssetExecutionContext, annotation_store: AnnotationStore
     ) -> dg.MaterializeResult:
-        """Captured predictions waiting for a person, priority first (`pulse review export` sends them to Label Studio)."""
+        """Captured predictions and generated QA pairs waiting for a person, priority first (`pulse review export` sends them to Label Studio)."""
         queue = review_queue(annotation_store.store.annotations.iter_family(family.name), family)
         context.log.info(f"{family.name}: {len(queue.items)} waiting for review")
         top = [
