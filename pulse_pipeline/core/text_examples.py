@@ -155,8 +155,9 @@ def _triage(table: Any, family: FamilyConfig) -> Any:
         status = _capture_status(table, family, human)
     else:
         status = np.full(len(kinds), ReviewStatus.human_reviewed.value, dtype=object)
-    oracle = pc.fill_null(pc.equal(table["source"], "oracle"), False).to_numpy(zero_copy_only=False)
-    status[oracle & ~interaction] = ReviewStatus.oracle_labelled.value
+    for source, fixed in (("oracle", ReviewStatus.oracle_labelled), ("generated", ReviewStatus.needs_review)):
+        marked = pc.fill_null(pc.equal(table["source"], source), False).to_numpy(zero_copy_only=False)
+        status[marked & ~interaction] = fixed.value
     status[~learned] = ReviewStatus.logged.value
     return status
 

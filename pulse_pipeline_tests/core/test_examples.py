@@ -341,9 +341,13 @@ def test_oracle_labels_train_weighted_apart_and_a_person_wins_the_same_text(text
         {**person, "text": "Please freeze my card", "label": "report_lost_card", "created_at": "2026-05-01T00:00:00Z"},
         {**by_oracle, "text": "please freeze my card!", "label": "freeze_account", "created_at": "2026-05-02T00:00:00Z"},
         {**by_oracle, "text": "what is my balance", "label": "balance", "created_at": "2026-05-02T00:00:00Z"},
+        # written by an LLM, not checked by anyone: it waits for review, whatever its annotator
+        {**person, "source": "generated", "text": "i lost my card", "label": "report_lost_card"},
     ]
     examples, stats = text_build("intent-router", records, fam)
-    assert stats.by_status == {"human_reviewed": 1, "oracle_labelled": 2}
-    assert [str(triage(r["kind"], r, fam)) for r in records] == ["human_reviewed", "oracle_labelled", "oracle_labelled"]
+    assert stats.by_status == {"human_reviewed": 1, "oracle_labelled": 2, "needs_review": 1}
+    assert [str(triage(r["kind"], r, fam)) for r in records] == [
+        "human_reviewed", "oracle_labelled", "oracle_labelled", "needs_review"
+    ]  # fmt: skip
     got = {e["text"]: (e["label"], e["weight"]) for e in examples}
     assert got == {"Please freeze my card": ("report_lost_card", 1.0), "what is my balance": ("balance", 0.5)}
