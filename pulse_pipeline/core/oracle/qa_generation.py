@@ -49,63 +49,17 @@ from pulse_pipeline.core.store import JournalRow, Store
 SUFFIXES = (".md", ".markdown", ".txt", ".rst")
 QA_FIELDS = {"passage", "title", "n"}
 _SLUG = re.compile(r"[^a-z0-9._-]+")
+_JSON_START = re.compile(r"[\[{]")
 _HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*)$")
 _WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "can",
-        "do",
-        "does",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "their",
-        "then",
-        "there",
-        "these",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-        "you",
-        "your",
-        "not",
-        "no",
-        "yes",
-        "than",
-        "so",
-    ]
-)
+# fmt: off
+_STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "do", "does", "for", "from", "has",
+    "have", "how", "if", "in", "into", "is", "it", "its", "no", "not", "of", "on", "or", "so", "than",
+    "that", "the", "their", "then", "there", "these", "this", "to", "was", "were", "what", "when",
+    "where", "which", "who", "why", "will", "with", "yes", "you", "your",
+})
+# fmt: on
 
 BUILT_IN = """\
 ### system
@@ -300,7 +254,7 @@ def parse_pairs(reply: str) -> list[dict[str, str]]:
     decoder = json.JSONDecoder(strict=False)  # small models break lines inside strings
     position = 0
     while position < len(text):
-        match = re.compile(r"[\[{]").search(text, position)
+        match = _JSON_START.search(text, position)
         if match is None:
             break
         try:
@@ -337,13 +291,13 @@ def content_words(text: str) -> list[str]:
 def check_pair(pair: dict[str, str], passage: Passage, min_grounding: float) -> str | None:
     """Why a pair cannot be kept, or None."""
     question, answer = pair["question"], pair["answer"]
+    words = content_words(answer)
     if len(content_words(question)) < 2:
         return "the question is empty or too short"
-    if not content_words(answer):
+    if not words:
         return "the answer is empty"
     if normalize(question) == normalize(answer):
         return "the answer repeats the question"
-    words = content_words(answer)
     known = set(content_words(passage.text))
     grounded = sum(w in known for w in words) / len(words)
     if grounded < min_grounding:
