@@ -8,10 +8,12 @@ none is named, and `response_format: json_object` asked for until the server rej
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -245,3 +247,21 @@ def _retry_after(response: httpx.Response) -> float:
         return min(_MAX_RETRY_AFTER, max(0.0, float(response.headers.get("retry-after", "0"))))
     except ValueError:
         return 0.0
+
+
+def json_values(text: str, starts: str = "{", *, inside: bool = True) -> Iterator[Any]:
+    """The JSON values in a model's reply, in order: one decoded at each character of `starts`
+    that opens a valid value (code fences and prose around them are skipped; line breaks inside
+    strings, which small models write, are accepted). `inside=False` goes on after each value
+    instead of also looking inside it."""
+    decoder = json.JSONDecoder(strict=False)
+    pattern = re.compile("[" + re.escape(starts) + "]")
+    position = 0
+    while (match := pattern.search(text, position)) is not None:
+        try:
+            value, end = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            position = match.start() + 1
+            continue
+        yield value
+        position = match.start() + 1 if inside else end

@@ -219,12 +219,7 @@ def parse_scores(reply: str) -> dict[str, Any] | None:
     strings; they are rounded half up and clamped to 1..5. Keys are case-insensitive.
     """
     text = _THINK.sub("", reply or "")
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
+    for obj in chat_api.json_values(text):
         if isinstance(obj, dict):
             scores = _scores_from(obj)
             if scores is not None:

@@ -19,12 +19,12 @@ set, a missing dimension or a score outside `score_range` is an AnswerError nami
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from pulse_pipeline.core import chat_api
 from pulse_pipeline.core.families import FamilyConfig, TaskKind
 from pulse_pipeline.core.oracle.corpus import CorpusItem
 
@@ -165,15 +165,7 @@ def parse_answer(family: FamilyConfig, reply: str) -> dict[str, Any]:
 
 
 def _first_object(text: str) -> dict[str, Any] | None:
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            return obj
-    return None
+    return next((obj for obj in chat_api.json_values(text) if isinstance(obj, dict)), None)
 
 
 def _key(label: str) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from pulse_pipeline.core import chat_api
 from pulse_pipeline.core.artifacts import ArtifactStore
 from pulse_pipeline.core.examples import normalize
 from pulse_pipeline.core.families import FamilyConfig, PulseConfig
@@ -49,7 +49,6 @@ from pulse_pipeline.core.store import JournalRow, Store
 SUFFIXES = (".md", ".markdown", ".txt", ".rst")
 QA_FIELDS = {"passage", "title", "n"}
 _SLUG = re.compile(r"[^a-z0-9._-]+")
-_JSON_START = re.compile(r"[\[{]")
 _HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*)$")
 _WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
 # fmt: off
@@ -251,24 +250,13 @@ def parse_pairs(reply: str) -> list[dict[str, str]]:
     if not text:
         raise PairsError("the answer is empty")
     pairs: list[dict[str, str]] = []
-    decoder = json.JSONDecoder(strict=False)  # small models break lines inside strings
-    position = 0
-    while position < len(text):
-        match = _JSON_START.search(text, position)
-        if match is None:
-            break
-        try:
-            value, end = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            position = match.start() + 1
-            continue
+    for value in chat_api.json_values(text, "[{", inside=False):
         for obj in value if isinstance(value, list) else [value]:
             if isinstance(obj, dict):
                 lowered = {str(k).lower(): v for k, v in obj.items()}
                 q, a = lowered.get("question"), lowered.get("answer")
                 if isinstance(q, str) and isinstance(a, str):
                     pairs.append({"question": q.strip(), "answer": a.strip()})
-        position = end
     if not pairs:
         found = re.findall(
             r"(?:^|\n)\s*(?:\d+[.)]\s*)?(?:Q|Question)\s*[:.]\s*(.+?)\s*\n\s*(?:A|Answer)\s*[:.]\s*(.+?)(?=\n\s*(?:\d+[.)]\s*)?(?:Q|Question)\s*[:.]|\Z)",
