@@ -131,13 +131,57 @@ def test_marked_commands_run_on_a_fresh_checkout(tmp_path: Path, doc: Path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
+DEMO_ENDS = "=== make demo has finished ==="
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("doc", AFTER_DEMO, ids=lambda p: p.name)
-def test_marked_commands_run_after_make_demo(tmp_path: Path, doc: Path):
-    script = "\n".join(["make demo", *_marked(doc, after_demo=True)])
+def test_marked_commands_run_after_make_demo(tmp_path: Path, doc: Path, monkeypatch: pytest.MonkeyPatch):
+    end_of_demo = f"echo {DEMO_ENDS}; date +%s.%N > demo-ended"
+    script = "\n".join(["make demo", end_of_demo, *_marked(doc, after_demo=True)])
     out = _run_as_a_new_user(tmp_path, script, timeout=1400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    demo, tour = out.stdout.split(DEMO_ENDS)
+    root = tmp_path / "checkout"
+    monkeypatch.setenv("DAGSTER_HOME", str(root / ".pulse" / "dagster"))  # its dagster.yaml reads it
+    _check_the_demo(demo, root / ".pulse", float((root / "demo-ended").read_text()))
     if doc.name == "README.md":
-        assert "backfill" in out.stdout.lower()
-        assert re.search(r"intent-router-\d{8}-\d{4}", out.stdout)
+        assert "backfill" in tour.lower()
+        assert re.search(r"intent-router-\d{8}-\d{4}", tour)
+
+
+def _check_the_demo(stdout: str, home: Path, ended: float) -> None:
+    """What `make demo` printed and recorded in its Dagster instance (runs before `ended`)."""
+    import dagster as dg
+
+    assert "3 quarantined" in stdout and "materialized 4 annotation assets" in stdout
+    assert (home / "dagster" / "dagster.yaml").is_file()
+    # Each family ends with the gate's decision and its report.
+    gates = dict(re.findall(r"^gate +(\S+) +(DEPLOY|REVIEW|FAIL) ", stdout, flags=re.M))
+    assert set(gates) == {"call-analysis", "intent-router", "article-scorer", "access-qa"}
+    reports = re.findall(r"^gate .* (\S+/eval/report\.html)$", stdout, flags=re.M)
+    assert len(reports) == 4 and all(Path(r).is_file() for r in reports)
+    # A DEPLOY is promoted by the retrain run itself; the others wait (REVIEW) or stop (FAIL).
+    current = dict(re.findall(r"^current +(\S+) +(\S+)", stdout, flags=re.M))
+    for family, decision in gates.items():
+        assert current[family].startswith(f"{family}-") == (decision == "DEPLOY"), (family, decision)
+    assert stdout.count("adapter  ") == 4 and "(reused)" not in stdout
+    assert len(re.findall(r"^drift +\S+ +(no drift|drift) against", stdout, flags=re.M)) == 4
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = [r for r in instance.get_run_records() if r.create_timestamp.timestamp() < ended]
+        assert len(runs) == 20  # 14 days + snapshots + a retrain per family + the daily watch
+        watch = [r.dagster_run for r in runs if r.dagster_run.job_name == "__ASSET_JOB"]
+        assert any(
+            {k.path[-1] for k in (r.asset_selection or ())} == {"drift_report", "production_accuracy"}
+            for r in watch
+        )
+        for record in runs:
+            run = record.dagster_run
+            family = run.tags.get("pulse/family")
+            # A retrain run stops at the blocking promotion_gate check when the gate says FAIL.
+            failed_gate = run.job_name.startswith("retrain_") and gates.get(family) == "FAIL"
+            expected = dg.DagsterRunStatus.FAILURE if failed_gate else dg.DagsterRunStatus.SUCCESS
+            assert run.status == expected, (run.job_name, run.status)
+        key = dg.AssetKey(["intent-router", "annotations"])
+        assert len(instance.get_materialized_partitions(key)) == 14
