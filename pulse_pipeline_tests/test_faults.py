@@ -371,6 +371,10 @@ def test_postgresql_stopped_mid_training(tmp_path, model_cache):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.postgres
+# The gate decides the same on either store; one training is enough to show it (the store's own
+# part, the version row and no current pointer, is checked on both by the tests above).
+@pytest.mark.parametrize("pulse", ["postgresql"], indirect=True)
 def test_a_30_record_family_asks_for_review_and_nothing_is_promoted(pulse):
     labels = ["billing", "shipping", "returns"]
     asks = {

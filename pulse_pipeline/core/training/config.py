@@ -89,6 +89,12 @@ class TrainingConfig(BaseModel):
         description="Classification: cosine margin taken off the true label while training (CosFace); "
         "wider gaps between labels help out-of-scope detection.",
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Classification: share of each target spread over all labels while training.",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Gradients are clipped to this norm (null: not clipped)."

@@ -32,15 +32,18 @@ def weighted_causal_lm_loss(logits: Any, labels: Any, weights: Any) -> Any:
     return (token_loss * token_weight).sum() / token_weight.sum().clamp_min(1e-12)
 
 
-def weighted_classification_loss(logits: Any, labels: Any, weights: Any, margin: Any = 0.0) -> Any:
+def weighted_classification_loss(
+    logits: Any, labels: Any, weights: Any, margin: Any = 0.0, label_smoothing: float = 0.0
+) -> Any:
     """logits [B, C], labels [B] -> weighted mean cross-entropy; `margin` is taken off each
-    example's true-label logit first (a large-margin loss: the true label must win by that much)."""
+    example's true-label logit first (a large-margin loss: the true label must win by that much);
+    `label_smoothing` spreads that share of each target over all labels."""
     import torch.nn.functional as F
 
     logits = logits.float()
     if margin:
         logits = logits - margin * F.one_hot(labels, logits.size(-1)).to(logits.dtype)
-    per_example = F.cross_entropy(logits, labels, reduction="none")
+    per_example = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
     w = weights.to(per_example.dtype)
     return (per_example * w).sum() / w.sum().clamp_min(1e-12)
 

@@ -326,7 +326,8 @@ def forward(session: Session, batch: list[Any], model: Any) -> tuple[Any, Any, i
                 cosine = session.head.kind == "cosine"  # type: ignore[union-attr]
                 training = session.model.training and cosine
                 margin = config.margin * session.sentence.head.log_scale.exp() if training else 0.0
-                loss = weighted_classification_loss(out, b["targets"], b["weights"], margin)
+                smoothing = config.label_smoothing if session.model.training else 0.0
+                loss = weighted_classification_loss(out, b["targets"], b["weights"], margin, smoothing)
             else:
                 loss = weighted_regression_loss(out, b["targets"], b["weights"])
             out = (out.float(), b["targets"])

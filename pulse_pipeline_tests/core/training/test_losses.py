@@ -86,3 +86,12 @@ def test_a_margin_comes_off_the_true_label_only():
     widened = weighted_classification_loss(logits, labels, torch.ones(1), margin=1.5)
     assert plain.item() == pytest.approx(_ce([2.0, 1.0, 0.0], 0), rel=1e-6)
     assert widened.item() == pytest.approx(_ce([0.5, 1.0, 0.0], 0), rel=1e-6)
+
+
+def test_label_smoothing_mixes_in_the_mean_cross_entropy_over_all_labels():
+    logits, eps = [2.0, 1.0, 0.0], 0.3
+    smoothed = weighted_classification_loss(
+        torch.tensor([logits]), torch.tensor([0]), torch.ones(1), label_smoothing=eps
+    )
+    by_hand = (1 - eps) * _ce(logits, 0) + eps * sum(_ce(logits, k) for k in range(3)) / 3
+    assert smoothed.item() == pytest.approx(by_hand, rel=1e-6)
