@@ -12,7 +12,11 @@ from pulse_pipeline_tests.conftest import PROJECT
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_the_throughput_benchmark_runs_on_a_random_init_model(pulse_env):
+def test_the_throughput_benchmark_runs_on_a_random_init_model(pulse_env, smollm2, tmp_path, monkeypatch):
+    cache = tmp_path / "bench-models"  # the session's smollm2-135m: its tokenizer, not converted again
+    cache.mkdir()
+    (cache / "smollm2-135m").symlink_to(smollm2)
+    monkeypatch.setenv("PULSE_BENCH_MODELS", str(cache))
     out = subprocess.run(
         [
             sys.executable,
