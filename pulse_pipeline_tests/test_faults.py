@@ -373,7 +373,7 @@ def test_postgresql_stopped_mid_training(tmp_path, model_cache):
 @pytest.mark.timeout(900)
 @pytest.mark.postgres
 # The gate decides the same on either store; one training is enough to show it (the store's own
-# part, the version row and no current pointer, is checked on both by the tests above).
+# part, a version row with its gate decision, is checked on both stores by the tests above).
 @pytest.mark.parametrize("pulse", ["postgresql"], indirect=True)
 def test_a_30_record_family_asks_for_review_and_nothing_is_promoted(pulse):
     labels = ["billing", "shipping", "returns"]
